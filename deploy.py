@@ -1,0 +1,29 @@
+"""Take every host of an inventory through the serving stack, layer by layer.
+
+    pyinfra inventory/prod.py deploy.py                              # all layers
+    pyinfra inventory/prod.py deploy.py --data deploy_layers=driver  # a subset
+    pyinfra inventory/prod.py deploy.py --limit gpu_servers --dry    # plan only
+
+Before anything is planned on any host, the config of every targeted host is validated
+(operations.fleet); one bad value stops the run with an error naming host, key and value.
+Preflight always runs and gates the other layers; they run in stack order.
+"""
+
+from pyinfra import host, state
+
+from operations import docker, driver, preflight, toolkit, vllm
+from operations.fleet import host_config
+
+LAYERS = {
+    "driver": driver.apply,
+    "docker": docker.apply,
+    "toolkit": toolkit.apply,
+    "vllm": vllm.apply,
+}
+
+config = host_config(state, host)
+profile = preflight.run(config)
+if profile is not None:
+    for layer, apply in LAYERS.items():
+        if layer in config.deploy.layers:
+            apply(config, profile)

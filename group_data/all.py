@@ -1,0 +1,125 @@
+"""Defaults for every host: rendered by `python -m operations.render`, do not edit.
+
+Override any key in group_data/<group>.py, in host data in the inventory, or with
+`--data key=value`. The README's config reference says what each key allows.
+"""
+
+# --- deploy: What a deploy run does.
+# Layers to apply (in stack order); preflight always runs (e.g. --data deploy_layers=driver,docker).
+deploy_layers = ["preflight", "driver", "docker", "toolkit", "vllm"]
+
+# --- host: What the operator declares about the machine itself.
+# The host has NVIDIA GPUs; false for GPU-less hosts (the lab): GPU checks say 'not applicable'.
+host_has_gpus = True
+# Expected number of NVIDIA GPUs; checked when set.
+host_gpu_count = None
+
+# --- preflight: Layer 0: read-only checks that gate every other layer.
+# Free space needed on disk_path (driver, images and model cache).
+preflight_min_free_disk_gib = 30.0
+# Path whose filesystem is checked.
+preflight_disk_path = "/"
+
+# --- driver: Layer 1: the NVIDIA driver.
+# Where the driver comes from: NVIDIA's CUDA repository or the distribution.
+driver_source = "cuda-repo"
+# Driver branch to install and hold.
+driver_branch = "580"
+# Exact driver version inside the branch; unset = newest of the branch.
+driver_version = None
+# Kernel module flavour; auto = open on Turing and newer, proprietary before.
+driver_kernel_modules = "auto"
+# Base URL of NVIDIA's CUDA repository or your mirror; unset = NVIDIA's.
+driver_cuda_repo_url = None
+# Hold the driver packages so unattended upgrades cannot move them.
+driver_hold_packages = True
+# Enable and run nvidia-persistenced.
+driver_persistence = True
+# nvidia-fabricmanager; auto = installed when NVSwitches are on the PCI bus.
+driver_fabric_manager = "auto"
+# Install NVIDIA DCGM (datacenter-gpu-manager).
+driver_dcgm = False
+# Blacklist and unload nouveau.
+driver_blacklist_nouveau = True
+# Reboot the host when the loaded module differs from installed.
+driver_allow_reboot = True
+# Also allow rebooting the machine pyinfra runs on (@local).
+driver_reboot_local = False
+# How long to wait for a rebooted host.
+driver_reboot_timeout_s = 900
+
+# --- docker: Layer 2: Docker Engine.
+# Docker's own signed repository (docker-ce) or the distribution's docker.io.
+docker_source = "docker-repo"
+# Docker Engine version to pin; unset = newest.
+docker_version = None
+# Base URL of Docker's repository or your mirror.
+docker_repo_url = None
+# Users added to the docker group (root-equivalent: keep empty in production).
+docker_users = []
+# Keep containers running while dockerd restarts.
+docker_live_restore = True
+# json-file log size before rotation.
+docker_log_max_size = "100m"
+# json-file logs kept.
+docker_log_max_file = 3
+# Docker's data-root; unset keeps the current one.
+docker_data_root = None
+# Registry mirrors for Docker Hub pulls.
+docker_registry_mirrors = []
+# dockerd's cgroup driver; unset keeps Docker's default.
+docker_cgroup_driver = None
+# Extra daemon.json keys, merged in; keys already in the file are kept.
+docker_daemon_options = {}
+
+# --- toolkit: Layer 3: NVIDIA Container Toolkit.
+# Version of the four toolkit packages, pinned together; unset = newest.
+toolkit_version = None
+# Base URL of NVIDIA's container toolkit repository or your mirror.
+toolkit_repo_url = None
+# Make nvidia Docker's default runtime.
+toolkit_default_runtime = False
+# Generate CDI specs for the GPUs.
+toolkit_cdi = True
+
+# --- vllm: Layer 4: the vLLM OpenAI-compatible server.
+# Allow the floating 'latest' tag.
+vllm_allow_latest = False
+# vLLM image, pinned by tag or digest.
+vllm_image = "vllm/vllm-openai:v0.11.0"
+# Model to serve (Hugging Face id or path in the cache).
+vllm_model = "Qwen/Qwen2.5-1.5B-Instruct"
+# Name clients use; unset = the model id.
+vllm_served_model_name = None
+# Host address the API port is published on.
+vllm_bind_address = "0.0.0.0"
+# Host port of the API.
+vllm_port = 8000
+# GPUs given to the container: all, or device indices.
+vllm_gpus = "all"
+# --tensor-parallel-size.
+vllm_tensor_parallel_size = 1
+# --gpu-memory-utilization, a fraction in (0, 1].
+vllm_gpu_memory_utilization = 0.9
+# --max-model-len.
+vllm_max_model_len = None
+# --dtype.
+vllm_dtype = "auto"
+# --quantization; unset = none.
+vllm_quantization = None
+# Extra engine arguments appended to the command line.
+vllm_extra_args = []
+# --ipc=host (needed for tensor parallel).
+vllm_ipc_host = True
+# Shared memory size when ipc_host is off.
+vllm_shm_size = "10g"
+# Host path of the Hugging Face cache; survives container recreation.
+vllm_hf_cache_dir = "/var/lib/gpufleet/huggingface"
+# Controller environment variable holding the HF token.
+vllm_hf_token_env = "HF_TOKEN"
+# Controller environment variable holding the API key.
+vllm_api_key_env = "VLLM_API_KEY"
+# Docker restart policy of the container.
+vllm_restart_policy = "unless-stopped"
+# How long to wait for /health after a start.
+vllm_ready_timeout_s = 1800

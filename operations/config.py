@@ -1,0 +1,339 @@
+"""The fleet configuration: one typed model, one section per layer.
+
+This model is the single source of truth for every setting: its type, default, bounds and
+one-line doc. ``group_data/all.py``, ``schema/gpufleet.schema.json`` and the README's config
+reference are rendered from it (``python -m operations.config``) and a test keeps them in sync.
+
+In pyinfra, settings are flat data keys named ``<section>_<field>`` (``driver_branch``,
+``vllm_port``), so pyinfra's own precedence applies to each setting on its own: ``--data`` >
+host data in the inventory > ``group_data/<group>.py`` > ``group_data/all.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    IPvAnyAddress,
+    ValidationInfo,
+    field_validator,
+)
+
+LAYERS = ("preflight", "driver", "docker", "toolkit", "vllm")
+Layer = Literal["preflight", "driver", "docker", "toolkit", "vllm"]
+
+
+def _split_csv(value: Any) -> Any:
+    """Accept ``a,b`` strings (as given with ``--data key=a,b``) where a list is expected."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+# pattern -> what it allows, in words (used by error messages)
+PATTERN_HINTS: dict[str, str] = {}
+
+
+def _pattern(regex: str, allowed: str) -> Any:
+    """A pattern constraint that also records how to say what it allows."""
+    PATTERN_HINTS[regex] = allowed
+    return Field(pattern=regex, json_schema_extra={"x-allowed": allowed})
+
+
+def _gpu_set(value: Any) -> Any:
+    """'all', or GPU indices given as a list or as '0,1,2'."""
+    if value == "all" or isinstance(value, list):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+(\s*,\s*[0-9]+)*\s*", value):
+        return _split_csv(value)
+    raise ValueError("must be 'all' or GPU indices such as [0, 1] or '0,1'")
+
+
+AbsPath = Annotated[str, _pattern(r"^/\S*$", "an absolute path")]
+Size = Annotated[str, _pattern(r"^[1-9][0-9]*[kmg]$", "a size such as 512m or 10g")]
+EnvName = Annotated[str, _pattern(r"^[A-Za-z_][A-Za-z0-9_]*$", "an environment variable name")]
+UnixUser = Annotated[
+    str,
+    _pattern(r"^[a-z_][a-z0-9_-]{0,31}$", "a Unix user name"),
+]
+
+
+GpuSet = Annotated[
+    Literal["all"] | list[Annotated[int, Field(ge=0, le=63)]], BeforeValidator(_gpu_set)
+]
+Quantization = Literal["awq", "gptq", "fp8", "bitsandbytes", "awq_marlin", "gptq_marlin"]
+
+Branch = Annotated[str, _pattern(r"^[0-9]{3}$", "a 3-digit driver branch such as 550, 570 or 580")]
+DriverVersion = Annotated[
+    str,
+    _pattern(r"^[0-9]{3}\.[0-9]{1,3}(\.[0-9]{1,3})?$", "an exact driver version such as 580.95.05"),
+]
+DockerVersion = Annotated[
+    str, _pattern(r"^[0-9]+\.[0-9]+(\.[0-9]+)?$", "a Docker version such as 27.5 or 27.5.1")
+]
+ToolkitVersion = Annotated[
+    str,
+    _pattern(r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9]+)?$", "a toolkit version such as 1.17.8 or 1.17.8-1"),
+]
+PinnedImage = Annotated[
+    str,
+    _pattern(
+        r"^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})$",
+        "an image pinned by tag or digest (repo:tag or repo@sha256:…)",
+    ),
+]
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, values are immutable once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeployConfig(Section):
+    """What a deploy run does."""
+
+    layers: Annotated[list[Layer], BeforeValidator(_split_csv)] = Field(
+        default=list(LAYERS),
+        description="Layers to apply (in stack order); preflight always runs "
+        "(e.g. --data deploy_layers=driver,docker).",
+    )
+
+
+class HostConfig(Section):
+    """What the operator declares about the machine itself."""
+
+    has_gpus: bool = Field(
+        default=True,
+        description="The host has NVIDIA GPUs; false for GPU-less hosts (the lab): "
+        "GPU checks say 'not applicable'.",
+    )
+    gpu_count: int | None = Field(
+        default=None, ge=1, le=64, description="Expected number of NVIDIA GPUs; checked when set."
+    )
+
+
+class PreflightConfig(Section):
+    """Layer 0: read-only checks that gate every other layer."""
+
+    min_free_disk_gib: float = Field(
+        default=30.0,
+        ge=0,
+        le=1_000_000,
+        description="Free space needed on disk_path (driver, images and model cache).",
+    )
+    disk_path: AbsPath = Field(default="/", description="Path whose filesystem is checked.")
+
+
+class DriverConfig(Section):
+    """Layer 1: the NVIDIA driver."""
+
+    source: Literal["cuda-repo", "distro"] = Field(
+        default="cuda-repo",
+        description="Where the driver comes from: NVIDIA's CUDA repository or the distribution.",
+    )
+    branch: Branch = Field(
+        default="580",
+        description="Driver branch to install and hold.",
+    )
+    version: DriverVersion | None = Field(
+        default=None,
+        description="Exact driver version inside the branch; unset = newest of the branch.",
+    )
+    kernel_modules: Literal["auto", "open", "proprietary"] = Field(
+        default="auto",
+        description="Kernel module flavour; auto = open on Turing and newer, proprietary before.",
+    )
+    cuda_repo_url: HttpUrl | None = Field(
+        default=None,
+        description="Base URL of NVIDIA's CUDA repository or your mirror; unset = NVIDIA's.",
+    )
+    hold_packages: bool = Field(
+        default=True,
+        description="Hold the driver packages so unattended upgrades cannot move them.",
+    )
+    persistence: bool = Field(default=True, description="Enable and run nvidia-persistenced.")
+    fabric_manager: Literal["auto", "enabled", "disabled"] = Field(
+        default="auto",
+        description="nvidia-fabricmanager; auto = installed when NVSwitches are on the PCI bus.",
+    )
+    dcgm: bool = Field(default=False, description="Install NVIDIA DCGM (datacenter-gpu-manager).")
+    blacklist_nouveau: bool = Field(default=True, description="Blacklist and unload nouveau.")
+    allow_reboot: bool = Field(
+        default=True, description="Reboot the host when the loaded module differs from installed."
+    )
+    reboot_local: bool = Field(
+        default=False, description="Also allow rebooting the machine pyinfra runs on (@local)."
+    )
+    reboot_timeout_s: int = Field(
+        default=900, ge=60, le=7200, description="How long to wait for a rebooted host."
+    )
+
+    @field_validator("version")
+    @classmethod
+    def _version_in_branch(cls, version: str | None, info: ValidationInfo) -> str | None:
+        branch = info.data.get("branch")
+        if version and branch and version.split(".")[0] != branch:
+            raise ValueError(f"must be a version of branch {branch} ({branch}.x.y)")
+        return version
+
+
+class DockerConfig(Section):
+    """Layer 2: Docker Engine."""
+
+    source: Literal["docker-repo", "distro"] = Field(
+        default="docker-repo",
+        description="Docker's own signed repository (docker-ce) or the distribution's docker.io.",
+    )
+    version: DockerVersion | None = Field(
+        default=None,
+        description="Docker Engine version to pin; unset = newest.",
+    )
+    repo_url: HttpUrl | None = Field(
+        default=None,
+        description="Base URL of Docker's repository or your mirror.",
+    )
+    users: Annotated[list[UnixUser], BeforeValidator(_split_csv)] = Field(
+        default=[],
+        description="Users added to the docker group (root-equivalent: keep empty in production).",
+    )
+    live_restore: bool = Field(
+        default=True, description="Keep containers running while dockerd restarts."
+    )
+    log_max_size: Size = Field(default="100m", description="json-file log size before rotation.")
+    log_max_file: int = Field(default=3, ge=1, le=100, description="json-file logs kept.")
+    data_root: AbsPath | None = Field(
+        default=None, description="Docker's data-root; unset keeps the current one."
+    )
+    registry_mirrors: Annotated[list[HttpUrl], BeforeValidator(_split_csv)] = Field(
+        default=[], description="Registry mirrors for Docker Hub pulls."
+    )
+    cgroup_driver: Literal["systemd", "cgroupfs"] | None = Field(
+        default=None, description="dockerd's cgroup driver; unset keeps Docker's default."
+    )
+    daemon_options: dict[str, Any] = Field(
+        default={},
+        description="Extra daemon.json keys, merged in; keys already in the file are kept.",
+    )
+
+
+class ToolkitConfig(Section):
+    """Layer 3: NVIDIA Container Toolkit."""
+
+    version: ToolkitVersion | None = Field(
+        default=None,
+        description="Version of the four toolkit packages, pinned together; unset = newest.",
+    )
+    repo_url: HttpUrl | None = Field(
+        default=None,
+        description="Base URL of NVIDIA's container toolkit repository or your mirror.",
+    )
+    default_runtime: bool = Field(
+        default=False, description="Make nvidia Docker's default runtime."
+    )
+    cdi: bool = Field(default=True, description="Generate CDI specs for the GPUs.")
+
+
+class VllmConfig(Section):
+    """Layer 4: the vLLM OpenAI-compatible server."""
+
+    allow_latest: bool = Field(default=False, description="Allow the floating 'latest' tag.")
+    image: PinnedImage = Field(
+        default="vllm/vllm-openai:v0.11.0",
+        description="vLLM image, pinned by tag or digest.",
+    )
+    model: str = Field(
+        default="Qwen/Qwen2.5-1.5B-Instruct",
+        min_length=1,
+        description="Model to serve (Hugging Face id or path in the cache).",
+    )
+    served_model_name: str | None = Field(
+        default=None, description="Name clients use; unset = the model id."
+    )
+    bind_address: IPvAnyAddress = Field(
+        default="0.0.0.0", description="Host address the API port is published on."
+    )
+    port: int = Field(default=8000, ge=1, le=65535, description="Host port of the API.")
+    gpus: GpuSet = Field(
+        default="all", description="GPUs given to the container: all, or device indices."
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="--tensor-parallel-size.")
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="--gpu-memory-utilization, a fraction in (0, 1]."
+    )
+    max_model_len: int | None = Field(default=None, ge=16, description="--max-model-len.")
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
+        default="auto", description="--dtype."
+    )
+    quantization: Quantization | None = Field(
+        default=None, description="--quantization; unset = none."
+    )
+    extra_args: Annotated[list[str], BeforeValidator(_split_csv)] = Field(
+        default=[], description="Extra engine arguments appended to the command line."
+    )
+    ipc_host: bool = Field(default=True, description="--ipc=host (needed for tensor parallel).")
+    shm_size: Size = Field(default="10g", description="Shared memory size when ipc_host is off.")
+    hf_cache_dir: AbsPath = Field(
+        default="/var/lib/gpufleet/huggingface",
+        description="Host path of the Hugging Face cache; survives container recreation.",
+    )
+    hf_token_env: EnvName = Field(
+        default="HF_TOKEN", description="Controller environment variable holding the HF token."
+    )
+    api_key_env: EnvName = Field(
+        default="VLLM_API_KEY", description="Controller environment variable holding the API key."
+    )
+    restart_policy: Literal["no", "always", "unless-stopped", "on-failure"] = Field(
+        default="unless-stopped", description="Docker restart policy of the container."
+    )
+    ready_timeout_s: int = Field(
+        default=1800, ge=10, le=86400, description="How long to wait for /health after a start."
+    )
+
+    @field_validator("image")
+    @classmethod
+    def _pinned(cls, image: str, info: ValidationInfo) -> str:
+        if image.endswith(":latest") and not info.data.get("allow_latest"):
+            raise ValueError("the floating tag 'latest' is refused: pin a tag or digest")
+        return image
+
+    @field_validator("tensor_parallel_size")
+    @classmethod
+    def _tp_fits(cls, size: int, info: ValidationInfo) -> int:
+        gpus = info.data.get("gpus")
+        if isinstance(gpus, list) and size > len(gpus):
+            raise ValueError(f"must be at most the {len(gpus)} GPU(s) listed in vllm_gpus")
+        return size
+
+
+class FleetConfig(BaseModel):
+    """The effective configuration of one host: one section per layer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    deploy: DeployConfig = DeployConfig()
+    host: HostConfig = HostConfig()
+    preflight: PreflightConfig = PreflightConfig()
+    driver: DriverConfig = DriverConfig()
+    docker: DockerConfig = DockerConfig()
+    toolkit: ToolkitConfig = ToolkitConfig()
+    vllm: VllmConfig = VllmConfig()
+
+
+SECTIONS: dict[str, type[Section]] = {
+    name: field.annotation for name, field in FleetConfig.model_fields.items()
+}
+# flat data key -> (section, field)
+SETTINGS: dict[str, tuple[str, str]] = {
+    f"{section}_{field}": (section, field)
+    for section, model in SECTIONS.items()
+    for field in model.model_fields
+}
+
+_SECRET_WORDS = re.compile(r"token|secret|password|passwd|api_?key", re.IGNORECASE)

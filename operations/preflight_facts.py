@@ -1,0 +1,87 @@
+"""Facts of the preflight layer, gathered in one round trip per host.
+
+``HostProfile`` runs one POSIX shell script that prints ``key=value`` lines: OS release, CPU
+architecture, kernel, the NVIDIA devices on the PCI bus (read from /sys, so it needs neither
+lspci nor a driver), the Secure Boot state (from the EFI variable, so it needs no mokutil)
+and the free space on a path. The verify checks run the same script through testinfra, so
+deploy and verify read the host the same way.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from pyinfra.api import FactBase
+
+NVIDIA_PCI_VENDOR = "0x10de"
+# PCI class codes (first four hex digits of /sys/.../class) of NVIDIA devices we care about.
+GPU_CLASSES = ("0x0300", "0x0302")  # VGA controller, 3D controller
+NVSWITCH_CLASS = "0x0680"  # bridge: NVSwitch on HGX/DGX baseboards
+
+_SCRIPT = r"""
+. /etc/os-release 2>/dev/null
+echo "os_id=${ID:-unknown}"
+echo "os_version=${VERSION_ID:-unknown}"
+echo "os_like=${ID_LIKE:-}"
+echo "os_codename=${VERSION_CODENAME:-}"
+echo "arch=$(uname -m)"
+echo "kernel=$(uname -r)"
+for dev in /sys/bus/pci/devices/*; do
+  [ "$(cat "$dev/vendor" 2>/dev/null)" = "@VENDOR@" ] || continue
+  echo "pci=${dev##*/} $(cat "$dev/class") $(cat "$dev/device")"
+done
+if [ ! -d /sys/firmware/efi ]; then echo "secure_boot=not-efi"
+else
+  var=$(ls /sys/firmware/efi/efivars/SecureBoot-* 2>/dev/null | head -n 1)
+  if [ -z "$var" ]; then echo "secure_boot=unknown"
+  elif [ "$(od -An -t u1 -j 4 -N 1 "$var" | tr -d ' ')" = 1 ]; then echo "secure_boot=enabled"
+  else echo "secure_boot=disabled"; fi
+fi
+path=@PATH@
+while [ ! -e "$path" ]; do path=$(dirname "$path"); done
+df -Pk "$path" | awk 'NR == 2 { print "disk_free_kib=" $4 }'
+"""
+
+
+def profile_command(path: str = "/") -> str:
+    """The shell script behind HostProfile, for the given disk path."""
+    return (
+        _SCRIPT.replace("@VENDOR@", NVIDIA_PCI_VENDOR).replace("@PATH@", shlex.quote(path)).strip()
+    )
+
+
+def parse_profile(lines: list[str]) -> dict[str, Any]:
+    """Turn the script's ``key=value`` lines into the profile dict."""
+    profile: dict[str, Any] = {"nvidia_gpus": [], "nvswitches": []}
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key == "pci":
+            slot, pci_class, device = value.split()
+            kind = (
+                "nvidia_gpus"
+                if pci_class.startswith(GPU_CLASSES)
+                else ("nvswitches" if pci_class.startswith(NVSWITCH_CLASS) else None)
+            )
+            if kind:
+                profile[kind].append({"slot": slot, "class": pci_class, "device": device})
+        elif key == "disk_free_kib":
+            profile["disk_free_gib"] = round(int(value) / 1024**2, 1)
+        elif key:
+            profile[key] = value
+    return profile
+
+
+class HostProfile(FactBase):
+    """OS, arch, kernel, NVIDIA PCI devices, Secure Boot state and free disk of a host.
+
+    Returns a dict: os_id, os_version, os_like, os_codename, arch, kernel, nvidia_gpus and
+    nvswitches (lists of {slot, class, device}), secure_boot (enabled, disabled, not-efi or
+    unknown) and disk_free_gib (of ``path`` or its nearest existing parent).
+    """
+
+    def command(self, path: str = "/") -> str:
+        return profile_command(path)
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        return parse_profile(output)

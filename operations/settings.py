@@ -1,0 +1,116 @@
+"""From pyinfra host data to a validated FleetConfig, with errors an operator can act on.
+
+Every problem names the host, the data key, the value and what is allowed. Secrets are never
+echoed: a value whose key looks like a credential is shown as ``'***'``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from pydantic import ValidationError
+from pyinfra.api.connectors import get_all_connectors
+from pyinfra.api.exceptions import PyinfraError
+
+from operations.config import _SECRET_WORDS, PATTERN_HINTS, SECTIONS, SETTINGS, FleetConfig
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad setting of one host."""
+
+    host: str
+    key: str
+    value: Any
+    allowed: str
+
+    def __str__(self) -> str:
+        shown = "'***'" if _SECRET_WORDS.search(self.key) else repr(self.value)
+        return f"{self.host}: {self.key} = {shown}: {self.allowed}"
+
+
+class ConfigError(PyinfraError):
+    """Raised before any host is touched when any targeted host has a bad setting."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"invalid configuration, nothing was changed:\n{lines}")
+
+
+@cache
+def pyinfra_keys() -> frozenset[str]:
+    """Data keys pyinfra's connectors read (ssh_*, docker_*, …): allowed beside our settings."""
+    keys: set[str] = set()
+    for connector in get_all_connectors().values():
+        keys |= set(getattr(connector, "data_meta", {}))
+        keys |= set(getattr(getattr(connector, "data_cls", None), "__annotations__", {}))
+    return frozenset(keys)
+
+
+def _unknown_key(host: str, key: str, value: Any) -> Problem:
+    close = difflib.get_close_matches(key, [*SETTINGS, *pyinfra_keys()], n=1, cutoff=0.75)
+    allowed = (
+        f"unknown setting; did you mean '{close[0]}'?"
+        if close
+        else ("unknown setting; see the config reference in README.md (own data: prefix it with _)")
+    )
+    return Problem(host, key, value, allowed)
+
+
+def _allowed(error: dict) -> str:
+    """What the value may be, in words, from a pydantic error."""
+    if error["type"] == "string_pattern_mismatch":
+        pattern = error["ctx"]["pattern"]
+        return f"must be {PATTERN_HINTS.get(pattern, f'a string matching {pattern}')}"
+    return error["msg"].removeprefix("Value error, ")
+
+
+def _problems_from_errors(host: str, errors: list[dict], data: Mapping[str, Any]) -> list[Problem]:
+    """One problem per bad key; a union's several complaints are joined with 'or'."""
+    by_key: dict[str, list[str]] = {}
+    for error in errors:
+        section, field = error["loc"][0], error["loc"][1]
+        index = "".join(f"[{part}]" for part in error["loc"][2:] if isinstance(part, int))
+        allowed = _allowed(error)
+        messages = by_key.setdefault(f"{section}_{field}{index}", [])
+        if allowed not in messages:
+            messages.append(allowed)
+    return [
+        Problem(host, key, data.get(key.split("[")[0]), " or ".join(messages))
+        for key, messages in by_key.items()
+    ]
+
+
+def load_config(host: str, data: Mapping[str, Any]) -> tuple[FleetConfig | None, list[Problem]]:
+    """Validate one host's effective data; returns the config, or None and its problems."""
+    nested: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    problems = []
+    for key, value in data.items():
+        if key in SETTINGS:
+            section, field = SETTINGS[key]
+            nested[section][field] = value
+        elif not key.startswith("_") and key not in pyinfra_keys():
+            problems.append(_unknown_key(host, key, value))
+    try:
+        config = FleetConfig.model_validate(nested)
+    except ValidationError as error:
+        problems += _problems_from_errors(host, error.errors(), data)
+        config = None
+    return (None if problems else config), problems
+
+
+def load_fleet(hosts: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, FleetConfig]:
+    """Validate every host; raise one ConfigError listing all problems of all hosts."""
+    configs, problems = {}, []
+    for name, data in hosts:
+        config, host_problems = load_config(name, data)
+        problems += host_problems
+        configs[name] = config
+    if problems:
+        raise ConfigError(problems)
+    return configs

@@ -1,0 +1,114 @@
+"""The hosts the verify suite checks: read from a pyinfra inventory, reached like pyinfra does.
+
+The inventory file and group_data are loaded by pyinfra's own loader, so verify sees exactly
+the hosts, groups and effective data a deploy sees. Each host's config is validated with the
+same model as the deploy. testinfra reaches a host over OpenSSH with an ssh_config rendered
+from the host's pyinfra ``ssh_*`` data (same address, port, user, key and host-key policy);
+``ControlPersist`` keeps one connection per host for the whole run. ``@local`` is checked in
+place (``local://``), e.g. on a GPU machine itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import testinfra
+from pyinfra.api import State
+from pyinfra.api.exceptions import NoGroupError
+from pyinfra.context import ctx_state
+from pyinfra_cli.inventory import make_inventory
+
+from operations.config import FleetConfig
+from operations.settings import load_fleet
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Unreachable(Exception):
+    """The host did not answer over SSH."""
+
+
+@dataclass
+class FleetHost:
+    """One inventory host as the checks see it: name, validated config and a testinfra Host."""
+
+    name: str
+    config: FleetConfig
+    data: dict[str, Any]
+    ssh_config: Path | None = None
+    _error: str | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def host(self) -> testinfra.host.Host:
+        """testinfra Host, after one reachability probe; raises Unreachable when it fails."""
+        if self.name == "@local":
+            return testinfra.get_host("local://", sudo=bool(self.data.get("_sudo")))
+        host = testinfra.get_host(
+            f"ssh://{self.name}", ssh_config=str(self.ssh_config), sudo=bool(self.data.get("_sudo"))
+        )
+        try:
+            result = host.run("true")
+        except Exception as error:  # testinfra raises plain RuntimeError/OSError on ssh failure
+            raise Unreachable(f"{self.name}: {error}") from None
+        if result.rc != 0:
+            raise Unreachable(f"{self.name}: ssh exited {result.rc}: {result.stderr.strip()}")
+        return host
+
+
+def _ssh_block(name: str, data: dict[str, Any]) -> str:
+    """An ssh_config ``Host`` block mirroring pyinfra's ssh_* data for one host."""
+    options = {
+        "HostName": data.get("ssh_hostname") or name,
+        "Port": data.get("ssh_port"),
+        "User": data.get("ssh_user"),
+        "IdentityFile": data.get("ssh_key"),
+        "IdentitiesOnly": "yes" if data.get("ssh_key") else None,
+        "UserKnownHostsFile": data.get("ssh_known_hosts_file"),
+        # pyinfra's own default policy is accept-new; mirror what the data says.
+        "StrictHostKeyChecking": data.get("ssh_strict_host_key_checking") or "accept-new",
+        "BatchMode": "yes",
+        "ConnectTimeout": 10,
+    }
+    lines = [f"Host {name}"] + [f"  {k} {v}" for k, v in options.items() if v not in (None, "")]
+    return "\n".join(lines)
+
+
+def write_ssh_config(hosts: dict[str, dict[str, Any]]) -> Path:
+    """One ssh_config file for all hosts (plus any ssh_config_file the data names)."""
+    includes = sorted({d["ssh_config_file"] for d in hosts.values() if d.get("ssh_config_file")})
+    blocks = [_ssh_block(name, data) for name, data in hosts.items()]
+    text = "\n\n".join(blocks) + "\n" + "".join(f"\nInclude {path}" for path in includes)
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="gpufleet-ssh-", suffix=".conf", delete=False
+    ) as handle:
+        handle.write(text)
+    return Path(handle.name)
+
+
+def _select(inventory, patterns: Iterable[str]) -> list:
+    """Hosts matching --limit patterns (group names or host names), like pyinfra's --limit."""
+    patterns = [p for pattern in patterns for p in pattern.split(",") if p]
+    if not patterns:
+        return list(inventory)
+    selected = []
+    for pattern in patterns:
+        try:
+            selected += inventory.get_group(pattern)
+        except NoGroupError:
+            selected += [host for host in inventory if host.name == pattern]
+    return list(dict.fromkeys(selected))
+
+
+def load_hosts(inventory_path: str, limit: Iterable[str] = ()) -> list[FleetHost]:
+    """The selected hosts of an inventory, each with its validated config (ConfigError else)."""
+    with ctx_state.use(State()):  # pyinfra's loader records the file it execs on a state
+        inventory = make_inventory(inventory_path, cwd=str(ROOT))
+    selected = {host.name: host.data.dict() for host in _select(inventory, limit)}
+    configs = load_fleet(selected.items())
+    ssh_config = write_ssh_config(selected)
+    return [FleetHost(name, configs[name], data, ssh_config) for name, data in selected.items()]

@@ -1,0 +1,175 @@
+"""pytest plugin of the verify suite: hosts from a pyinfra inventory, a fleet report at the end.
+
+    pytest tests/verify --inventory inventory/prod.py [--limit gpu_servers] [-m driver]
+
+Every check in ``tests/verify/test_<layer>.py`` takes a ``fleet_host`` argument and carries its
+layer's marker; it runs once per selected host. At the end a host × layer table is printed and
+written as JSON (``--fleet-report``) beside JUnit XML (``--junitxml``, default
+``reports/verify-junit.xml``). A check that does not apply to a host (a GPU check on a host
+whose config says it has none) skips with a reason starting "not applicable", shown as N/A.
+Without ``--inventory`` the verify modules are not collected, so the project's own test suite
+runs them only through its lab end-to-end test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from pyinfra.api.exceptions import PyinfraError
+
+from operations.config import LAYERS
+from operations.settings import ConfigError
+from tests.verify.fleet import ROOT, FleetHost, Unreachable, load_hosts
+
+VERIFY_DIR = Path(__file__).resolve().parent
+NOT_APPLICABLE = "not applicable"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fleet verify")
+    group.addoption("--inventory", help="pyinfra inventory file whose hosts are verified")
+    group.addoption(
+        "--limit",
+        action="append",
+        default=[],
+        help="only these hosts or groups (comma-separated or repeated), like pyinfra's --limit",
+    )
+    group.addoption(
+        "--fleet-report",
+        default=str(ROOT / "reports" / "fleet-report.json"),
+        help="where the host × layer report is written as JSON",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("inventory"):
+        return
+    try:
+        hosts = load_hosts(config.getoption("inventory"), config.getoption("limit"))
+    except (ConfigError, PyinfraError) as error:  # bad settings, or an inventory that says no
+        raise pytest.UsageError(str(error)) from None
+    if not hosts:
+        raise pytest.UsageError("no host of the inventory matches --limit")
+    if not config.option.xmlpath:
+        config.option.xmlpath = str(ROOT / "reports" / "verify-junit.xml")
+    config.stash[HOSTS] = hosts
+    report = FleetReport([host.name for host in hosts], Path(config.getoption("fleet_report")))
+    config.pluginmanager.register(report, "fleet-report")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if config.getoption("inventory") is None and collection_path.is_relative_to(VERIFY_DIR):
+        return True
+    return None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "fleet_host" in metafunc.fixturenames:
+        hosts = metafunc.config.stash.get(HOSTS, [])
+        metafunc.parametrize("fleet_host", hosts, ids=[host.name for host in hosts])
+
+
+def _layer(item: pytest.Item) -> str | None:
+    return next((m.name for m in item.iter_markers() if m.name in LAYERS), None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    host = getattr(item, "callspec", None) and item.callspec.params.get("fleet_host")
+    if isinstance(host, FleetHost):
+        report.user_properties += [("fleet_host", host.name), ("fleet_layer", _layer(item))]
+        if call.excinfo is not None and call.excinfo.errisinstance(Unreachable):
+            report.longrepr = f"host unreachable: {call.excinfo.value}"
+
+
+class FleetReport:
+    """Outcome of every check, by host and layer; a plugin object registered per run."""
+
+    def __init__(self, hosts: list[str], path: Path):
+        self.hosts = hosts
+        self.path = path
+        self.cells: dict[tuple[str, str], dict] = defaultdict(
+            lambda: {"passed": 0, "failed": 0, "not_applicable": 0, "skipped": 0, "failures": []}
+        )
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        props = dict(report.user_properties)
+        if "fleet_host" in props and (report.when == "call" or report.outcome != "passed"):
+            self.add(props["fleet_host"], props["fleet_layer"] or "unmarked", report)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        terminalreporter.section("fleet report")
+        for line in self.table().splitlines():
+            terminalreporter.write_line(line)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        terminalreporter.write_line(f"fleet report: {self.path}")
+
+    def add(self, host: str, layer: str, report: pytest.TestReport) -> None:
+        cell = self.cells[(host, layer)]
+        check = report.nodeid.split("::")[-1].split("[")[0]
+        if report.failed:
+            cell["failed"] += 1
+            cell["failures"].append({"check": check, "message": _short(report)})
+        elif report.skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+            key = "not_applicable" if NOT_APPLICABLE in reason else "skipped"
+            cell[key] += 1
+        else:
+            cell["passed"] += 1
+
+    @staticmethod
+    def status(cell: dict | None) -> str:
+        if not cell:
+            return "-"
+        if cell["failed"]:
+            return f"FAIL {cell['failed']}/{cell['failed'] + cell['passed']}"
+        if cell["passed"]:
+            return f"PASS {cell['passed']}"
+        return "N/A" if cell["not_applicable"] else "SKIP"
+
+    def layers(self) -> list[str]:
+        seen = {layer for _, layer in self.cells}
+        return [layer for layer in (*LAYERS, "unmarked") if layer in seen]
+
+    def table(self) -> str:
+        layers = self.layers()
+        rows = [["host", *layers]] + [
+            [host, *(self.status(self.cells.get((host, layer))) for layer in layers)]
+            for host in self.hosts
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+        ]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {
+            "hosts": {
+                host: {
+                    layer: {"status": self.status(self.cells.get((host, layer))).split()[0]}
+                    | dict(self.cells.get((host, layer), {}))
+                    for layer in self.layers()
+                }
+                for host in self.hosts
+            }
+        }
+
+
+def _short(report: pytest.TestReport) -> str:
+    """The last line of a failure: the assertion or error message."""
+    text = str(report.longrepr).strip().splitlines()
+    return next(
+        (line.strip() for line in reversed(text) if line.strip().startswith("E ")), text[-1]
+    )
+
+
+HOSTS = pytest.StashKey[list]()

@@ -1,0 +1,54 @@
+"""Verify, layer 0 (preflight): the host is reachable, supported, and matches its config.
+
+All checks read one HostProfile (the deploy's own fact script, one SSH round trip per host).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from operations import preflight
+from operations.preflight_facts import parse_profile, profile_command
+from tests.verify.fleet import FleetHost
+
+pytestmark = pytest.mark.preflight
+
+
+_PROFILES: dict[str, dict] = {}
+
+
+def _profile(fleet_host: FleetHost) -> dict:
+    """The host's profile, fetched once per run."""
+    if fleet_host.name not in _PROFILES:
+        result = fleet_host.host.run(profile_command(fleet_host.config.preflight.disk_path))
+        assert result.rc == 0, f"host profile script failed: {result.stderr}"
+        _PROFILES[fleet_host.name] = parse_profile(result.stdout.splitlines())
+    return _PROFILES[fleet_host.name]
+
+
+def test_reachable(fleet_host: FleetHost):
+    assert fleet_host.host.run("true").rc == 0
+
+
+def test_supported_os(fleet_host: FleetHost):
+    profile = _profile(fleet_host)
+    assert preflight.os_supported(profile["os_id"], profile["os_version"]), (
+        f"{profile['os_id']} {profile['os_version']} is not one of: "
+        f"{preflight.supported_os_words()}"
+    )
+
+
+def test_supported_arch(fleet_host: FleetHost):
+    assert _profile(fleet_host)["arch"] in preflight.SUPPORTED_ARCH
+
+
+def test_gpu_presence_matches_config(fleet_host: FleetHost):
+    gpus = len(_profile(fleet_host)["nvidia_gpus"])
+    problems = preflight._gpu_problems(fleet_host.config, gpus)
+    assert not problems, problems[0]
+
+
+def test_free_disk(fleet_host: FleetHost):
+    free = _profile(fleet_host)["disk_free_gib"]
+    needed = fleet_host.config.preflight.min_free_disk_gib
+    assert free >= needed, f"{free} GiB free, preflight_min_free_disk_gib is {needed}"
