@@ -93,7 +93,7 @@ PinnedImage = Annotated[
 class Section(BaseModel):
     """Base of every section: unknown keys are errors, values are immutable once validated."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class DeployConfig(Section):
@@ -315,7 +315,7 @@ class VllmConfig(Section):
 class FleetConfig(BaseModel):
     """The effective configuration of one host: one section per layer."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     deploy: DeployConfig = DeployConfig()
     host: HostConfig = HostConfig()

@@ -7,21 +7,22 @@ stops the whole run before any fact is gathered or any operation is planned on a
 
 from __future__ import annotations
 
+from weakref import WeakKeyDictionary
+
 from pyinfra.api import Host, State
 
 from operations.config import FleetConfig
 from operations.settings import load_fleet
 
-_VALIDATED: dict[int, dict[str, FleetConfig]] = {}
+_VALIDATED: WeakKeyDictionary[State, dict[str, FleetConfig]] = WeakKeyDictionary()
 
 
 def fleet_config(state: State) -> dict[str, FleetConfig]:
     """Config of every targeted host, validated once per run (raises ConfigError)."""
-    key = id(state)
-    if key not in _VALIDATED:
+    if state not in _VALIDATED:
         targeted = [h for h in state.inventory if state.is_host_in_limit(h)]
-        _VALIDATED[key] = load_fleet((h.name, h.data.dict()) for h in targeted)
-    return _VALIDATED[key]
+        _VALIDATED[state] = load_fleet((h.name, h.data.dict()) for h in targeted)
+    return _VALIDATED[state]
 
 
 def host_config(state: State, host: Host) -> FleetConfig:

@@ -1,0 +1,77 @@
+"""Plan tests: run deploy.py against pyinfra's @fake connector and read the planned commands.
+
+Hosts get the real group_data (loaded by pyinfra's own inventory loader), scripted fact
+output (``fake_responses``) and no delay. ``FakeFleet.plan()`` returns, per host, the
+operations in order with the exact shell commands each would run: given facts -> commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyinfra
+from pyinfra.api import Config, State
+from pyinfra.api.connect import connect_all
+from pyinfra.api.state import StateStage
+from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
+from pyinfra_cli.inventory import make_inventory
+from pyinfra_cli.util import load_deploy_file
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = str(ROOT / "deploy.py")
+
+
+def _inventory_file(tmp_path: Path, hosts: dict[str, dict[str, Any]], group: str) -> Path:
+    """An inventory file with one group of @fake hosts (pyinfra loads group_data beside it)."""
+    path = tmp_path / f"{group}.py"
+    rows = ",\n".join(f"    ({f'@fake/{name}'!r}, {data!r})" for name, data in hosts.items())
+    path.write_text(f"import re\n\n{group} = [\n{rows},\n]\n")
+    return path
+
+
+class FakeFleet:
+    """Fake hosts with scripted facts, planned through the real deploy.py and group_data."""
+
+    def __init__(self, tmp_path: Path, hosts: dict[str, dict[str, Any]], group: str = "plan"):
+        for data in hosts.values():
+            data.setdefault("fake_delay", 0)
+            data.setdefault("fake_delay_jitter", 0)
+        self.inventory_path = _inventory_file(tmp_path, hosts, group)
+        self.inventory = None
+        self.state = State()
+
+    def plan(self) -> dict[str, list[tuple[str, list[str]]]]:
+        """{host: [(operation name, [commands])]}, in run order; raises what deploy.py raises."""
+        pyinfra.is_cli = True
+        state = self.state
+        with ctx_state.use(state):
+            self.inventory = make_inventory(str(self.inventory_path), cwd=str(ROOT))
+        config = Config()
+        state.init(self.inventory, config)
+        with ctx_state.use(state), ctx_inventory.use(self.inventory), ctx_config.use(config):
+            state.set_stage(StateStage.Connect)
+            connect_all(state)
+            state.set_stage(StateStage.Prepare)
+            load_deploy_file(state, DEPLOY)
+            return {_short(host.name): _host_plan(state, host) for host in self.inventory}
+
+    def sent(self) -> dict[str, list[str]]:
+        """Every command the planning sent to each host (fact commands included)."""
+        return {_short(h.name): list(h.connector.executed_commands) for h in self.inventory}
+
+
+def _short(name: str) -> str:
+    return name.removeprefix("@fake/")
+
+
+def _host_plan(state: State, host) -> list[tuple[str, list[str]]]:
+    planned = []
+    with ctx_host.use(host):
+        for op_hash in state.get_op_order():
+            if op_hash not in state.ops[host]:
+                continue
+            op_data = state.get_op_data_for_host(host, op_hash)
+            commands = [str(c.get_raw_value()) for c in op_data.command_generator()]
+            planned.append((", ".join(sorted(state.op_meta[op_hash].names)), commands))
+    return planned

@@ -1,0 +1,134 @@
+"""Plan tests of deploy.py's preflight gate: given a host's facts, exactly what is planned."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from operations.preflight_facts import profile_command
+from operations.settings import ConfigError
+from tests.plan.harness import FakeFleet
+
+DEBIAN12 = ["os_id=debian", "os_version=12", "arch=x86_64", "kernel=6.1.0-28-amd64"]
+SUPPORTED = "supported: ubuntu 22.04, ubuntu 24.04, debian 12, rocky 9, rhel 9"
+
+
+def os_release(os_id: str, version: str, arch: str = "x86_64") -> list[str]:
+    return [f"os_id={os_id}", f"os_version={version}", f"arch={arch}", "kernel=5.15.0"]
+
+
+H100 = "pci=0000:1b:00.0 0x030200 0x2330"
+NVSWITCH = "pci=0000:05:00.0 0x068000 0x22a3"
+
+
+def profile(*lines: str, os_lines=DEBIAN12, free_kib=200 * 1024**2) -> dict:
+    """fake_responses answering the HostProfile script with these lines."""
+    body = [*os_lines, *lines, "secure_boot=disabled", f"disk_free_kib={free_kib}"]
+    return {"os-release": body}
+
+
+def host(responses: dict, **settings) -> dict:
+    return {"fake_responses": responses, **settings}
+
+
+def fails_with(planned: list, text: str) -> bool:
+    """The host's plan is the single failing preflight operation, saying ``text``."""
+    ((name, commands),) = planned
+    return (
+        name == "Preflight | Preflight failed" and text in commands[0] and "exit 1" in commands[0]
+    )
+
+
+def test_gpu_host_passes_with_one_fact_command_and_plans_nothing_yet(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pyinfra")
+    fleet = FakeFleet(tmp_path, {"gpu1": host(profile(H100, H100), host_gpu_count=2)})
+    assert fleet.plan() == {"gpu1": []}
+    (fact_command,) = fleet.sent()["gpu1"]  # one round trip gathers every preflight fact
+    assert profile_command("/") in fact_command
+    assert "debian 12 x86_64, kernel 6.1.0-28-amd64, 2 NVIDIA GPU(s)" in caplog.text
+    for layer in ("driver", "docker", "toolkit", "vllm"):
+        assert f"{layer}: not implemented yet" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("os_lines", "expected"),
+    [
+        (
+            ["os_id=debian", "os_version=11", "arch=x86_64", "kernel=5.10"],
+            "unsupported OS debian 11",
+        ),
+        (["os_id=centos", "os_version=7", "arch=x86_64", "kernel=3.10"], "unsupported OS centos 7"),
+        (["os_id=ubuntu", "os_version=20.04", "arch=x86_64", "kernel=5.4"], "ubuntu 20.04"),
+        (["os_id=debian", "os_version=12", "arch=ppc64le", "kernel=6.1"], "architecture ppc64le"),
+    ],
+)
+def test_unsupported_platform_fails_that_host(tmp_path, os_lines, expected):
+    planned = FakeFleet(tmp_path, {"h": host(profile(H100, os_lines=os_lines))}).plan()
+    assert fails_with(planned["h"], expected)
+
+
+@pytest.mark.parametrize(
+    ("os_lines"),
+    [
+        os_release("ubuntu", "22.04"),
+        os_release("ubuntu", "24.04", "aarch64"),
+        os_release("rocky", "9.4"),
+        os_release("rhel", "9.5"),
+    ],
+)
+def test_supported_platforms_pass(tmp_path, os_lines):
+    assert FakeFleet(tmp_path, {"h": host(profile(H100, os_lines=os_lines))}).plan() == {"h": []}
+
+
+def test_gpu_group_host_without_gpu_fails_with_the_fix_in_the_message(tmp_path):
+    planned = FakeFleet(tmp_path, {"h": host(profile())}).plan()
+    assert fails_with(planned["h"], "no NVIDIA GPU (PCI vendor 10de)")
+    assert fails_with(planned["h"], "set host_has_gpus = False")
+
+
+def test_host_declared_without_gpus_passes_without_gpu(tmp_path):
+    assert FakeFleet(tmp_path, {"h": host(profile(), host_has_gpus=False)}).plan() == {"h": []}
+
+
+def test_gpu_count_mismatch_fails(tmp_path):
+    planned = FakeFleet(tmp_path, {"h": host(profile(H100), host_gpu_count=8)}).plan()
+    assert fails_with(planned["h"], "1 NVIDIA GPU(s) on the PCI bus, host_gpu_count expects 8")
+
+
+def test_nvswitch_is_not_counted_as_a_gpu(tmp_path):
+    fleet = FakeFleet(tmp_path, {"h": host(profile(H100, NVSWITCH), host_gpu_count=1)})
+    assert fleet.plan() == {"h": []}
+
+
+def test_small_disk_fails(tmp_path):
+    responses = profile(H100, free_kib=5 * 1024**2)
+    planned = FakeFleet(tmp_path, {"h": host(responses)}).plan()
+    assert fails_with(planned["h"], "only 5.0 GiB free on /, preflight_min_free_disk_gib is 30.0")
+
+
+def test_one_failing_host_does_not_stop_the_others(tmp_path):
+    fleet = FakeFleet(tmp_path, {"good": host(profile(H100)), "bad": host(profile())})
+    planned = fleet.plan()
+    assert planned["good"] == []
+    assert fails_with(planned["bad"], "no NVIDIA GPU")
+
+
+def test_layer_subset_runs_only_those_layers(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pyinfra")
+    FakeFleet(tmp_path, {"h": host(profile(H100), deploy_layers="docker")}).plan()
+    assert "docker: not implemented yet" in caplog.text
+    assert "driver: not implemented yet" not in caplog.text
+
+
+def test_bad_value_on_one_host_stops_the_run_before_any_command(tmp_path):
+    fleet = FakeFleet(
+        tmp_path,
+        {"good": host(profile(H100)), "bad": host(profile(H100), vllm_gpu_memory_utilization=1.5)},
+    )
+    with pytest.raises(ConfigError) as error:
+        fleet.plan()
+    assert "bad: vllm_gpu_memory_utilization = 1.5: Input should be less than or equal to 1" in str(
+        error.value
+    )
+    assert fleet.sent() == {"good": [], "bad": []}
