@@ -46,6 +46,17 @@ def _pattern(regex: str, allowed: str) -> Any:
     return Field(pattern=regex, json_schema_extra={"x-allowed": allowed})
 
 
+def _version_text(value: Any) -> Any:
+    """Versions are strings; an int (``--data driver_branch=570``) is taken as its digits."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        raise ValueError(f"write the version as a string ('{value}' as a number may lose zeros)")
+    return value
+
+
 def _gpu_set(value: Any) -> Any:
     """'all', or GPU indices given as a list or as '0,1,2'."""
     if value == "all" or isinstance(value, list):
@@ -69,16 +80,24 @@ GpuSet = Annotated[
 ]
 Quantization = Literal["awq", "gptq", "fp8", "bitsandbytes", "awq_marlin", "gptq_marlin"]
 
-Branch = Annotated[str, _pattern(r"^[0-9]{3}$", "a 3-digit driver branch such as 550, 570 or 580")]
+Branch = Annotated[
+    str,
+    BeforeValidator(_version_text),
+    _pattern(r"^[0-9]{3}$", "a 3-digit driver branch such as 550, 570 or 580"),
+]
 DriverVersion = Annotated[
     str,
+    BeforeValidator(_version_text),
     _pattern(r"^[0-9]{3}\.[0-9]{1,3}(\.[0-9]{1,3})?$", "an exact driver version such as 580.95.05"),
 ]
 DockerVersion = Annotated[
-    str, _pattern(r"^[0-9]+\.[0-9]+(\.[0-9]+)?$", "a Docker version such as 27.5 or 27.5.1")
+    str,
+    BeforeValidator(_version_text),
+    _pattern(r"^[0-9]+\.[0-9]+(\.[0-9]+)?$", "a Docker version such as 27.5 or 27.5.1"),
 ]
 ToolkitVersion = Annotated[
     str,
+    BeforeValidator(_version_text),
     _pattern(r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9]+)?$", "a toolkit version such as 1.17.8 or 1.17.8-1"),
 ]
 PinnedImage = Annotated[

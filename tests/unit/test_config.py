@@ -53,7 +53,8 @@ def test_schema_covers_every_setting_and_validates_types():
         {"vllm_image": "vllm/vllm-openai@sha256:" + "a" * 64},
         {"vllm_image": "registry.internal:5000/vllm/vllm-openai:v0.11.0"},
         {"vllm_image": "vllm/vllm-openai:latest", "vllm_allow_latest": True},
-        {"vllm_port": "8001", "host_has_gpus": "false"},  # as given with --data key=value
+        {"vllm_port": "8001", "host_has_gpus": "false"},
+        {"driver_branch": 570, "docker_version": "27.5"},  # --data driver_branch=570 gives an int
         {"deploy_layers": "driver,docker"},
         {"docker_registry_mirrors": ["https://mirror.internal"], "docker_users": ["ops"]},
         {"docker_daemon_options": {"dns": ["10.0.0.2"]}, "docker_data_root": "/data/docker"},
@@ -70,7 +71,7 @@ def test_good_values_are_accepted(data):
     ("data", "message"),
     [
         ({"driver_branch": "58"}, "driver_branch = '58': must be a 3-digit driver branch"),
-        ({"driver_branch": 580}, "driver_branch = 580: Input should be a valid string"),
+        ({"docker_version": 27.10}, "docker_version = 27.1: write the version as a string"),
         (
             {"driver_branch": "570", "driver_version": "580.95.05"},
             "driver_version = '580.95.05': must be a version of branch 570",

@@ -165,11 +165,10 @@ class FleetReport:
 
 
 def _short(report: pytest.TestReport) -> str:
-    """The last line of a failure: the assertion or error message."""
-    text = str(report.longrepr).strip().splitlines()
-    return next(
-        (line.strip() for line in reversed(text) if line.strip().startswith("E ")), text[-1]
-    )
+    """The failure's own message (assertion text or error), on one line."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr)
+    return text.strip().splitlines()[0].removeprefix("AssertionError: ")
 
 
 HOSTS = pytest.StashKey[list]()
