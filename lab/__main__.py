@@ -1,0 +1,81 @@
+"""`python -m lab {up,down,status,image}`: the local lab fleet (see lab/__init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from lab import LabError, repo_root
+
+
+def _hosts(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return count
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lab",
+        description="Local lab fleet: Debian 12 hosts (systemd + sshd containers) for pyinfra.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    mirror_help = (
+        "Debian mirror to build the image from "
+        "(default: $LAB_DEBIAN_MIRROR, else the controller's own apt sources)"
+    )
+    up = sub.add_parser("up", help="bring up N hosts reachable over SSH (idempotent)")
+    up.add_argument("--hosts", type=_hosts, default=3, metavar="N", help="number of hosts (3)")
+    up.add_argument("--mirror", metavar="URL", help=mirror_help)
+    sub.add_parser("down", help="remove the hosts, their volumes and the state file")
+    sub.add_parser("status", help="show the hosts and whether they answer SSH")
+    image = sub.add_parser("image", help="build the host image (only if it is out of date)")
+    image.add_argument("--rebuild", action="store_true", help="build even if up to date")
+    image.add_argument("--mirror", metavar="URL", help=mirror_help)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    root = repo_root()
+    try:
+        # Imported here so that `--help` works even where something below is broken.
+        from lab import fleet, image
+
+        if args.command == "up":
+            fleet.up(root, args.hosts, mirror=args.mirror)
+        elif args.command == "down":
+            fleet.down(root)
+        elif args.command == "status":
+            fleet.status(root)
+        elif args.command == "image":
+            from lab.engine import ensure_engine
+
+            ensure_engine()
+            built = image.ensure_image(root, rebuild=args.rebuild, mirror=args.mirror)
+            if not built:
+                print(f"{image.IMAGE} is up to date (recipe {image.recipe_hash()})")
+    except LabError as exc:
+        print(f"lab: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lab: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never a traceback for users; LAB_DEBUG=1 shows it
+        if os.environ.get("LAB_DEBUG"):
+            raise
+        print(
+            f"lab: unexpected error: {type(exc).__name__}: {exc} (LAB_DEBUG=1 shows details)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

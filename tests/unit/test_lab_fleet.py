@@ -1,0 +1,94 @@
+"""Unit tests of lab.fleet's pure parts: names, ports, docker arguments, inspect parsing."""
+
+import pytest
+
+from lab import LabError
+from lab.fleet import (
+    container_name,
+    create_args,
+    format_table,
+    host_name,
+    parse_container,
+    parse_index,
+    pick_port,
+    volume_name,
+)
+
+
+def test_names():
+    assert (host_name(2), container_name(2), volume_name(2)) == (
+        "lab-2",
+        "gpufleet-lab-2",
+        "gpufleet-lab-2-docker",
+    )
+    assert parse_index("gpufleet-lab-12") == 12
+    assert parse_index("/gpufleet-lab-3") == 3
+    for other in ("gpufleet-lab-0", "gpufleet-lab-1-docker", "gpufleet-lab-x", "lab-1"):
+        assert parse_index(other) is None
+
+
+def test_pick_port_lowest_free_from_base():
+    assert pick_port(set(), lambda p: True) == 2221
+    assert pick_port({2221, 2222}, lambda p: True) == 2223
+    assert pick_port({2221}, lambda p: p != 2222) == 2223
+
+
+def test_pick_port_keeps_preferred_when_possible():
+    assert pick_port({2221}, lambda p: True, preferred=2230) == 2230
+    assert pick_port({2221}, lambda p: p != 2230, preferred=2230) == 2222
+    assert pick_port({2230}, lambda p: True, preferred=2230) == 2221
+
+
+def test_pick_port_exhausted():
+    with pytest.raises(LabError, match="no free TCP port"):
+        pick_port(set(), lambda p: False, span=5)
+
+
+def test_create_args_cgroup_v1_and_v2():
+    v1 = create_args(2, 2222, 1)
+    joined = " ".join(v1)
+    assert "--privileged" not in v1
+    assert "--cgroupns=host" not in v1
+    assert "-p 127.0.0.1:2222:22" in joined
+    assert "-v gpufleet-lab-2-docker:/var/lib/docker" in joined
+    assert "-v /sys/fs/cgroup:/sys/fs/cgroup:rw" in joined
+    assert "--name gpufleet-lab-2 --hostname lab-2" in joined
+    assert "--label gpufleet-lab=1" in joined
+    assert "--restart no" in joined
+    assert "--cap-add ALL --cap-drop SYS_RESOURCE" in joined
+    assert "--tmpfs /run --tmpfs /run/lock" in joined
+    assert v1[0] == "create" and v1[-1] == "gpufleet-lab:debian12"
+    v2 = create_args(2, 2222, 2)
+    assert "--cgroupns=host" in v2
+    assert v2[-1] == "gpufleet-lab:debian12"
+
+
+def _inspect(name="/gpufleet-lab-1", status="running", port="2221"):
+    return {
+        "Name": name,
+        "Image": "sha256:abc",
+        "State": {"Status": status},
+        "HostConfig": {"PortBindings": {"22/tcp": [{"HostIp": "127.0.0.1", "HostPort": port}]}},
+    }
+
+
+def test_parse_container():
+    c = parse_container(_inspect())
+    assert (c.index, c.name, c.status, c.port, c.image) == (
+        1,
+        "gpufleet-lab-1",
+        "running",
+        2221,
+        "sha256:abc",
+    )
+    assert parse_container(_inspect(port="")).port is None
+    assert (
+        parse_container({"Name": "/gpufleet-lab-4", "HostConfig": {"PortBindings": None}}).port
+        is None
+    )
+    assert parse_container(_inspect(name="/something-else")) is None
+
+
+def test_format_table():
+    text = format_table(["A", "LONGER"], [["x", "1"], ["yyyy", "2"]])
+    assert text.splitlines() == ["A     LONGER", "x     1", "yyyy  2"]
