@@ -9,6 +9,7 @@ The containers are the source of truth; `.lab/state.json` is written from them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import socket
@@ -40,6 +41,7 @@ PORT_BASE = 2221
 PORT_SPAN = 1000
 MAX_HOSTS = 64
 READY_TIMEOUT = 90.0
+KEYS_LABEL = f"{LABEL}.keys"
 _NAME_RE = re.compile(r"^gpufleet-lab-([1-9][0-9]*)$")
 
 
@@ -68,6 +70,7 @@ class Container:
     status: str  # docker's State.Status: created, running, exited, paused, dead...
     port: int | None  # host port published for 22/tcp
     image: str  # image id
+    keys: str = ""  # KEYS_LABEL: which controller key and host key were put in
 
 
 def parse_container(info: dict) -> Container | None:
@@ -84,7 +87,9 @@ def parse_container(info: dict) -> Container | None:
             port = int(value)
             break
     status = str((info.get("State") or {}).get("Status", "unknown"))
-    return Container(index, name, status, port, str(info.get("Image", "")))
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    image = str(info.get("Image", ""))
+    return Container(index, name, status, port, image, str(labels.get(KEYS_LABEL, "")))
 
 
 def pick_port(
@@ -114,7 +119,7 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     return True
 
 
-def create_args(i: int, port: int, cgroup: int, image: str = IMAGE) -> list[str]:
+def create_args(i: int, port: int, cgroup: int, image: str = IMAGE, keys: str = "") -> list[str]:
     """`docker create` arguments for host i: systemd as PID 1 without --privileged."""
     args = [
         "create",
@@ -122,6 +127,7 @@ def create_args(i: int, port: int, cgroup: int, image: str = IMAGE) -> list[str]
         "--hostname", host_name(i),
         "--label", f"{LABEL}=1",
         "--label", f"{LABEL}.host={host_name(i)}",
+        "--label", f"{KEYS_LABEL}={keys}",
         "--restart", "no",
         "--stop-signal", STOP_SIGNAL,
         "--cap-add", "ALL",
@@ -181,6 +187,16 @@ class _Paths:
         return self.hostkeys / host_name(i)
 
 
+def keys_id(paths: _Paths, i: int) -> str:
+    """Fingerprint of the controller key and host i's key, as put into its container.
+
+    A container made by another checkout (another .lab/) carries other keys: `up` sees the
+    mismatch and recreates it instead of waiting for an SSH login that cannot succeed.
+    """
+    material = public_key(paths.key) + public_key(paths.hostkey(i))
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
 def _create_host(i: int, paths: _Paths, cgroup: int, taken: set[int], preferred: int | None) -> int:
     """(Re)create host i from scratch, put its keys in, start it; returns its port."""
     hostkey = paths.hostkey(i)
@@ -193,7 +209,7 @@ def _create_host(i: int, paths: _Paths, cgroup: int, taken: set[int], preferred:
     for _attempt in range(5):
         port = pick_port(taken, port_is_free, preferred)
         docker("volume", "create", "--label", f"{LABEL}=1", volume_name(i))
-        docker(*create_args(i, port, cgroup))
+        docker(*create_args(i, port, cgroup, keys=keys_id(paths, i)))
         # Before sshd ever runs: its host key and root's authorized_keys.
         docker("cp", "-", f"{container_name(i)}:/", input=payload, text=False)
         started = docker("start", container_name(i), check=False)
@@ -210,12 +226,10 @@ def _create_host(i: int, paths: _Paths, cgroup: int, taken: set[int], preferred:
     raise LabError(f"cannot find a free port for {container_name(i)}")
 
 
-def _ensure_keys(paths: _Paths, count: int) -> tuple[bool, set[int]]:
-    new_controller = ensure_keypair(paths.key, "gpufleet-lab-controller")
-    new_hostkeys = {
-        i for i in range(1, count + 1) if ensure_keypair(paths.hostkey(i), host_name(i))
-    }
-    return new_controller, new_hostkeys
+def _ensure_keys(paths: _Paths, count: int) -> None:
+    ensure_keypair(paths.key, "gpufleet-lab-controller")
+    for i in range(1, count + 1):
+        ensure_keypair(paths.hostkey(i), host_name(i))
 
 
 def _previous_ports(root: Path) -> dict[str, int]:
@@ -226,9 +240,7 @@ def _previous_ports(root: Path) -> dict[str, int]:
     return {h["name"]: h["port"] for h in state["hosts"]}
 
 
-def _reconcile(
-    root: Path, count: int, existing: dict[int, Container], fresh: set[int], log: Log
-) -> dict[int, int]:
+def _reconcile(root: Path, count: int, existing: dict[int, Container], log: Log) -> dict[int, int]:
     """Make hosts 1..count exist and run; returns {index: port}."""
     for i in sorted(existing):
         if i > count:
@@ -243,8 +255,9 @@ def _reconcile(
     for i in range(1, count + 1):
         c = keep.get(i)
         preferred = previous.get(host_name(i))
-        if c and (c.status in ("created", "dead", "removing") or not c.port or i in fresh):
-            # never started, broken, or its keys changed: make it again
+        stale_keys = c is not None and c.keys != keys_id(paths, i)
+        if c and (c.status in ("created", "dead", "removing") or not c.port or stale_keys):
+            # never started, broken, or holding other keys: make it again
             taken.discard(c.port)
             preferred, c = c.port, None
         if c is None:
@@ -348,11 +361,8 @@ def up(root: Path, count: int = 3, mirror: str | None = None, log: Log = print) 
     timings["image"] = time.monotonic() - t
     t = time.monotonic()
     paths = _Paths.of(root)
-    new_controller, fresh = _ensure_keys(paths, count)
-    existing = list_containers()
-    if new_controller:
-        fresh |= set(existing)  # their authorized_keys name a key that no longer exists
-    ports = _reconcile(root, count, existing, fresh, log)
+    _ensure_keys(paths, count)
+    ports = _reconcile(root, count, list_containers(), log)
     _write_trust_and_state(root, paths, ports)
     timings["hosts"] = time.monotonic() - t
     t = time.monotonic()

@@ -92,3 +92,18 @@ def test_parse_container():
 def test_format_table():
     text = format_table(["A", "LONGER"], [["x", "1"], ["yyyy", "2"]])
     assert text.splitlines() == ["A     LONGER", "x     1", "yyyy  2"]
+
+
+def test_container_remembers_which_keys_it_was_given():
+    """A container made by another checkout's .lab/ is recognised by its keys label."""
+    args = create_args(1, 2221, 1, keys="abc123")
+    assert "gpufleet-lab.keys=abc123" in args
+    info = {
+        "Name": "/gpufleet-lab-1",
+        "State": {"Status": "running"},
+        "Config": {"Labels": {"gpufleet-lab": "1", "gpufleet-lab.keys": "abc123"}},
+        "HostConfig": {"PortBindings": {"22/tcp": [{"HostIp": "127.0.0.1", "HostPort": "2221"}]}},
+    }
+    assert parse_container(info).keys == "abc123"
+    del info["Config"]
+    assert parse_container(info).keys == ""
