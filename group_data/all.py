@@ -31,6 +31,8 @@ driver_version = None
 driver_kernel_modules = "auto"
 # Base URL of NVIDIA's CUDA repository or your mirror; unset = NVIDIA's.
 driver_cuda_repo_url = None
+# Install headers for the running kernel (DKMS builds the modules with them).
+driver_kernel_headers = True
 # Hold the driver packages so unattended upgrades cannot move them.
 driver_hold_packages = True
 # Enable and run nvidia-persistenced.

@@ -5,3 +5,9 @@ GPU checks report 'not applicable' on these hosts; every other layer runs for re
 
 host_has_gpus = False
 preflight_min_free_disk_gib = 2.0
+
+# The lab's hosts run Debian 12, whose own archive ships the 535 branch; their kernel is the
+# controller's, not Debian's, so there are no headers to install for it (DKMS skips it).
+driver_source = "distro"
+driver_branch = "535"
+driver_kernel_headers = False

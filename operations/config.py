@@ -173,6 +173,10 @@ class DriverConfig(Section):
         default=None,
         description="Base URL of NVIDIA's CUDA repository or your mirror; unset = NVIDIA's.",
     )
+    kernel_headers: bool = Field(
+        default=True,
+        description="Install headers for the running kernel (DKMS builds the modules with them).",
+    )
     hold_packages: bool = Field(
         default=True,
         description="Hold the driver packages so unattended upgrades cannot move them.",

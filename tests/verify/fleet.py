@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,15 @@ class FleetHost:
     config: FleetConfig
     data: dict[str, Any]
     ssh_config: Path | None = None
-    _error: str | None = field(default=None, repr=False)
+    _facts: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def fact(self, command: str, parse: Callable[[list[str]], Any]) -> Any:
+        """Run a deploy fact's script once per run and parse it the way the deploy does."""
+        if command not in self._facts:
+            result = self.host.run(command)
+            assert result.rc == 0, f"fact script failed (rc {result.rc}): {result.stderr}"
+            self._facts[command] = parse(result.stdout.splitlines())
+        return self._facts[command]
 
     @functools.cached_property
     def host(self) -> testinfra.host.Host:

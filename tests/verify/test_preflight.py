@@ -14,16 +14,9 @@ from tests.verify.fleet import FleetHost
 pytestmark = pytest.mark.preflight
 
 
-_PROFILES: dict[str, dict] = {}
-
-
 def _profile(fleet_host: FleetHost) -> dict:
     """The host's profile, fetched once per run."""
-    if fleet_host.name not in _PROFILES:
-        result = fleet_host.host.run(profile_command(fleet_host.config.preflight.disk_path))
-        assert result.rc == 0, f"host profile script failed: {result.stderr}"
-        _PROFILES[fleet_host.name] = parse_profile(result.stdout.splitlines())
-    return _PROFILES[fleet_host.name]
+    return fleet_host.fact(profile_command(fleet_host.config.preflight.disk_path), parse_profile)
 
 
 def test_reachable(fleet_host: FleetHost):

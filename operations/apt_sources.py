@@ -1,0 +1,82 @@
+"""The host's own apt sources, edited in place: components added, nothing else rewritten.
+
+Used where a layer needs an archive area the host has not enabled (Debian's ``contrib
+non-free non-free-firmware`` for the NVIDIA driver). Only the ``Components:`` field of a
+deb822 stanza, or the component list of a one-line ``deb`` entry, of the entries for the
+host's own release (``bookworm``, ``bookworm-updates``, ``bookworm-security``…) is touched.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pyinfra.api import FactBase
+
+SOURCE_FILES = (
+    "/etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources"
+)
+_MARK = "@@gpufleet-file@@ "
+
+
+class AptSourceFiles(FactBase):
+    """{path: text} of sources.list and every sources.list.d/*.list|*.sources, one command."""
+
+    def command(self) -> str:
+        return f'for f in {SOURCE_FILES}; do [ -f "$f" ] && echo "{_MARK}$f" && cat "$f"; done'
+
+    def process(self, output: list[str]) -> dict[str, str]:
+        files: dict[str, list[str]] = {}
+        current: list[str] = []
+        for line in output:
+            if line.startswith(_MARK):
+                current = files.setdefault(line[len(_MARK) :], [])
+            else:
+                current.append(line)
+        return {path: "\n".join(lines) + "\n" for path, lines in files.items()}
+
+
+def _ours(suites: list[str], codename: str) -> bool:
+    return any(suite == codename or suite.startswith(f"{codename}-") for suite in suites)
+
+
+def _add(existing: list[str], wanted: tuple[str, ...]) -> list[str]:
+    return existing + [c for c in wanted if c not in existing]
+
+
+def _one_line(text: str, codename: str, wanted: tuple[str, ...]) -> str:
+    out = []
+    for line in text.splitlines():
+        match = re.match(
+            r"^(\s*deb(?:-src)?\s+(?:\[[^]]*\]\s+)?\S+\s+)(\S+)((?:\s+\S+)*)\s*$", line
+        )
+        if match and _ours([match.group(2)], codename):
+            head, suite, comps = match.groups()
+            line = f"{head}{suite} {' '.join(_add(comps.split(), wanted))}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _deb822(text: str, codename: str, wanted: tuple[str, ...]) -> str:
+    stanzas = re.split(r"\n(?=\s*\n)", text)
+    return "\n".join(_deb822_stanza(stanza, codename, wanted) for stanza in stanzas)
+
+
+def _deb822_stanza(stanza: str, codename: str, wanted: tuple[str, ...]) -> str:
+    fields = dict(re.findall(r"(?mi)^(Types|Suites|Enabled):\s*(.*)$", stanza))
+    fields = {key.lower(): value for key, value in fields.items()}
+    if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes") == "no":
+        return stanza
+    if not _ours(fields.get("suites", "").split(), codename):
+        return stanza
+
+    def components(match: re.Match) -> str:
+        return f"{match.group(1)}{' '.join(_add(match.group(2).split(), wanted))}"
+
+    return re.sub(r"(?mi)^(Components:\s*)(.*)$", components, stanza, count=1)
+
+
+def with_components(text: str, path: str, codename: str, wanted: tuple[str, ...]) -> str:
+    """The file's text with ``wanted`` components on every entry of release ``codename``."""
+    if path.endswith(".sources"):
+        return _deb822(text, codename, wanted)
+    return _one_line(text, codename, wanted)

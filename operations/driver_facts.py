@@ -1,0 +1,104 @@
+"""Facts of the NVIDIA driver layer, gathered in one round trip per host.
+
+``DriverState`` runs one POSIX shell script printing ``key=value`` lines: the version of the
+NVML library installed (``libnvidia-ml.so.1``'s target, what userspace loads), the version
+of the loaded kernel module (``/sys/module/nvidia/version``) and of the module on disk for
+the running kernel (``modinfo``), nouveau loaded or blacklisted, the NVIDIA packages and
+which are held (dpkg/apt-mark or rpm/dnf versionlock), the persistence and fabric manager
+units, the distribution's reboot-required flag, and, when the module is loaded, one
+``nvidia-smi --query-gpu`` CSV line per GPU. The verify checks run the same script.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyinfra.api import FactBase
+
+GPU_QUERY = (
+    "index,pci.bus_id,name,driver_version,persistence_mode,"
+    "ecc.errors.uncorrected.volatile.total,retired_pages.pending"
+)
+UNITS = ("nvidia-persistenced", "nvidia-fabricmanager")
+
+_SCRIPT = r"""
+lib=$(readlink -f /usr/lib/*/libnvidia-ml.so.1 /usr/lib64/libnvidia-ml.so.1 2>/dev/null | head -n 1)
+case "$lib" in *libnvidia-ml.so.[0-9]*.*) echo "nvml_version=${lib##*libnvidia-ml.so.}" ;; esac
+[ -r /sys/module/nvidia/version ] && echo "module_loaded=$(cat /sys/module/nvidia/version)"
+command -v modinfo >/dev/null && echo "module_on_disk=$(modinfo -F version nvidia 2>/dev/null)"
+[ -d /sys/module/nouveau ] && echo "nouveau_loaded=yes"
+grep -lsE '^[[:space:]]*blacklist[[:space:]]+nouveau' /etc/modprobe.d/*.conf \
+  /usr/lib/modprobe.d/*.conf | sed 's/^/nouveau_blacklist=/'
+if command -v dpkg-query >/dev/null; then
+  # status "ii" or "hi" (held): the second letter says installed
+  dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version}\n' 'nvidia-*' 'libnvidia-*' \
+    'cuda-drivers*' 'firmware-nvidia-*' 'linux-modules-nvidia-*' 2>/dev/null \
+    | awk 'substr($1, 2, 1) == "i" { print "package=" $2 " " $3 }'
+  apt-mark showhold 2>/dev/null | sed 's/^/held=/'
+elif command -v rpm >/dev/null; then
+  rpm -qa --qf 'package=%{NAME} %{VERSION}-%{RELEASE}\n' 'nvidia-*' 'kmod-nvidia*' 'cuda-drivers*'
+  dnf -q versionlock list 2>/dev/null | sed -E 's/^([^:]*:)?(.*)-[^-]+-[^-]+$/held=\2/'
+fi
+for unit in @UNITS@; do
+  enabled=$(systemctl is-enabled "$unit" 2>/dev/null)
+  active=$(systemctl is-active "$unit" 2>/dev/null)
+  echo "unit=$unit ${enabled:-missing} ${active:-unknown}"
+done
+if command -v update-initramfs >/dev/null; then echo "initramfs=update-initramfs -u"
+elif command -v dracut >/dev/null; then echo "initramfs=dracut -f"; fi
+{ [ -e /var/run/reboot-required ] || { command -v needs-restarting >/dev/null \
+  && ! needs-restarting -r >/dev/null 2>&1; }; } && echo "reboot_required=yes"
+if [ -r /sys/module/nvidia/version ] && command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=@QUERY@ --format=csv,noheader 2>&1 | sed 's/^/gpu=/'
+  echo "nvidia_smi_rc=$?"
+fi
+"""
+
+
+def driver_command() -> str:
+    """The shell script behind DriverState."""
+    return _SCRIPT.replace("@UNITS@", " ".join(UNITS)).replace("@QUERY@", GPU_QUERY).strip()
+
+
+def _gpu(line: str) -> dict[str, str]:
+    keys = GPU_QUERY.split(",")
+    values = [value.strip() for value in line.split(",")]
+    return dict(zip(keys, values, strict=False))
+
+
+def parse_driver_state(lines: list[str]) -> dict[str, Any]:
+    """Turn the script's ``key=value`` lines into the driver state dict."""
+    state: dict[str, Any] = {
+        "packages": {}, "held": [], "units": {}, "gpus": [], "gpu_errors": [],
+        "nouveau_blacklist": [], "nouveau_loaded": False, "reboot_required": False,
+    }  # fmt: skip
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key == "package":
+            name, _, version = value.partition(" ")
+            state["packages"][name] = version
+        elif key == "held":
+            state["held"].append(value.strip())
+        elif key == "unit":
+            name, enabled, active = value.split()
+            state["units"][name] = {"enabled": enabled, "active": active}
+        elif key == "gpu":
+            target = "gpus" if value.count(",") >= 6 else "gpu_errors"
+            state[target].append(_gpu(value) if target == "gpus" else value)
+        elif key == "nouveau_blacklist":
+            state["nouveau_blacklist"].append(value)
+        elif key in ("nouveau_loaded", "reboot_required"):
+            state[key] = value == "yes"
+        elif key:
+            state[key] = value
+    return state
+
+
+class DriverState(FactBase):
+    """Installed, loaded and held state of the NVIDIA driver on a host (see module doc)."""
+
+    def command(self) -> str:
+        return driver_command()
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        return parse_driver_state(output)
