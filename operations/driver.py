@@ -102,18 +102,26 @@ def platform_of(profile: dict[str, Any]) -> Platform:
     return PLATFORMS[(profile["os_id"], version)]
 
 
-def module_flavour(config: DriverConfig, gpus: list[dict]) -> tuple[str | None, str | None]:
-    """(flavour, problem): the kernel modules to install for these GPUs.
+def module_flavour(
+    config: DriverConfig, gpus: list[dict], available: tuple[str, ...]
+) -> tuple[str, str | None]:
+    """(flavour, problem): the kernel modules to install for these GPUs from this source.
 
-    auto = open when every GPU is Turing or newer (NVIDIA's default since R560), else
-    proprietary. Blackwell needs open modules: proprietary is refused when one is present.
+    auto = open when every GPU is Turing or newer and the source has open modules (NVIDIA's
+    default since R560), else proprietary. Blackwell needs open modules: proprietary is
+    refused when one is present.
     """
     ids = [int(gpu["device"], 16) for gpu in gpus]
-    if config.kernel_modules == "proprietary" and any(i >= BLACKWELL_FIRST for i in ids):
-        return None, "driver_kernel_modules = proprietary, but Blackwell GPUs need open modules"
-    if config.kernel_modules != "auto":
-        return config.kernel_modules, None
-    return ("open" if ids and min(ids) >= TURING_FIRST else "proprietary"), None
+    needs_open = any(i >= BLACKWELL_FIRST for i in ids)
+    flavour = config.kernel_modules
+    if flavour == "auto":
+        turing_on = ids and min(ids) >= TURING_FIRST
+        flavour = "open" if needs_open or (turing_on and "open" in available) else "proprietary"
+    if flavour == "proprietary" and needs_open:
+        return flavour, "proprietary kernel modules cannot drive Blackwell GPUs: use open"
+    if flavour not in available:
+        return flavour, f"{flavour} kernel modules are not available from this source"
+    return flavour, None
 
 
 def problems(config: FleetConfig, profile: dict[str, Any], state: dict[str, Any]) -> list[str]:
@@ -129,16 +137,21 @@ def problems(config: FleetConfig, profile: dict[str, Any], state: dict[str, Any]
             )
         if driver.version and distro.branches:
             found.append(f"driver_version cannot be pinned with {os_words}'s own packages")
-    flavour, problem = module_flavour(driver, profile["nvidia_gpus"])
+    _, problem = module_flavour(driver, profile["nvidia_gpus"], _flavours(driver, distro))
     found += [problem] if problem else []
-    if distro and flavour and flavour not in distro.flavours and driver.source == "distro":
-        found.append(f"{flavour} kernel modules are not available from {os_words}'s archive")
     if profile["secure_boot"] == "enabled" and not (distro and distro.signed_modules):
         found.append(
             "Secure Boot is enabled and these kernel modules are built by DKMS, unsigned: "
             "enroll a Machine Owner Key for DKMS (mokutil --import) or disable Secure Boot"
         )
     return found
+
+
+def _flavours(driver: DriverConfig, distro: DistroDriver | None) -> tuple[str, ...]:
+    """Module flavours the configured source offers on this OS."""
+    if driver.source == "distro" and distro is not None:
+        return distro.flavours
+    return ("open", "proprietary")
 
 
 def _unless(needed_now: bool, op) -> dict:
@@ -165,7 +178,8 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     if found:
         _fail("driver: " + "; ".join(found))
         return
-    flavour, _ = module_flavour(config.driver, profile["nvidia_gpus"])
+    available = _flavours(config.driver, platform.distro)
+    flavour, _ = module_flavour(config.driver, profile["nvidia_gpus"], available)
     install = _install_apt(config, profile, platform.distro, flavour)
     _hold_apt(config, state, install)
     _blacklist_nouveau(config, state)
@@ -222,10 +236,11 @@ def _persistence(config: FleetConfig) -> None:
 
 
 def _reboot_if_needed(config: FleetConfig, state: dict[str, Any], install) -> None:
-    """Reboot when the loaded module is not the installed driver (and the config allows)."""
+    """Reboot when no module, or not the installed one, is loaded (and the config allows)."""
     if not config.host.has_gpus:
         return
-    mismatch = state.get("module_loaded") != state.get("nvml_version")
+    loaded = state.get("module_loaded")
+    mismatch = not loaded or loaded != state.get("nvml_version")
     if not config.driver.allow_reboot or (host.name == "@local" and not config.driver.reboot_local):
         if mismatch:
             logger.warning(f"{host.print_prefix}driver: reboot needed, not allowed by config")

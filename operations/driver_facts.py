@@ -100,5 +100,9 @@ class DriverState(FactBase):
     def command(self) -> str:
         return driver_command()
 
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return parse_driver_state([])
+
     def process(self, output: list[str]) -> dict[str, Any]:
         return parse_driver_state(output)

@@ -3,6 +3,7 @@
 Hosts get the real group_data (loaded by pyinfra's own inventory loader), scripted fact
 output (``fake_responses``) and no delay. ``FakeFleet.plan()`` returns, per host, the
 operations in order with the exact shell commands each would run: given facts -> commands.
+An operation that runs only if an earlier one changes something is named with CONDITIONAL.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import pyinfra
 from pyinfra.api import Config, State
+from pyinfra.api.command import FileUploadCommand, FunctionCommand
 from pyinfra.api.connect import connect_all
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
@@ -19,6 +21,7 @@ from pyinfra_cli.inventory import make_inventory
 from pyinfra_cli.util import load_deploy_file
 
 ROOT = Path(__file__).resolve().parents[2]
+CONDITIONAL = " [if changed]"
 DEPLOY = str(ROOT / "deploy.py")
 
 
@@ -65,6 +68,17 @@ def _short(name: str) -> str:
     return name.removeprefix("@fake/")
 
 
+def _text(command) -> str:
+    """A planned command as text; a file upload as ``upload <dest>: <content>``."""
+    if isinstance(command, FileUploadCommand):
+        src = command.src
+        content = src.getvalue() if hasattr(src, "getvalue") else f"<{src}>"
+        return f"upload {command.dest}: {content}"
+    if isinstance(command, FunctionCommand):
+        return f"python: {command.function.__name__}"
+    return str(command.get_raw_value())
+
+
 def _host_plan(state: State, host) -> list[tuple[str, list[str]]]:
     planned = []
     with ctx_host.use(host):
@@ -72,6 +86,9 @@ def _host_plan(state: State, host) -> list[tuple[str, list[str]]]:
             if op_hash not in state.ops[host]:
                 continue
             op_data = state.get_op_data_for_host(host, op_hash)
-            commands = [str(c.get_raw_value()) for c in op_data.command_generator()]
-            planned.append((", ".join(sorted(state.op_meta[op_hash].names)), commands))
+            commands = [_text(c) for c in op_data.command_generator()]
+            name = ", ".join(sorted(state.op_meta[op_hash].names))
+            if op_data.global_arguments.get("_if"):
+                name += CONDITIONAL  # runs only if an earlier operation changed something
+            planned.append((name, commands))
     return planned

@@ -19,7 +19,7 @@ def run_verify(tmp_path: Path, inventory: str, *args: str) -> tuple[int, str, di
     command = [
         sys.executable, "-m", "pytest", "tests/verify", "-p", "no:cacheprovider",
         f"--inventory={inventory_file}", f"--fleet-report={report}",
-        f"--junitxml={tmp_path / 'junit.xml'}", *args,
+        f"--junitxml={tmp_path / 'junit.xml'}", "-m", "preflight", *args,
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     data = json.loads(report.read_text()) if report.exists() else {}

@@ -1,0 +1,171 @@
+"""Plan tests of the driver layer: given a host's facts, exactly what is planned."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+
+import pytest
+
+from tests.plan.harness import FakeFleet
+
+H100 = "pci=0000:1b:00.0 0x030200 0x2330"
+V100 = "pci=0000:1b:00.0 0x030200 0x1db4"
+B200 = "pci=0000:1b:00.0 0x030200 0x2901"
+DEBIAN_SOURCES = [
+    "@@gpufleet-file@@ /etc/apt/sources.list.d/debian.sources",
+    "Types: deb",
+    "URIs: http://mirror.example/debian",
+    "Suites: bookworm bookworm-updates",
+    "Components: main",
+]
+
+
+def profile(os_id="debian", version="12", codename="bookworm", gpus=(H100,), sb="disabled"):
+    return [
+        f"os_id={os_id}", f"os_version={version}", f"os_codename={codename}", "arch=x86_64",
+        "kernel=6.1.0-28-amd64", *gpus, f"secure_boot={sb}", f"disk_free_kib={200 * 1024**2}",
+    ]  # fmt: skip
+
+
+def host(profile_lines, driver_lines=(), sources=DEBIAN_SOURCES, dpkg=(), **settings):
+    """A fake host: preflight profile, DriverState, apt sources and dpkg -l answers."""
+    return {
+        "fake_responses": {
+            "os-release": profile_lines,
+            "libnvidia-ml.so.1": list(driver_lines),
+            "@@gpufleet-file@@": list(sources),
+            "dpkg -l": list(dpkg),
+        },
+        "deploy_layers": "driver",
+        **settings,
+    }
+
+
+def plan_of(tmp_path, **host_kwargs) -> list[tuple[str, list[str]]]:
+    return FakeFleet(tmp_path, {"h": host(**host_kwargs)}).plan()["h"]
+
+
+def names(planned) -> list[str]:
+    return [name.removeprefix("NVIDIA driver | ") for name, _ in planned]
+
+
+def test_fresh_debian_host_gets_components_packages_hold_blacklist_and_reboot(tmp_path):
+    planned = plan_of(tmp_path, profile_lines=profile(), driver_source="distro",
+                      driver_branch="535")  # fmt: skip
+    assert names(planned) == [
+        "Enable contrib non-free non-free-firmware in /etc/apt/sources.list.d/debian.sources",
+        "Update apt lists for the new components [if changed]",
+        "Install the NVIDIA driver",
+        "Hold the NVIDIA driver packages [if changed]",
+        "Blacklist nouveau",
+        "nvidia-persistenced",
+        "Reboot to load the installed driver",
+        "Check the loaded driver is the installed one",
+    ]
+    commands = dict(planned)
+    (install,) = commands["NVIDIA driver | Install the NVIDIA driver"]
+    assert install.endswith(
+        "install --no-install-recommends linux-headers-6.1.0-28-amd64 nvidia-driver "
+        "nvidia-smi nvidia-persistenced"
+    )
+    (hold,) = commands["NVIDIA driver | Hold the NVIDIA driver packages [if changed]"]
+    assert hold.startswith("apt-mark hold $(dpkg-query")
+
+
+CONVERGED_DEBIAN = [
+    "nvml_version=535.309.01", "module_loaded=535.309.01",
+    "nouveau_blacklist=/etc/modprobe.d/gpufleet-blacklist-nouveau.conf",
+    "package=nvidia-driver 535.309.01-0+deb12u1", "held=nvidia-driver",
+    "package=nvidia-smi 535.309.01-0+deb12u1", "held=nvidia-smi",
+    "unit=nvidia-persistenced enabled active",
+]  # fmt: skip
+
+
+def test_converged_debian_host_plans_no_command(tmp_path):
+    sources = [*DEBIAN_SOURCES[:-1], "Components: main contrib non-free non-free-firmware"]
+    dpkg = [f"ii  {p}  535.309.01-0+deb12u1  amd64  x" for p in
+            ("nvidia-driver", "nvidia-smi", "nvidia-persistenced")]  # fmt: skip
+    planned = plan_of(tmp_path, profile_lines=profile(), driver_lines=CONVERGED_DEBIAN,
+                      sources=sources, dpkg=dpkg, driver_source="distro", driver_branch="535",
+                      driver_kernel_headers=False)  # fmt: skip
+    commands = {name.removeprefix("NVIDIA driver | "): c for name, c in planned}
+    assert commands["Install the NVIDIA driver"] == []  # dpkg says all are installed
+    assert "Hold the NVIDIA driver packages [if changed]" in commands  # all held already
+    assert not [name for name in commands if name.startswith(("Enable", "Update"))]
+    # the module loaded is the driver installed: reboot only if the install changes it
+    assert "Reboot to load the installed driver [if changed]" in commands
+    assert "Reboot to load the installed driver" not in commands
+
+
+@pytest.mark.parametrize(
+    ("version", "gpu", "modules", "package"),
+    [
+        ("22.04", H100, "auto", "nvidia-driver-580-server-open"),
+        ("24.04", H100, "proprietary", "nvidia-driver-580-server"),
+        ("24.04", V100, "auto", "nvidia-driver-580-server"),
+        ("22.04", B200, "open", "nvidia-driver-580-server-open"),
+    ],
+)
+def test_ubuntu_distro_package_follows_branch_and_module_flavour(
+    tmp_path, version, gpu, modules, package
+):
+    ubuntu = profile("ubuntu", version, "jammy", (gpu,))
+    planned = plan_of(tmp_path, profile_lines=ubuntu, sources=(), driver_source="distro",
+                      driver_kernel_modules=modules)  # fmt: skip
+    assert "Enable" not in " ".join(names(planned))  # Ubuntu needs no extra components
+    install = dict(planned)["NVIDIA driver | Install the NVIDIA driver"]
+    assert any(c.endswith(f"linux-headers-6.1.0-28-amd64 {package}") for c in install), install
+
+
+def driver_failure(planned) -> str:
+    """The message of the single failing operation planned for the host."""
+    ((name, (command,)),) = planned
+    assert name == "NVIDIA driver | Driver failed" and command.endswith("exit 1")
+    return shlex.split(command)[1]
+
+
+def test_debian_archive_has_no_580_branch(tmp_path):
+    planned = plan_of(tmp_path, profile_lines=profile(), driver_source="distro")
+    assert driver_failure(planned) == (
+        "driver: driver_branch 580 is not in debian 12's archive (it has 535); "
+        "use driver_source = cuda-repo"
+    )
+
+
+def test_secure_boot_with_unsigned_dkms_modules_is_refused_with_the_fix(tmp_path):
+    planned = plan_of(tmp_path, profile_lines=profile(sb="enabled"), driver_source="distro",
+                      driver_branch="535")  # fmt: skip
+    failure = driver_failure(planned)
+    assert "Secure Boot is enabled" in failure and "mokutil --import" in failure
+
+
+def test_blackwell_with_proprietary_modules_is_refused(tmp_path):
+    ubuntu = profile("ubuntu", "24.04", "noble", (B200,))
+    planned = plan_of(tmp_path, profile_lines=ubuntu, sources=(), driver_source="distro",
+                      driver_kernel_modules="proprietary")  # fmt: skip
+    assert "proprietary kernel modules cannot drive Blackwell GPUs: use open" in driver_failure(
+        planned
+    )
+
+
+def test_no_reboot_when_not_allowed_only_a_warning(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="pyinfra")
+    planned = plan_of(tmp_path, profile_lines=profile(), driver_source="distro",
+                      driver_branch="535", driver_allow_reboot=False)  # fmt: skip
+    assert "Reboot to load the installed driver" not in names(planned)
+    assert "driver: reboot needed, not allowed by config" in caplog.text
+
+
+def test_gpu_less_host_never_reboots(tmp_path):
+    planned = plan_of(tmp_path, profile_lines=profile(gpus=()), driver_source="distro",
+                      driver_branch="535", host_has_gpus=False)  # fmt: skip
+    assert "Reboot to load the installed driver" not in names(planned)
+    assert "Install the NVIDIA driver" in names(planned)
+
+
+@pytest.mark.parametrize(("os_id", "version"), [("debian", "12"), ("rocky", "9.4")])
+def test_cuda_repo_source_is_not_built_yet_and_changes_nothing(tmp_path, caplog, os_id, version):
+    caplog.set_level(logging.INFO, logger="pyinfra")
+    assert plan_of(tmp_path, profile_lines=profile(os_id, version)) == []
+    assert f"driver: source cuda-repo on {os_id} {version}: not implemented yet" in caplog.text
