@@ -26,8 +26,9 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 
 from operations.apt_sources import AptSourceFiles, with_components
+from operations.common import fail_host
 from operations.config import DriverConfig, FleetConfig
-from operations.driver_facts import DriverState
+from operations.driver_facts import APT_DRIVER_GLOBS, INSTALLED_VERSION_SH, DriverState
 from operations.preflight import EL_IDS
 
 NOUVEAU_CONF = "/etc/modprobe.d/gpufleet-blacklist-nouveau.conf"
@@ -35,14 +36,10 @@ NOUVEAU_TEXT = "# Written by gpufleet: the NVIDIA driver needs nouveau out of th
     "blacklist nouveau\noptions nouveau modeset=0\n"
 )
 LOADED_IS_INSTALLED = (
-    "loaded=$(cat /sys/module/nvidia/version 2>/dev/null); "
-    "installed=$(readlink -f /usr/lib/*/libnvidia-ml.so.1 /usr/lib64/libnvidia-ml.so.1 "
-    "2>/dev/null | head -n 1); installed=${installed##*libnvidia-ml.so.}; "
+    f"loaded=$(cat /sys/module/nvidia/version 2>/dev/null); {INSTALLED_VERSION_SH}; "
     'test -n "$loaded" && test "$loaded" = "$installed" || '
     '{ echo "loaded nvidia module ${loaded:-none}, installed driver $installed" >&2; exit 1; }'
 )
-# Packages of the driver stack that must move together (held, unheld, upgraded as one).
-APT_DRIVER_GLOBS = ("nvidia-*", "libnvidia-*", "firmware-nvidia-*", "linux-modules-nvidia-*")
 # First PCI device id of Turing (open modules supported from here) and of Blackwell (required).
 TURING_FIRST, BLACKWELL_FIRST = 0x1E00, 0x2900
 
@@ -159,10 +156,6 @@ def _unless(needed_now: bool, op) -> dict:
     return {} if needed_now else {"_if": op.did_change}
 
 
-def _fail(message: str) -> None:
-    server.shell(name="Driver failed", commands=[f"echo {shlex.quote(message)} >&2; exit 1"])
-
-
 @deploy("NVIDIA driver")
 def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     """Install, hold and activate the configured driver (see the module doc for what is built)."""
@@ -176,7 +169,7 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     state = host.get_fact(DriverState)
     found = problems(config, profile, state)
     if found:
-        _fail("driver: " + "; ".join(found))
+        fail_host("Driver failed", "driver: " + "; ".join(found))
         return
     available = _flavours(config.driver, platform.distro)
     flavour, _ = module_flavour(config.driver, profile["nvidia_gpus"], available)

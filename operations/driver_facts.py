@@ -11,6 +11,7 @@ units, the distribution's reboot-required flag, and, when the module is loaded, 
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from pyinfra.api import FactBase
@@ -20,10 +21,17 @@ GPU_QUERY = (
     "ecc.errors.uncorrected.volatile.total,retired_pages.pending"
 )
 UNITS = ("nvidia-persistenced", "nvidia-fabricmanager")
+# Packages of the driver stack that must move together (held, unheld, upgraded as one).
+APT_DRIVER_GLOBS = ("nvidia-*", "libnvidia-*", "firmware-nvidia-*", "linux-modules-nvidia-*")
+# Sets $installed to the driver version userspace loads: libnvidia-ml.so.1's target.
+INSTALLED_VERSION_SH = (
+    "installed=$(readlink -f /usr/lib/*/libnvidia-ml.so.1 /usr/lib64/libnvidia-ml.so.1 "
+    "2>/dev/null | head -n 1); installed=${installed##*libnvidia-ml.so.}"
+)
 
 _SCRIPT = r"""
-lib=$(readlink -f /usr/lib/*/libnvidia-ml.so.1 /usr/lib64/libnvidia-ml.so.1 2>/dev/null | head -n 1)
-case "$lib" in *libnvidia-ml.so.[0-9]*.*) echo "nvml_version=${lib##*libnvidia-ml.so.}" ;; esac
+@INSTALLED@
+case "$installed" in [0-9]*.*) echo "nvml_version=$installed" ;; esac
 [ -r /sys/module/nvidia/version ] && echo "module_loaded=$(cat /sys/module/nvidia/version)"
 command -v modinfo >/dev/null && echo "module_on_disk=$(modinfo -F version nvidia 2>/dev/null)"
 [ -d /sys/module/nouveau ] && echo "nouveau_loaded=yes"
@@ -31,8 +39,8 @@ grep -lsE '^[[:space:]]*blacklist[[:space:]]+nouveau' /etc/modprobe.d/*.conf \
   /usr/lib/modprobe.d/*.conf | sed 's/^/nouveau_blacklist=/'
 if command -v dpkg-query >/dev/null; then
   # status "ii" or "hi" (held): the second letter says installed
-  dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version}\n' 'nvidia-*' 'libnvidia-*' \
-    'cuda-drivers*' 'firmware-nvidia-*' 'linux-modules-nvidia-*' 2>/dev/null \
+  dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version}\n' @GLOBS@ 'cuda-drivers*' \
+    2>/dev/null \
     | awk 'substr($1, 2, 1) == "i" { print "package=" $2 " " $3 }'
   apt-mark showhold 2>/dev/null | sed 's/^/held=/'
 elif command -v rpm >/dev/null; then
@@ -57,7 +65,9 @@ fi
 
 def driver_command() -> str:
     """The shell script behind DriverState."""
-    return _SCRIPT.replace("@UNITS@", " ".join(UNITS)).replace("@QUERY@", GPU_QUERY).strip()
+    globs = " ".join(shlex.quote(glob) for glob in APT_DRIVER_GLOBS)
+    script = _SCRIPT.replace("@INSTALLED@", INSTALLED_VERSION_SH).replace("@GLOBS@", globs)
+    return script.replace("@UNITS@", " ".join(UNITS)).replace("@QUERY@", GPU_QUERY).strip()
 
 
 def _gpu(line: str) -> dict[str, str]:

@@ -7,13 +7,12 @@ plan and a real run marks that host failed while the others go on.
 
 from __future__ import annotations
 
-import shlex
 from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.operations import server
 
+from operations.common import fail_host
 from operations.config import FleetConfig
 from operations.preflight_facts import HostProfile
 
@@ -94,6 +93,5 @@ def run(config: FleetConfig) -> dict[str, Any] | None:
         return profile
     for problem in found:
         logger.warning(f"{host.print_prefix}preflight: {problem}")
-    message = "preflight failed: " + "; ".join(found)
-    server.shell(name="Preflight failed", commands=[f"echo {shlex.quote(message)} >&2; exit 1"])
+    fail_host("Preflight failed", "preflight failed: " + "; ".join(found))
     return None

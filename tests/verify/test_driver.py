@@ -11,8 +11,7 @@ import fnmatch
 
 import pytest
 
-from operations.driver import APT_DRIVER_GLOBS
-from operations.driver_facts import driver_command, parse_driver_state
+from operations.driver_facts import APT_DRIVER_GLOBS, driver_command, parse_driver_state
 from operations.preflight_facts import parse_profile, profile_command
 from tests.verify.fleet import FleetHost
 

@@ -1,0 +1,16 @@
+"""Pieces every layer uses."""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra.operations import server
+
+
+def fail_host(name: str, message: str) -> None:
+    """One operation that fails this host at execution with ``message`` on stderr.
+
+    The reasons are known while planning; failing in an operation (not by raising) lets
+    ``--dry`` show the failure in the plan and a real run fail only this host.
+    """
+    server.shell(name=name, commands=[f"echo {shlex.quote(message)} >&2; exit 1"])
