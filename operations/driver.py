@@ -121,19 +121,10 @@ def module_flavour(
     return flavour, None
 
 
-def problems(config: FleetConfig, profile: dict[str, Any], state: dict[str, Any]) -> list[str]:
+def problems(config: FleetConfig, profile: dict[str, Any]) -> list[str]:
     """Why the driver cannot be installed on this host as configured; empty when it can."""
-    driver, os_words = config.driver, f"{profile['os_id']} {profile['os_version']}"
-    distro = platform_of(profile).distro
-    found = []
-    if driver.source == "distro" and distro is not None:
-        if distro.branches and driver.branch not in distro.branches:
-            found.append(
-                f"driver_branch {driver.branch} is not in {os_words}'s archive "
-                f"(it has {', '.join(distro.branches)}); use driver_source = cuda-repo"
-            )
-        if driver.version and distro.branches:
-            found.append(f"driver_version cannot be pinned with {os_words}'s own packages")
+    driver, distro = config.driver, platform_of(profile).distro
+    found = _source_problems(driver, distro, f"{profile['os_id']} {profile['os_version']}")
     _, problem = module_flavour(driver, profile["nvidia_gpus"], _flavours(driver, distro))
     found += [problem] if problem else []
     if profile["secure_boot"] == "enabled" and not (distro and distro.signed_modules):
@@ -141,6 +132,24 @@ def problems(config: FleetConfig, profile: dict[str, Any], state: dict[str, Any]
             "Secure Boot is enabled and these kernel modules are built by DKMS, unsigned: "
             "enroll a Machine Owner Key for DKMS (mokutil --import) or disable Secure Boot"
         )
+    return found
+
+
+def _source_problems(driver: DriverConfig, distro: DistroDriver | None, os_words: str) -> list:
+    if driver.source != "distro":
+        return []
+    if distro is None:
+        return [
+            f"{os_words} has no NVIDIA driver packages of its own: use driver_source = cuda-repo"
+        ]
+    found = []
+    if distro.branches and driver.branch not in distro.branches:
+        found.append(
+            f"driver_branch {driver.branch} is not in {os_words}'s archive "
+            f"(it has {', '.join(distro.branches)}); use driver_source = cuda-repo"
+        )
+    if driver.version and distro.branches:
+        found.append(f"driver_version cannot be pinned with {os_words}'s own packages")
     return found
 
 
@@ -160,14 +169,14 @@ def _unless(needed_now: bool, op) -> dict:
 def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     """Install, hold and activate the configured driver (see the module doc for what is built)."""
     platform = platform_of(profile)
-    if config.driver.source != "distro" or platform.distro is None:
+    if config.driver.source != "distro":
         logger.info(
             f"{host.print_prefix}driver: source {config.driver.source} on {profile['os_id']} "
             f"{profile['os_version']}: not implemented yet (issue #3)"
         )
         return
     state = host.get_fact(DriverState)
-    found = problems(config, profile, state)
+    found = problems(config, profile)
     if found:
         fail_host("Driver failed", "driver: " + "; ".join(found))
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 from weakref import WeakKeyDictionary
 
 from pyinfra.api import Host, State
+from pyinfra.context import ContextObject, ctx_state
 
 from operations.config import FleetConfig
 from operations.settings import load_fleet
@@ -19,6 +20,10 @@ _VALIDATED: WeakKeyDictionary[State, dict[str, FleetConfig]] = WeakKeyDictionary
 
 def fleet_config(state: State) -> dict[str, FleetConfig]:
     """Config of every targeted host, validated once per run (raises ConfigError)."""
+    if isinstance(state, ContextObject):
+        # deploy.py's `state` is pyinfra's context proxy: one object for every run, hashing
+        # as the current State. Key on the State itself, so an entry dies with its run.
+        state = ctx_state.get()
     if state not in _VALIDATED:
         targeted = [h for h in state.inventory if state.is_host_in_limit(h)]
         _VALIDATED[state] = load_fleet((h.name, h.data.dict()) for h in targeted)

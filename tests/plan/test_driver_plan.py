@@ -164,6 +164,13 @@ def test_gpu_less_host_never_reboots(tmp_path):
     assert "Install the NVIDIA driver" in names(planned)
 
 
+def test_rocky_has_no_driver_of_its_own(tmp_path):
+    planned = plan_of(tmp_path, profile_lines=profile("rocky", "9.4"), driver_source="distro")
+    assert driver_failure(planned) == (
+        "driver: rocky 9.4 has no NVIDIA driver packages of its own: use driver_source = cuda-repo"
+    )
+
+
 @pytest.mark.parametrize(("os_id", "version"), [("debian", "12"), ("rocky", "9.4")])
 def test_cuda_repo_source_is_not_built_yet_and_changes_nothing(tmp_path, caplog, os_id, version):
     caplog.set_level(logging.INFO, logger="pyinfra")
