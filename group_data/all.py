@@ -33,6 +33,8 @@ driver_kernel_modules = "auto"
 driver_cuda_repo_url = None
 # Install headers for the running kernel (DKMS builds the modules with them).
 driver_kernel_headers = True
+# Fingerprint the repository key must have; unset = NVIDIA's published one.
+driver_cuda_repo_fingerprint = None
 # Hold the driver packages so unattended upgrades cannot move them.
 driver_hold_packages = True
 # Enable and run nvidia-persistenced.

@@ -100,6 +100,9 @@ ToolkitVersion = Annotated[
     BeforeValidator(_version_text),
     _pattern(r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9]+)?$", "a toolkit version such as 1.17.8 or 1.17.8-1"),
 ]
+Fingerprint = Annotated[
+    str, _pattern(r"^([0-9A-Fa-f]{4} ?){10}$", "a 40-hex-digit OpenPGP fingerprint")
+]
 PinnedImage = Annotated[
     str,
     _pattern(
@@ -176,6 +179,10 @@ class DriverConfig(Section):
     kernel_headers: bool = Field(
         default=True,
         description="Install headers for the running kernel (DKMS builds the modules with them).",
+    )
+    cuda_repo_fingerprint: Fingerprint | None = Field(
+        default=None,
+        description="Fingerprint the repository key must have; unset = NVIDIA's published one.",
     )
     hold_packages: bool = Field(
         default=True,

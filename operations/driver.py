@@ -1,13 +1,16 @@
 """Layer 1: the NVIDIA driver, pinned to a branch and held so upgrades cannot move it.
 
-Built so far (issue #3, step 1): the distribution's own packages on Debian 12 (non-free
-``nvidia-driver``, branch 535) and Ubuntu 22.04/24.04 (``nvidia-driver-<branch>-server``,
-``-open``), with the apt components Debian needs added to the host's own sources, kernel
-headers for the running kernel, nouveau blacklisted (initramfs regenerated when that
-changed), the driver packages held, nvidia-persistenced enabled (running where GPUs are),
-Secure Boot refused where the modules would be unsigned, and a reboot when the loaded module
-is not the installed driver. NVIDIA's CUDA repository and Rocky/RHEL 9 say "not implemented
-yet" and change nothing.
+Built so far (issue #3): on Ubuntu 22.04/24.04 and Debian 12, from NVIDIA's CUDA repository
+(key fetched and its fingerprint checked before any source entry trusts it, an apt
+preferences pin on the branch or exact version, ``cuda-drivers-<branch>`` or the open
+metapackage) or from the distribution (Debian's non-free ``nvidia-driver`` 535, with
+``contrib non-free non-free-firmware`` added to the host's own sources; Ubuntu's
+``nvidia-driver-<branch>-server[-open]``). Then: headers for the running kernel, the fabric
+manager of the branch on NVSwitch systems, every driver package held (``apt-mark hold``),
+nouveau blacklisted (initramfs regenerated when that changed), nvidia-persistenced enabled,
+and a reboot when no module, or not the installed one, is loaded. Refused per host: a branch
+the source lacks, Secure Boot with unsigned DKMS modules, proprietary modules on Blackwell.
+Rocky/RHEL 9 (NVIDIA's dnf repository) says "not implemented yet" and changes nothing.
 
 Every OS difference lives in ``PLATFORMS``; the operations below read it and branch nowhere
 else on the OS.
@@ -44,23 +47,25 @@ LOADED_IS_INSTALLED = (
 TURING_FIRST, BLACKWELL_FIRST = 0x1E00, 0x2900
 
 
+NVIDIA_CUDA_REPOS = "https://developer.download.nvidia.com/compute/cuda/repos"
+CUDA_ARCH = {"x86_64": "x86_64", "aarch64": "sbsa"}  # NVIDIA's repository arch directories
+CUDA_KEYRING = "/etc/apt/keyrings/nvidia-cuda.gpg"
+PIN_FILE = "/etc/apt/preferences.d/gpufleet-nvidia-driver"
+# NVIDIA's CUDA repository signing keys (cuda-repo-management SIGNATURES.md; docs/driver-sources.md)
+CUDA_KEY_APT = ("3bf863cc.pub", "EB693B3035CD5710E231E123A4B469963BF863CC")
+
+
 @dataclass(frozen=True)
-class DistroDriver:
-    """How a distribution ships the driver itself (driver_source = distro)."""
+class Source:
+    """One way of getting the driver on one OS: its packages and what it offers."""
 
     packages: Callable[[DriverConfig, str], list[str]]  # (config, module flavour) -> names
     branches: tuple[str, ...] | None = None  # the only branches it has; None: any
     flavours: tuple[str, ...] = ("open", "proprietary")
-    components: tuple[str, ...] = ()  # apt components the packages live in
+    components: tuple[str, ...] = ()  # apt components of the host's own sources it needs
+    repo: tuple[str, str, str] | None = None  # NVIDIA repository: (os dir, key file, fingerprint)
+    fabric_manager: Callable[[str], str] | None = None  # branch -> package
     signed_modules: bool = False  # modules load under Secure Boot without a MOK
-
-
-@dataclass(frozen=True)
-class Platform:
-    """The driver layer's view of one OS release."""
-
-    cuda_repo_dir: str  # NVIDIA's name of the OS in its CUDA repository paths
-    distro: DistroDriver | None
 
 
 def _debian_packages(config: DriverConfig, flavour: str) -> list[str]:
@@ -72,31 +77,61 @@ def _ubuntu_packages(config: DriverConfig, flavour: str) -> list[str]:
     return [f"nvidia-driver-{config.branch}-server{suffix}"]
 
 
-_UBUNTU = DistroDriver(_ubuntu_packages)
-PLATFORMS: dict[tuple[str, str], Platform] = {
-    ("ubuntu", "22.04"): Platform("ubuntu2204", _UBUNTU),
-    ("ubuntu", "24.04"): Platform("ubuntu2404", _UBUNTU),
-    ("debian", "12"): Platform(
-        "debian12",
-        DistroDriver(
+def _cuda_packages(open_meta: str) -> Callable[[DriverConfig, str], list[str]]:
+    """CUDA repository metapackages: proprietary cuda-drivers-<branch>, or the open one."""
+
+    def packages(config: DriverConfig, flavour: str) -> list[str]:
+        if flavour == "open":
+            return [open_meta.format(branch=config.branch)]
+        return [f"cuda-drivers-{config.branch}"]
+
+    return packages
+
+
+def _fabric_manager(branch: str) -> str:
+    return f"nvidia-fabricmanager-{branch}"
+
+
+def _cuda_apt(os_dir: str, open_meta: str) -> Source:
+    return Source(
+        _cuda_packages(open_meta), repo=(os_dir, *CUDA_KEY_APT), fabric_manager=_fabric_manager
+    )
+
+
+_UBUNTU_DISTRO = Source(_ubuntu_packages, fabric_manager=_fabric_manager)
+# driver_source -> Source, per OS release; an OS missing a source cannot use it.
+PLATFORMS: dict[tuple[str, str], dict[str, Source]] = {
+    ("ubuntu", "22.04"): {
+        "distro": _UBUNTU_DISTRO,
+        "cuda-repo": _cuda_apt("ubuntu2204", "nvidia-open-{branch}"),
+    },
+    ("ubuntu", "24.04"): {
+        "distro": _UBUNTU_DISTRO,
+        "cuda-repo": _cuda_apt("ubuntu2404", "nvidia-open-{branch}"),
+    },
+    ("debian", "12"): {
+        "distro": Source(
             _debian_packages,
             branches=("535",),
             # bookworm's open module package lags its driver (535.261 vs 535.309)
             flavours=("proprietary",),
             components=("contrib", "non-free", "non-free-firmware"),
         ),
-    ),
-    ("rocky", "9"): Platform("rhel9", None),
-    ("rhel", "9"): Platform("rhel9", None),
+        # the branch is held by the pin file: Debian's CUDA repository names it nvidia-open
+        "cuda-repo": _cuda_apt("debian12", "nvidia-open"),
+    },
+    ("rocky", "9"): {},  # NVIDIA's dnf repository: not implemented yet
+    ("rhel", "9"): {},
 }
+NOT_BUILT = {("rocky", "cuda-repo"), ("rhel", "cuda-repo")}  # issue #3, next step
 
 
-def platform_of(profile: dict[str, Any]) -> Platform:
-    """The PLATFORMS row of a host (preflight guarantees there is one)."""
+def source_of(config: FleetConfig, profile: dict[str, Any]) -> Source | None:
+    """The configured driver source on this host's OS; None when the OS has no such source."""
     version = profile["os_version"]
     if profile["os_id"] in EL_IDS:
         version = version.split(".")[0]
-    return PLATFORMS[(profile["os_id"], version)]
+    return PLATFORMS[(profile["os_id"], version)].get(config.driver.source)
 
 
 def module_flavour(
@@ -121,13 +156,26 @@ def module_flavour(
     return flavour, None
 
 
-def problems(config: FleetConfig, profile: dict[str, Any]) -> list[str]:
+def problems(config: FleetConfig, profile: dict[str, Any], source: Source | None) -> list[str]:
     """Why the driver cannot be installed on this host as configured; empty when it can."""
-    driver, distro = config.driver, platform_of(profile).distro
-    found = _source_problems(driver, distro, f"{profile['os_id']} {profile['os_version']}")
-    _, problem = module_flavour(driver, profile["nvidia_gpus"], _flavours(driver, distro))
+    driver, os_words = config.driver, f"{profile['os_id']} {profile['os_version']}"
+    if source is None:  # only distro can be missing: NOT_BUILT cuda-repo never gets here
+        return [
+            f"{os_words} has no NVIDIA driver packages of its own: use driver_source = cuda-repo"
+        ]
+    found = []
+    if source.branches and driver.branch not in source.branches:
+        found.append(
+            f"driver_branch {driver.branch} is not in {os_words}'s archive "
+            f"(it has {', '.join(source.branches)}); use driver_source = cuda-repo"
+        )
+    if driver.version and source.branches:
+        found.append(f"driver_version cannot be pinned with {os_words}'s own packages")
+    _, problem = module_flavour(driver, profile["nvidia_gpus"], source.flavours)
     found += [problem] if problem else []
-    if profile["secure_boot"] == "enabled" and not (distro and distro.signed_modules):
+    if fabric_manager_wanted(config, profile) and source.fabric_manager is None:
+        found.append(f"no fabric manager package for {os_words} from driver_source {driver.source}")
+    if profile["secure_boot"] == "enabled" and not source.signed_modules:
         found.append(
             "Secure Boot is enabled and these kernel modules are built by DKMS, unsigned: "
             "enroll a Machine Owner Key for DKMS (mokutil --import) or disable Secure Boot"
@@ -135,29 +183,10 @@ def problems(config: FleetConfig, profile: dict[str, Any]) -> list[str]:
     return found
 
 
-def _source_problems(driver: DriverConfig, distro: DistroDriver | None, os_words: str) -> list:
-    if driver.source != "distro":
-        return []
-    if distro is None:
-        return [
-            f"{os_words} has no NVIDIA driver packages of its own: use driver_source = cuda-repo"
-        ]
-    found = []
-    if distro.branches and driver.branch not in distro.branches:
-        found.append(
-            f"driver_branch {driver.branch} is not in {os_words}'s archive "
-            f"(it has {', '.join(distro.branches)}); use driver_source = cuda-repo"
-        )
-    if driver.version and distro.branches:
-        found.append(f"driver_version cannot be pinned with {os_words}'s own packages")
-    return found
-
-
-def _flavours(driver: DriverConfig, distro: DistroDriver | None) -> tuple[str, ...]:
-    """Module flavours the configured source offers on this OS."""
-    if driver.source == "distro" and distro is not None:
-        return distro.flavours
-    return ("open", "proprietary")
+def fabric_manager_wanted(config: FleetConfig, profile: dict[str, Any]) -> bool:
+    """enabled, or auto on a host with NVSwitches on the PCI bus."""
+    wanted = config.driver.fabric_manager
+    return wanted == "enabled" or (wanted == "auto" and bool(profile["nvswitches"]))
 
 
 def _unless(needed_now: bool, op) -> dict:
@@ -165,44 +194,114 @@ def _unless(needed_now: bool, op) -> dict:
     return {} if needed_now else {"_if": op.did_change}
 
 
+def _any_changed(ops: list) -> dict:
+    """Run only if one of ``ops`` changed something."""
+    return {"_if": lambda: any(op.did_change() for op in ops)}
+
+
 @deploy("NVIDIA driver")
 def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     """Install, hold and activate the configured driver (see the module doc for what is built)."""
-    platform = platform_of(profile)
-    if config.driver.source != "distro":
+    if (profile["os_id"], config.driver.source) in NOT_BUILT:
         logger.info(
             f"{host.print_prefix}driver: source {config.driver.source} on {profile['os_id']} "
             f"{profile['os_version']}: not implemented yet (issue #3)"
         )
         return
-    state = host.get_fact(DriverState)
-    found = problems(config, profile)
+    source = source_of(config, profile)
+    found = problems(config, profile, source)
     if found:
         fail_host("Driver failed", "driver: " + "; ".join(found))
         return
-    available = _flavours(config.driver, platform.distro)
-    flavour, _ = module_flavour(config.driver, profile["nvidia_gpus"], available)
-    install = _install_apt(config, profile, platform.distro, flavour)
+    state = host.get_fact(DriverState)
+    flavour, _ = module_flavour(config.driver, profile["nvidia_gpus"], source.flavours)
+    sources_changed = _apt_sources(config, profile, source)
+    if sources_changed:
+        apt.update(
+            name="Update apt lists for the driver's sources", **_any_changed(sources_changed)
+        )
+    install = _install_apt(config, profile, source, flavour)
     _hold_apt(config, state, install)
     _blacklist_nouveau(config, state)
-    _persistence(config)
+    _services(config, profile)
     _reboot_if_needed(config, state, install)
 
 
-def _install_apt(config, profile, distro: DistroDriver, flavour: str):
-    """Sources (components), headers and the driver packages; returns the install op."""
-    changed = []
-    if distro.components:
-        for path, text in host.get_fact(AptSourceFiles).items():
-            new = with_components(text, path, profile["os_codename"], distro.components)
-            if new != text:
-                changed.append(files.put(name=f"Enable {' '.join(distro.components)} in {path}",
-                                         src=StringIO(new), dest=path, mode="644"))  # fmt: skip
-    if changed:
-        apt.update(name="Update apt lists for the new components", _if=changed[0].did_change)
-    packages = distro.packages(config.driver, flavour)
+def _apt_sources(config: FleetConfig, profile: dict[str, Any], source: Source) -> list:
+    """Operations that make the source's packages installable; returns them."""
+    ops = []
+    for path, text in host.get_fact(AptSourceFiles).items() if source.components else ():
+        new = with_components(text, path, profile["os_codename"], source.components)
+        if new != text:
+            ops.append(
+                files.put(
+                    name=f"Enable {' '.join(source.components)} in {path}",
+                    src=StringIO(new),
+                    dest=path,
+                    mode="644",
+                )
+            )
+    if source.repo:
+        ops += _cuda_repo(config, profile, *source.repo)
+    return ops
+
+
+def _cuda_repo(config, profile, os_dir: str, key_file: str, fingerprint: str) -> list:
+    """NVIDIA's repository: key (fingerprint checked before use), source entry, branch pin."""
+    base = str(config.driver.cuda_repo_url or NVIDIA_CUDA_REPOS).rstrip("/")
+    url = f"{base}/{os_dir}/{CUDA_ARCH[profile['arch']]}"
+    key = apt.key(
+        name="Add the NVIDIA CUDA repository key", src=f"{url}/{key_file}", dest=CUDA_KEYRING
+    )
+    expected = config.driver.cuda_repo_fingerprint or fingerprint
+    server.shell(
+        name="Check the CUDA repository key's fingerprint",
+        commands=[fingerprint_check(CUDA_KEYRING, expected)],
+        _if=key.did_change,
+    )
+    repo = apt.repo(
+        name="Add the NVIDIA CUDA repository",
+        filename="nvidia-cuda",
+        src=f"deb [signed-by={CUDA_KEYRING}] {url}/ /",
+    )
+    pin = files.put(
+        name="Pin the driver branch",
+        src=StringIO(pin_text(config.driver)),
+        dest=PIN_FILE,
+        mode="644",
+    )
+    return [key, repo, pin]
+
+
+def fingerprint_check(keyring: str, expected: str) -> str:
+    """Shell that removes the keyring and fails unless its primary key has ``expected``."""
+    expected = expected.replace(" ", "").upper()
+    return (
+        f"fpr=$(gpg --show-keys --with-colons {keyring} 2>/dev/null "
+        "| awk -F: '$1 == \"fpr\" { print $10; exit }'); "
+        f'[ "$fpr" = "{expected}" ] || {{ rm -f {keyring}; '
+        f'echo "repository key fingerprint is ${{fpr:-unreadable}}, expected {expected}: '
+        'key removed" >&2; exit 1; }'
+    )
+
+
+def pin_text(driver: DriverConfig) -> str:
+    """apt preferences that keep the driver packages on the configured branch (or version)."""
+    version = f"{driver.version}-*" if driver.version else f"{driver.branch}.*"
+    globs = " ".join((*APT_DRIVER_GLOBS, "cuda-drivers*"))
+    return (
+        "# Written by gpufleet: keep the NVIDIA driver on its configured branch.\n"
+        f"Package: {globs}\nPin: version {version}\nPin-Priority: 1001\n"
+    )
+
+
+def _install_apt(config: FleetConfig, profile: dict[str, Any], source: Source, flavour: str):
+    """Headers, the driver packages and, where wanted, the fabric manager; returns the op."""
+    packages = source.packages(config.driver, flavour)
     if config.driver.kernel_headers:
         packages = [f"linux-headers-{profile['kernel']}", *packages]
+    if fabric_manager_wanted(config, profile):
+        packages.append(source.fabric_manager(config.driver.branch))
     return apt.packages(name="Install the NVIDIA driver", packages=packages, no_recommends=True)
 
 
@@ -226,15 +325,18 @@ def _blacklist_nouveau(config, state: dict[str, Any]) -> None:
         return
     put = files.put(name="Blacklist nouveau", src=StringIO(NOUVEAU_TEXT), dest=NOUVEAU_CONF)
     if state.get("initramfs"):
-        server.shell(name="Regenerate the initramfs", commands=[state["initramfs"]],
-                     _if=put.did_change)  # fmt: skip
+        server.shell(
+            name="Regenerate the initramfs", commands=[state["initramfs"]], _if=put.did_change
+        )
 
 
-def _persistence(config: FleetConfig) -> None:
-    """nvidia-persistenced enabled; running only where there are GPUs for it to hold."""
-    if config.driver.persistence:
-        systemd.service(name="nvidia-persistenced", service="nvidia-persistenced",
-                        enabled=True, running=config.host.has_gpus)  # fmt: skip
+def _services(config: FleetConfig, profile: dict[str, Any]) -> None:
+    """nvidia-persistenced and, where wanted, the fabric manager: enabled, and running only
+    where there are GPUs for them to serve."""
+    units = ["nvidia-persistenced"] if config.driver.persistence else []
+    units += ["nvidia-fabricmanager"] if fabric_manager_wanted(config, profile) else []
+    for unit in units:
+        systemd.service(name=unit, service=unit, enabled=True, running=config.host.has_gpus)
 
 
 def _reboot_if_needed(config: FleetConfig, state: dict[str, Any], install) -> None:
@@ -248,7 +350,11 @@ def _reboot_if_needed(config: FleetConfig, state: dict[str, Any], install) -> No
             logger.warning(f"{host.print_prefix}driver: reboot needed, not allowed by config")
         return
     when = _unless(mismatch, install)
-    server.reboot(name="Reboot to load the installed driver",
-                  reboot_timeout=config.driver.reboot_timeout_s, **when)  # fmt: skip
-    server.shell(name="Check the loaded driver is the installed one",
-                 commands=[LOADED_IS_INSTALLED], **when)  # fmt: skip
+    server.reboot(
+        name="Reboot to load the installed driver",
+        reboot_timeout=config.driver.reboot_timeout_s,
+        **when,
+    )
+    server.shell(
+        name="Check the loaded driver is the installed one", commands=[LOADED_IS_INSTALLED], **when
+    )

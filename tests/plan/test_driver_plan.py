@@ -55,7 +55,7 @@ def test_fresh_debian_host_gets_components_packages_hold_blacklist_and_reboot(tm
                       driver_branch="535")  # fmt: skip
     assert names(planned) == [
         "Enable contrib non-free non-free-firmware in /etc/apt/sources.list.d/debian.sources",
-        "Update apt lists for the new components [if changed]",
+        "Update apt lists for the driver's sources [if changed]",
         "Install the NVIDIA driver",
         "Hold the NVIDIA driver packages [if changed]",
         "Blacklist nouveau",
@@ -171,8 +171,82 @@ def test_rocky_has_no_driver_of_its_own(tmp_path):
     )
 
 
-@pytest.mark.parametrize(("os_id", "version"), [("debian", "12"), ("rocky", "9.4")])
-def test_cuda_repo_source_is_not_built_yet_and_changes_nothing(tmp_path, caplog, os_id, version):
+def test_cuda_repo_on_rocky_is_not_built_yet_and_changes_nothing(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="pyinfra")
-    assert plan_of(tmp_path, profile_lines=profile(os_id, version)) == []
-    assert f"driver: source cuda-repo on {os_id} {version}: not implemented yet" in caplog.text
+    assert plan_of(tmp_path, profile_lines=profile("rocky", "9.4")) == []
+    assert "driver: source cuda-repo on rocky 9.4: not implemented yet" in caplog.text
+
+
+CUDA = "https://developer.download.nvidia.com/compute/cuda/repos"
+
+
+@pytest.mark.parametrize(
+    ("os_id", "version", "codename", "os_dir", "gpu", "package"),
+    [
+        ("ubuntu", "22.04", "jammy", "ubuntu2204", H100, "nvidia-open-580"),
+        ("ubuntu", "24.04", "noble", "ubuntu2404", V100, "cuda-drivers-580"),
+        ("debian", "12", "bookworm", "debian12", H100, "nvidia-open"),
+    ],
+)
+def test_cuda_repo_key_checked_then_repo_pin_and_package(
+    tmp_path, os_id, version, codename, os_dir, gpu, package
+):
+    lines = profile(os_id, version, codename, (gpu,))
+    planned = plan_of(tmp_path, profile_lines=lines, sources=())
+    assert names(planned)[:6] == [
+        "Add the NVIDIA CUDA repository key",
+        "Check the CUDA repository key's fingerprint [if changed]",
+        "Add the NVIDIA CUDA repository",
+        "Pin the driver branch",
+        "Update apt lists for the driver's sources [if changed]",
+        "Install the NVIDIA driver",
+    ]
+    commands = {name.removeprefix("NVIDIA driver | "): c for name, c in planned}
+    key = " ".join(commands["Add the NVIDIA CUDA repository key"])
+    assert f"{CUDA}/{os_dir}/x86_64/3bf863cc.pub" in key
+    (check,) = commands["Check the CUDA repository key's fingerprint [if changed]"]
+    assert '[ "$fpr" = "EB693B3035CD5710E231E123A4B469963BF863CC" ]' in check
+    assert "rm -f /etc/apt/keyrings/nvidia-cuda.gpg" in check
+    source = f"deb [signed-by=/etc/apt/keyrings/nvidia-cuda.gpg] {CUDA}/{os_dir}/x86_64/ /"
+    assert any(source in c for c in commands["Add the NVIDIA CUDA repository"])
+    (_, upload, _) = commands["Pin the driver branch"]
+    assert "Pin: version 580.*\nPin-Priority: 1001" in upload
+    (install,) = commands["Install the NVIDIA driver"]
+    assert install.endswith(
+        f"install --no-install-recommends linux-headers-6.1.0-28-amd64 {package}"
+    )
+
+
+def test_cuda_repo_mirror_url_exact_version_and_own_fingerprint(tmp_path):
+    fingerprint = "0123 4567 89AB CDEF 0123 4567 89AB CDEF 0123 4567"
+    planned = plan_of(
+        tmp_path, profile_lines=profile("ubuntu", "24.04", "noble"), sources=(),
+        driver_cuda_repo_url="https://mirror.internal/cuda/", driver_version="580.95.05",
+        driver_cuda_repo_fingerprint=fingerprint,
+    )  # fmt: skip
+    commands = {name.removeprefix("NVIDIA driver | "): c for name, c in planned}
+    assert "https://mirror.internal/cuda/ubuntu2404/x86_64/3bf863cc.pub" in " ".join(
+        commands["Add the NVIDIA CUDA repository key"]
+    )
+    (check,) = commands["Check the CUDA repository key's fingerprint [if changed]"]
+    assert '"0123456789ABCDEF0123456789ABCDEF01234567"' in check
+    (_, upload, _) = commands["Pin the driver branch"]
+    assert "Pin: version 580.95.05-*" in upload
+
+
+def test_nvswitch_host_gets_the_fabric_manager_of_the_branch(tmp_path):
+    nvswitch = "pci=0000:05:00.0 0x068000 0x22a3"
+    lines = profile("ubuntu", "22.04", "jammy", (H100, nvswitch))
+    planned = plan_of(tmp_path, profile_lines=lines, sources=())
+    commands = {name.removeprefix("NVIDIA driver | "): c for name, c in planned}
+    (install,) = commands["Install the NVIDIA driver"]
+    assert install.endswith("nvidia-open-580 nvidia-fabricmanager-580")
+    assert "systemctl enable nvidia-fabricmanager.service" in commands["nvidia-fabricmanager"]
+
+
+def test_fabric_manager_forced_on_debian_archive_is_refused(tmp_path):
+    planned = plan_of(tmp_path, profile_lines=profile(), driver_source="distro",
+                      driver_branch="535", driver_fabric_manager="enabled")  # fmt: skip
+    assert "no fabric manager package for debian 12 from driver_source distro" in driver_failure(
+        planned
+    )
