@@ -47,6 +47,12 @@ LOADED_IS_INSTALLED = (
 TURING_FIRST, BLACKWELL_FIRST = 0x1E00, 0x2900
 
 
+# Names of the installed driver packages ("ii" or "hi": the second letter says installed).
+INSTALLED_DRIVER_PACKAGES = (
+    "dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' "
+    + " ".join(shlex.quote(glob) for glob in APT_DRIVER_GLOBS)
+    + " 2>/dev/null | awk 'substr($1, 2, 1) == \"i\" { print $2 }'"
+)
 NVIDIA_CUDA_REPOS = "https://developer.download.nvidia.com/compute/cuda/repos"
 CUDA_ARCH = {"x86_64": "x86_64", "aarch64": "sbsa"}  # NVIDIA's repository arch directories
 CUDA_KEYRING = "/etc/apt/keyrings/nvidia-cuda.gpg"
@@ -220,7 +226,7 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
         apt.update(
             name="Update apt lists for the driver's sources", **_any_changed(sources_changed)
         )
-    install = _install_apt(config, profile, source, flavour)
+    install = _install_apt(config, profile, source, flavour, upgrade_from(config.driver, state))
     _hold_apt(config, state, install)
     _blacklist_nouveau(config, state)
     _services(config, profile)
@@ -295,14 +301,39 @@ def pin_text(driver: DriverConfig) -> str:
     )
 
 
-def _install_apt(config: FleetConfig, profile: dict[str, Any], source: Source, flavour: str):
-    """Headers, the driver packages and, where wanted, the fabric manager; returns the op."""
+def upgrade_from(driver: DriverConfig, state: dict[str, Any]) -> str | None:
+    """The installed driver version when the config asks for another branch or version."""
+    installed = state.get("nvml_version")
+    if not installed:
+        return None
+    wanted = (
+        installed == driver.version if driver.version else installed.startswith(f"{driver.branch}.")
+    )
+    return None if wanted else installed
+
+
+def _install_apt(config, profile, source: Source, flavour: str, upgrading: str | None):
+    """Headers, the driver packages and, where wanted, the fabric manager; returns the op.
+
+    A deliberate upgrade (the config names another branch or version than the one installed)
+    releases the holds first and installs with downgrades allowed, so the pin decides.
+    """
     packages = source.packages(config.driver, flavour)
     if config.driver.kernel_headers:
         packages = [f"linux-headers-{profile['kernel']}", *packages]
     if fabric_manager_wanted(config, profile):
         packages.append(source.fabric_manager(config.driver.branch))
-    return apt.packages(name="Install the NVIDIA driver", packages=packages, no_recommends=True)
+    if not upgrading:
+        return apt.packages(name="Install the NVIDIA driver", packages=packages, no_recommends=True)
+    server.shell(
+        name=f"Release the driver packages held at {upgrading}",
+        commands=[f"apt-mark unhold $({INSTALLED_DRIVER_PACKAGES})"],
+    )
+    install = "apt-get -y --allow-downgrades --no-install-recommends install"
+    return server.shell(
+        name=f"Upgrade the NVIDIA driver from {upgrading}",
+        commands=[f"DEBIAN_FRONTEND=noninteractive {install} {' '.join(packages)}"],
+    )
 
 
 def _hold_apt(config, state: dict[str, Any], install) -> None:
@@ -310,11 +341,9 @@ def _hold_apt(config, state: dict[str, Any], install) -> None:
     if not config.driver.hold_packages:
         return
     unheld = set(state["packages"]) - set(state["held"])
-    globs = " ".join(shlex.quote(g) for g in APT_DRIVER_GLOBS)
-    listing = f"dpkg-query -W -f='${{db:Status-Abbrev}} ${{Package}}\\n' {globs} 2>/dev/null"
     server.shell(
         name="Hold the NVIDIA driver packages",
-        commands=[f"apt-mark hold $({listing} | awk 'substr($1, 2, 1) == \"i\" {{ print $2 }}')"],
+        commands=[f"apt-mark hold $({INSTALLED_DRIVER_PACKAGES})"],
         **_unless(bool(unheld), install),
     )
 

@@ -250,3 +250,35 @@ def test_fabric_manager_forced_on_debian_archive_is_refused(tmp_path):
     assert "no fabric manager package for debian 12 from driver_source distro" in driver_failure(
         planned
     )
+
+
+def test_branch_change_unholds_upgrades_holds_again_and_reboots(tmp_path):
+    installed_570 = ["nvml_version=570.133.20", "module_loaded=570.133.20",
+                     "package=nvidia-open-570 570.133.20-1", "held=nvidia-open-570"]  # fmt: skip
+    lines = profile("ubuntu", "22.04", "jammy")
+    planned = plan_of(tmp_path, profile_lines=lines, driver_lines=installed_570, sources=())
+    commands = {name.removeprefix("NVIDIA driver | "): c for name, c in planned}
+    order = names(planned)
+    release = "Release the driver packages held at 570.133.20"
+    upgrade = "Upgrade the NVIDIA driver from 570.133.20"
+    assert (
+        order.index(release)
+        < order.index(upgrade)
+        < order.index("Hold the NVIDIA driver packages [if changed]")
+        < order.index("Reboot to load the installed driver [if changed]")
+    )
+    assert commands[release][0].startswith("apt-mark unhold $(dpkg-query")
+    (command,) = commands[upgrade]
+    assert command.endswith(
+        "apt-get -y --allow-downgrades --no-install-recommends install "
+        "linux-headers-6.1.0-28-amd64 nvidia-open-580"
+    )
+    (_, pin, _) = commands["Pin the driver branch"]
+    assert "Pin: version 580.*" in pin
+
+
+def test_same_branch_installed_is_not_an_upgrade(tmp_path):
+    installed = ["nvml_version=580.95.05", "module_loaded=580.95.05"]
+    lines = profile("ubuntu", "22.04", "jammy")
+    planned = plan_of(tmp_path, profile_lines=lines, driver_lines=installed, sources=())
+    assert not [n for n in names(planned) if n.startswith(("Release", "Upgrade"))]
