@@ -1,6 +1,6 @@
 """Layer 1: the NVIDIA driver, pinned to a branch and held so upgrades cannot move it.
 
-Built so far (issue #3): on Ubuntu 22.04/24.04 and Debian 12, from NVIDIA's CUDA repository
+Built (issue #3): on Ubuntu 22.04/24.04 and Debian 12, from NVIDIA's CUDA repository
 (key fetched and its fingerprint checked before any source entry trusts it, an apt
 preferences pin on the branch or exact version, ``cuda-drivers-<branch>`` or the open
 metapackage) or from the distribution (Debian's non-free ``nvidia-driver`` 535, with
@@ -10,7 +10,9 @@ manager of the branch on NVSwitch systems, every driver package held (``apt-mark
 nouveau blacklisted (initramfs regenerated when that changed), nvidia-persistenced enabled,
 and a reboot when no module, or not the installed one, is loaded. Refused per host: a branch
 the source lacks, Secure Boot with unsigned DKMS modules, proprietary modules on Blackwell.
-Rocky/RHEL 9 (NVIDIA's dnf repository) says "not implemented yet" and changes nothing.
+On Rocky/RHEL 9 (NVIDIA's dnf repository only): the key is fetched, its fingerprint checked,
+then imported; the ``nvidia-driver:<branch>-open|-dkms`` module stream pins the branch; the
+packages are versionlocked. Changing the branch there is refused (not automated yet).
 
 Every OS difference lives in ``PLATFORMS``; the operations below read it and branch nowhere
 else on the OS.
@@ -26,12 +28,17 @@ from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, dnf, files, server, systemd
 
 from operations.apt_sources import AptSourceFiles, with_components
 from operations.common import fail_host
 from operations.config import DriverConfig, FleetConfig
-from operations.driver_facts import APT_DRIVER_GLOBS, INSTALLED_VERSION_SH, DriverState
+from operations.driver_facts import (
+    APT_DRIVER_GLOBS,
+    EL_DRIVER_GLOBS,
+    INSTALLED_VERSION_SH,
+    DriverState,
+)
 from operations.preflight import EL_IDS
 
 NOUVEAU_CONF = "/etc/modprobe.d/gpufleet-blacklist-nouveau.conf"
@@ -59,6 +66,8 @@ CUDA_KEYRING = "/etc/apt/keyrings/nvidia-cuda.gpg"
 PIN_FILE = "/etc/apt/preferences.d/gpufleet-nvidia-driver"
 # NVIDIA's CUDA repository signing keys (cuda-repo-management SIGNATURES.md; docs/driver-sources.md)
 CUDA_KEY_APT = ("3bf863cc.pub", "EB693B3035CD5710E231E123A4B469963BF863CC")
+CUDA_KEY_RPM = ("D42D0685.pub", "610C7B14E068A878070DA4E99CD0A493D42D0685")
+RPM_KEY = "/etc/pki/rpm-gpg/RPM-GPG-KEY-nvidia-cuda"
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,7 @@ class Source:
     repo: tuple[str, str, str] | None = None  # NVIDIA repository: (os dir, key file, fingerprint)
     fabric_manager: Callable[[str], str] | None = None  # branch -> package
     signed_modules: bool = False  # modules load under Secure Boot without a MOK
+    family: str = "apt"  # package manager: a key of FAMILIES
 
 
 def _debian_packages(config: DriverConfig, flavour: str) -> list[str]:
@@ -104,6 +114,20 @@ def _cuda_apt(os_dir: str, open_meta: str) -> Source:
     )
 
 
+def _el_packages(config: DriverConfig, flavour: str) -> list[str]:
+    """The module stream picks the branch; an exact version names the package's version."""
+    name = "nvidia-open" if flavour == "open" else "cuda-drivers"
+    return [f"{name}-{config.version}" if config.version else name]
+
+
+def _el_fabric_manager(branch: str) -> str:
+    # renamed in 580 (NVIDIA's rhel9 driver container; docs/driver-sources.md, section 5)
+    return "nvidia-fabricmanager" if int(branch) >= 580 else "nvidia-fabric-manager"
+
+
+_CUDA_EL9 = Source(
+    _el_packages, repo=("rhel9", *CUDA_KEY_RPM), family="dnf", fabric_manager=_el_fabric_manager
+)
 _UBUNTU_DISTRO = Source(_ubuntu_packages, fabric_manager=_fabric_manager)
 # driver_source -> Source, per OS release; an OS missing a source cannot use it.
 PLATFORMS: dict[tuple[str, str], dict[str, Source]] = {
@@ -126,10 +150,9 @@ PLATFORMS: dict[tuple[str, str], dict[str, Source]] = {
         # the branch is held by the pin file: Debian's CUDA repository names it nvidia-open
         "cuda-repo": _cuda_apt("debian12", "nvidia-open"),
     },
-    ("rocky", "9"): {},  # NVIDIA's dnf repository: not implemented yet
-    ("rhel", "9"): {},
+    ("rocky", "9"): {"cuda-repo": _CUDA_EL9},
+    ("rhel", "9"): {"cuda-repo": _CUDA_EL9},
 }
-NOT_BUILT = {("rocky", "cuda-repo"), ("rhel", "cuda-repo")}  # issue #3, next step
 
 
 def source_of(config: FleetConfig, profile: dict[str, Any]) -> Source | None:
@@ -165,7 +188,7 @@ def module_flavour(
 def problems(config: FleetConfig, profile: dict[str, Any], source: Source | None) -> list[str]:
     """Why the driver cannot be installed on this host as configured; empty when it can."""
     driver, os_words = config.driver, f"{profile['os_id']} {profile['os_version']}"
-    if source is None:  # only distro can be missing: NOT_BUILT cuda-repo never gets here
+    if source is None:  # every OS has cuda-repo: only distro can be missing
         return [
             f"{os_words} has no NVIDIA driver packages of its own: use driver_source = cuda-repo"
         ]
@@ -208,19 +231,23 @@ def _any_changed(ops: list) -> dict:
 @deploy("NVIDIA driver")
 def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     """Install, hold and activate the configured driver (see the module doc for what is built)."""
-    if (profile["os_id"], config.driver.source) in NOT_BUILT:
-        logger.info(
-            f"{host.print_prefix}driver: source {config.driver.source} on {profile['os_id']} "
-            f"{profile['os_version']}: not implemented yet (issue #3)"
-        )
-        return
     source = source_of(config, profile)
     found = problems(config, profile, source)
+    state = host.get_fact(DriverState) if not found else {}
+    if source and source.family == "dnf" and upgrade_from(config.driver, state):
+        found.append("changing the branch on EL (dnf module reset) is not automated yet")
     if found:
         fail_host("Driver failed", "driver: " + "; ".join(found))
         return
-    state = host.get_fact(DriverState)
     flavour, _ = module_flavour(config.driver, profile["nvidia_gpus"], source.flavours)
+    install = FAMILIES[source.family](config, profile, source, flavour, state)
+    _blacklist_nouveau(config, state)
+    _services(config, profile)
+    _reboot_if_needed(config, state, install)
+
+
+def _apt_driver(config, profile, source: Source, flavour: str, state: dict[str, Any]):
+    """Debian/Ubuntu: sources, one apt update if they changed, install or upgrade, hold."""
     sources_changed = _apt_sources(config, profile, source)
     if sources_changed:
         apt.update(
@@ -228,9 +255,64 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
         )
     install = _install_apt(config, profile, source, flavour, upgrade_from(config.driver, state))
     _hold_apt(config, state, install)
-    _blacklist_nouveau(config, state)
-    _services(config, profile)
-    _reboot_if_needed(config, state, install)
+    return install
+
+
+def _dnf_driver(config, profile, source: Source, flavour: str, state: dict[str, Any]):
+    """Rocky/RHEL: key (fingerprint checked, then imported), repository, module stream on the
+    branch, headers and driver, versionlock."""
+    os_dir, key_file, fingerprint = source.repo
+    url = _repo_url(config, profile, os_dir)
+    expected = (config.driver.cuda_repo_fingerprint or fingerprint).replace(" ", "").upper()
+    if expected[-8:].lower() not in state.get("rpm_keys", []):
+        server.shell(
+            name="Import the NVIDIA CUDA repository key, fingerprint checked",
+            commands=[
+                f"curl -fsSL -o {RPM_KEY} {url}/{key_file}",
+                fingerprint_check(RPM_KEY, expected),
+                f"rpm --import {RPM_KEY}",
+            ],
+        )
+    dnf.repo(
+        name="Add the NVIDIA CUDA repository",
+        src="nvidia-cuda",
+        baseurl=f"{url}/",
+        description="NVIDIA CUDA",
+        gpgcheck=True,
+        gpgkey=f"file://{RPM_KEY}",
+    )
+    stream = f"{config.driver.branch}-{'open' if flavour == 'open' else 'dkms'}"
+    dnf.module(name="Pin the driver branch (module stream)", module="nvidia-driver", stream=stream)
+    packages = source.packages(config.driver, flavour)
+    if config.driver.kernel_headers:
+        packages = [
+            f"kernel-devel-{profile['kernel']}",
+            f"kernel-headers-{profile['kernel']}",
+            *packages,
+        ]
+    if fabric_manager_wanted(config, profile):
+        packages.append(source.fabric_manager(config.driver.branch))
+    install = dnf.packages(name="Install the NVIDIA driver", packages=packages)
+    if config.driver.hold_packages:
+        _versionlock(state, install)
+    return install
+
+
+def _versionlock(state: dict[str, Any], install) -> None:
+    """dnf versionlock every installed driver package (the plugin installed first)."""
+    dnf.packages(
+        name="Install the dnf versionlock plugin", packages=["python3-dnf-plugin-versionlock"]
+    )
+    globs = " ".join(shlex.quote(glob) for glob in EL_DRIVER_GLOBS)
+    unheld = set(state.get("packages", {})) - set(state.get("held", []))
+    server.shell(
+        name="Lock the NVIDIA driver packages",
+        commands=[f"dnf -q versionlock add {globs}"],
+        **_unless(bool(unheld), install),
+    )
+
+
+FAMILIES = {"apt": _apt_driver, "dnf": _dnf_driver}
 
 
 def _apt_sources(config: FleetConfig, profile: dict[str, Any], source: Source) -> list:
@@ -254,8 +336,7 @@ def _apt_sources(config: FleetConfig, profile: dict[str, Any], source: Source) -
 
 def _cuda_repo(config, profile, os_dir: str, key_file: str, fingerprint: str) -> list:
     """NVIDIA's repository: key (fingerprint checked before use), source entry, branch pin."""
-    base = str(config.driver.cuda_repo_url or NVIDIA_CUDA_REPOS).rstrip("/")
-    url = f"{base}/{os_dir}/{CUDA_ARCH[profile['arch']]}"
+    url = _repo_url(config, profile, os_dir)
     key = apt.key(
         name="Add the NVIDIA CUDA repository key", src=f"{url}/{key_file}", dest=CUDA_KEYRING
     )
@@ -277,6 +358,12 @@ def _cuda_repo(config, profile, os_dir: str, key_file: str, fingerprint: str) ->
         mode="644",
     )
     return [key, repo, pin]
+
+
+def _repo_url(config: FleetConfig, profile: dict[str, Any], os_dir: str) -> str:
+    """NVIDIA's (or the mirror's) repository directory for this OS and CPU."""
+    base = str(config.driver.cuda_repo_url or NVIDIA_CUDA_REPOS).rstrip("/")
+    return f"{base}/{os_dir}/{CUDA_ARCH[profile['arch']]}"
 
 
 def fingerprint_check(keyring: str, expected: str) -> str:

@@ -23,6 +23,7 @@ GPU_QUERY = (
 UNITS = ("nvidia-persistenced", "nvidia-fabricmanager")
 # Packages of the driver stack that must move together (held, unheld, upgraded as one).
 APT_DRIVER_GLOBS = ("nvidia-*", "libnvidia-*", "firmware-nvidia-*", "linux-modules-nvidia-*")
+EL_DRIVER_GLOBS = ("nvidia-*", "kmod-nvidia*", "libnvidia-*", "cuda-drivers*")
 # Sets $installed to the driver version userspace loads: libnvidia-ml.so.1's target.
 INSTALLED_VERSION_SH = (
     "installed=$(readlink -f /usr/lib/*/libnvidia-ml.so.1 /usr/lib64/libnvidia-ml.so.1 "
@@ -45,7 +46,8 @@ if command -v dpkg-query >/dev/null; then
   apt-mark showhold 2>/dev/null | sed 's/^/held=/'
 elif command -v rpm >/dev/null; then
   rpm -qa --qf 'package=%{NAME} %{VERSION}-%{RELEASE}\n' 'nvidia-*' 'kmod-nvidia*' 'cuda-drivers*'
-  dnf -q versionlock list 2>/dev/null | sed -E 's/^([^:]*:)?(.*)-[^-]+-[^-]+$/held=\2/'
+  rpm -q gpg-pubkey --qf 'rpm_key=%{VERSION}\n' 2>/dev/null
+  dnf -q versionlock list 2>/dev/null | sed -E 's/-([0-9]+:)?[^-]+-[^-]+$//; s/^/held=/'
 fi
 for unit in @UNITS@; do
   enabled=$(systemctl is-enabled "$unit" 2>/dev/null)
@@ -79,7 +81,7 @@ def _gpu(line: str) -> dict[str, str]:
 def parse_driver_state(lines: list[str]) -> dict[str, Any]:
     """Turn the script's ``key=value`` lines into the driver state dict."""
     state: dict[str, Any] = {
-        "packages": {}, "held": [], "units": {}, "gpus": [], "gpu_errors": [],
+        "packages": {}, "held": [], "units": {}, "gpus": [], "gpu_errors": [], "rpm_keys": [],
         "nouveau_blacklist": [], "nouveau_loaded": False, "reboot_required": False,
     }  # fmt: skip
     for line in lines:
@@ -87,8 +89,8 @@ def parse_driver_state(lines: list[str]) -> dict[str, Any]:
         if key == "package":
             name, _, version = value.partition(" ")
             state["packages"][name] = version
-        elif key == "held":
-            state["held"].append(value.strip())
+        elif key in ("held", "rpm_key"):
+            state["held" if key == "held" else "rpm_keys"].append(value.strip())
         elif key == "unit":
             name, enabled, active = value.split()
             state["units"][name] = {"enabled": enabled, "active": active}

@@ -171,12 +171,6 @@ def test_rocky_has_no_driver_of_its_own(tmp_path):
     )
 
 
-def test_cuda_repo_on_rocky_is_not_built_yet_and_changes_nothing(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="pyinfra")
-    assert plan_of(tmp_path, profile_lines=profile("rocky", "9.4")) == []
-    assert "driver: source cuda-repo on rocky 9.4: not implemented yet" in caplog.text
-
-
 CUDA = "https://developer.download.nvidia.com/compute/cuda/repos"
 
 
@@ -282,3 +276,52 @@ def test_same_branch_installed_is_not_an_upgrade(tmp_path):
     lines = profile("ubuntu", "22.04", "jammy")
     planned = plan_of(tmp_path, profile_lines=lines, driver_lines=installed, sources=())
     assert not [n for n in names(planned) if n.startswith(("Release", "Upgrade"))]
+
+
+RPM_CUDA = f"{CUDA}/rhel9/x86_64"
+
+
+@pytest.mark.parametrize(
+    ("gpu", "stream", "package"),
+    [(H100, "580-open", "nvidia-open"), (V100, "580-dkms", "cuda-drivers")],
+)
+def test_rocky_cuda_repo_key_repo_stream_packages_lock(tmp_path, gpu, stream, package):
+    planned = plan_of(tmp_path, profile_lines=profile("rocky", "9.4", "", (gpu,)), sources=())
+    assert names(planned)[:6] == [
+        "Import the NVIDIA CUDA repository key, fingerprint checked",
+        "Add the NVIDIA CUDA repository",
+        "Pin the driver branch (module stream)",
+        "Install the NVIDIA driver",
+        "Install the dnf versionlock plugin",
+        "Lock the NVIDIA driver packages [if changed]",
+    ]
+    commands = {name.removeprefix("NVIDIA driver | "): c for name, c in planned}
+    fetch, check, trust = commands["Import the NVIDIA CUDA repository key, fingerprint checked"]
+    assert (
+        fetch == f"curl -fsSL -o /etc/pki/rpm-gpg/RPM-GPG-KEY-nvidia-cuda {RPM_CUDA}/D42D0685.pub"
+    )
+    assert '"610C7B14E068A878070DA4E99CD0A493D42D0685"' in check
+    assert trust == "rpm --import /etc/pki/rpm-gpg/RPM-GPG-KEY-nvidia-cuda"
+    repo = " ".join(commands["Add the NVIDIA CUDA repository"])
+    assert f"baseurl={RPM_CUDA}/" in repo and "gpgcheck=1" in repo
+    assert commands["Pin the driver branch (module stream)"] == [
+        f"dnf module enable -y nvidia-driver:{stream}"
+    ]
+    (install,) = commands["Install the NVIDIA driver"]
+    assert install.endswith(
+        f"install -y kernel-devel-6.1.0-28-amd64 kernel-headers-6.1.0-28-amd64 {package}"
+    )
+
+
+def test_rocky_with_key_already_imported_does_not_fetch_it_again(tmp_path):
+    planned = plan_of(tmp_path, profile_lines=profile("rocky", "9.4", ""), sources=(),
+                      driver_lines=["rpm_key=d42d0685"])  # fmt: skip
+    assert "Import the NVIDIA CUDA repository key, fingerprint checked" not in names(planned)
+
+
+def test_rocky_branch_change_is_refused_not_half_done(tmp_path):
+    planned = plan_of(tmp_path, profile_lines=profile("rocky", "9.4", ""), sources=(),
+                      driver_lines=["nvml_version=570.133.20"])  # fmt: skip
+    assert "changing the branch on EL (dnf module reset) is not automated yet" in driver_failure(
+        planned
+    )

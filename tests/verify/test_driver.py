@@ -11,7 +11,12 @@ import fnmatch
 
 import pytest
 
-from operations.driver_facts import APT_DRIVER_GLOBS, driver_command, parse_driver_state
+from operations.driver_facts import (
+    APT_DRIVER_GLOBS,
+    EL_DRIVER_GLOBS,
+    driver_command,
+    parse_driver_state,
+)
 from operations.preflight_facts import parse_profile, profile_command
 from tests.verify.fleet import FleetHost
 
@@ -42,7 +47,11 @@ def test_driver_packages_held(fleet_host: FleetHost):
     if not fleet_host.config.driver.hold_packages:
         pytest.skip("not applicable: driver_hold_packages is False")
     state = _state(fleet_host)
-    ours = [p for p in state["packages"] if any(fnmatch.fnmatch(p, g) for g in APT_DRIVER_GLOBS)]
+    ours = [
+        p
+        for p in state["packages"]
+        if any(fnmatch.fnmatch(p, g) for g in (*APT_DRIVER_GLOBS, *EL_DRIVER_GLOBS))
+    ]
     assert ours, "no driver package installed"
     unheld = sorted(set(ours) - set(state["held"]))
     assert not unheld, f"not held: {', '.join(unheld)}"
