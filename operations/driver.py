@@ -20,7 +20,6 @@ else on the OS.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import StringIO
@@ -38,6 +37,8 @@ from operations.driver_facts import (
     EL_DRIVER_GLOBS,
     INSTALLED_VERSION_SH,
     DriverState,
+    installed_apt_packages,
+    shell_globs,
 )
 from operations.preflight import EL_IDS
 
@@ -54,12 +55,7 @@ LOADED_IS_INSTALLED = (
 TURING_FIRST, BLACKWELL_FIRST = 0x1E00, 0x2900
 
 
-# Names of the installed driver packages ("ii" or "hi": the second letter says installed).
-INSTALLED_DRIVER_PACKAGES = (
-    "dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' "
-    + " ".join(shlex.quote(glob) for glob in APT_DRIVER_GLOBS)
-    + " 2>/dev/null | awk 'substr($1, 2, 1) == \"i\" { print $2 }'"
-)
+INSTALLED_DRIVER_PACKAGES = installed_apt_packages("$2")  # their names
 NVIDIA_CUDA_REPOS = "https://developer.download.nvidia.com/compute/cuda/repos"
 CUDA_ARCH = {"x86_64": "x86_64", "aarch64": "sbsa"}  # NVIDIA's repository arch directories
 CUDA_KEYRING = "/etc/apt/keyrings/nvidia-cuda.gpg"
@@ -303,7 +299,7 @@ def _versionlock(state: dict[str, Any], install) -> None:
     dnf.packages(
         name="Install the dnf versionlock plugin", packages=["python3-dnf-plugin-versionlock"]
     )
-    globs = " ".join(shlex.quote(glob) for glob in EL_DRIVER_GLOBS)
+    globs = shell_globs(EL_DRIVER_GLOBS)
     unheld = set(state.get("packages", {})) - set(state.get("held", []))
     server.shell(
         name="Lock the NVIDIA driver packages",
@@ -381,7 +377,7 @@ def fingerprint_check(keyring: str, expected: str) -> str:
 def pin_text(driver: DriverConfig) -> str:
     """apt preferences that keep the driver packages on the configured branch (or version)."""
     version = f"{driver.version}-*" if driver.version else f"{driver.branch}.*"
-    globs = " ".join((*APT_DRIVER_GLOBS, "cuda-drivers*"))
+    globs = " ".join(APT_DRIVER_GLOBS)
     return (
         "# Written by gpufleet: keep the NVIDIA driver on its configured branch.\n"
         f"Package: {globs}\nPin: version {version}\nPin-Priority: 1001\n"

@@ -22,13 +22,31 @@ GPU_QUERY = (
 )
 UNITS = ("nvidia-persistenced", "nvidia-fabricmanager")
 # Packages of the driver stack that must move together (held, unheld, upgraded as one).
-APT_DRIVER_GLOBS = ("nvidia-*", "libnvidia-*", "firmware-nvidia-*", "linux-modules-nvidia-*")
+APT_DRIVER_GLOBS = (
+    "nvidia-*", "libnvidia-*", "firmware-nvidia-*", "linux-modules-nvidia-*", "cuda-drivers*",
+)  # fmt: skip
 EL_DRIVER_GLOBS = ("nvidia-*", "kmod-nvidia*", "libnvidia-*", "cuda-drivers*")
 # Sets $installed to the driver version userspace loads: libnvidia-ml.so.1's target.
 INSTALLED_VERSION_SH = (
     "installed=$(readlink -f /usr/lib/*/libnvidia-ml.so.1 /usr/lib64/libnvidia-ml.so.1 "
     "2>/dev/null | head -n 1); installed=${installed##*libnvidia-ml.so.}"
 )
+
+
+def shell_globs(globs: tuple[str, ...]) -> str:
+    """The globs quoted for a shell command line."""
+    return " ".join(shlex.quote(glob) for glob in globs)
+
+
+def installed_apt_packages(awk_print: str) -> str:
+    """Shell listing installed driver packages (dpkg status "ii" or "hi", held: the second
+    letter says installed); ``awk_print`` picks the output from $2 (name) and $3 (version)."""
+    return (
+        f"dpkg-query -W -f='${{db:Status-Abbrev}} ${{Package}} ${{Version}}\\n' "
+        f"{shell_globs(APT_DRIVER_GLOBS)} 2>/dev/null "
+        f"| awk 'substr($1, 2, 1) == \"i\" {{ print {awk_print} }}'"
+    )
+
 
 _SCRIPT = r"""
 @INSTALLED@
@@ -39,13 +57,10 @@ command -v modinfo >/dev/null && echo "module_on_disk=$(modinfo -F version nvidi
 grep -lsE '^[[:space:]]*blacklist[[:space:]]+nouveau' /etc/modprobe.d/*.conf \
   /usr/lib/modprobe.d/*.conf | sed 's/^/nouveau_blacklist=/'
 if command -v dpkg-query >/dev/null; then
-  # status "ii" or "hi" (held): the second letter says installed
-  dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version}\n' @GLOBS@ 'cuda-drivers*' \
-    2>/dev/null \
-    | awk 'substr($1, 2, 1) == "i" { print "package=" $2 " " $3 }'
+  @DPKG@
   apt-mark showhold 2>/dev/null | sed 's/^/held=/'
 elif command -v rpm >/dev/null; then
-  rpm -qa --qf 'package=%{NAME} %{VERSION}-%{RELEASE}\n' 'nvidia-*' 'kmod-nvidia*' 'cuda-drivers*'
+  rpm -qa --qf 'package=%{NAME} %{VERSION}-%{RELEASE}\n' @EL_GLOBS@
   rpm -q gpg-pubkey --qf 'rpm_key=%{VERSION}\n' 2>/dev/null
   dnf -q versionlock list 2>/dev/null | sed -E 's/-([0-9]+:)?[^-]+-[^-]+$//; s/^/held=/'
 fi
@@ -67,9 +82,17 @@ fi
 
 def driver_command() -> str:
     """The shell script behind DriverState."""
-    globs = " ".join(shlex.quote(glob) for glob in APT_DRIVER_GLOBS)
-    script = _SCRIPT.replace("@INSTALLED@", INSTALLED_VERSION_SH).replace("@GLOBS@", globs)
-    return script.replace("@UNITS@", " ".join(UNITS)).replace("@QUERY@", GPU_QUERY).strip()
+    parts = {
+        "@INSTALLED@": INSTALLED_VERSION_SH,
+        "@DPKG@": installed_apt_packages('"package=" $2 " " $3'),
+        "@EL_GLOBS@": shell_globs(EL_DRIVER_GLOBS),
+        "@UNITS@": " ".join(UNITS),
+        "@QUERY@": GPU_QUERY,
+    }
+    script = _SCRIPT
+    for marker, text in parts.items():
+        script = script.replace(marker, text)
+    return script.strip()
 
 
 def _gpu(line: str) -> dict[str, str]:

@@ -48,7 +48,7 @@ def problems(config: FleetConfig, profile: dict[str, Any]) -> list[str]:
         )
     if profile["arch"] not in SUPPORTED_ARCH:
         found.append(f"unsupported CPU architecture {profile['arch']} (supported: x86_64, aarch64)")
-    found += _gpu_problems(config, len(profile["nvidia_gpus"]))
+    found += gpu_problems(config, len(profile["nvidia_gpus"]))
     free, needed = profile.get("disk_free_gib", 0.0), config.preflight.min_free_disk_gib
     if free < needed:
         found.append(
@@ -58,7 +58,7 @@ def problems(config: FleetConfig, profile: dict[str, Any]) -> list[str]:
     return found
 
 
-def _gpu_problems(config: FleetConfig, gpus: int) -> list[str]:
+def gpu_problems(config: FleetConfig, gpus: int) -> list[str]:
     expected = config.host.gpu_count
     if config.host.has_gpus and gpus == 0:
         return [

@@ -37,7 +37,7 @@ def test_supported_arch(fleet_host: FleetHost):
 
 def test_gpu_presence_matches_config(fleet_host: FleetHost):
     gpus = len(_profile(fleet_host)["nvidia_gpus"])
-    problems = preflight._gpu_problems(fleet_host.config, gpus)
+    problems = preflight.gpu_problems(fleet_host.config, gpus)
     assert not problems, problems[0]
 
 
