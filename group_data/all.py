@@ -57,8 +57,10 @@ driver_reboot_timeout_s = 900
 docker_source = "docker-repo"
 # Docker Engine version to pin; unset = newest.
 docker_version = None
-# Base URL of Docker's repository or your mirror.
+# Base URL of Docker's repository or your mirror; unset = Docker's.
 docker_repo_url = None
+# Fingerprint the repository key must have; unset = Docker's published one.
+docker_repo_fingerprint = None
 # Users added to the docker group (root-equivalent: keep empty in production).
 docker_users = []
 # Keep containers running while dockerd restarts.
@@ -73,16 +75,20 @@ docker_data_root = None
 docker_registry_mirrors = []
 # dockerd's cgroup driver; unset keeps Docker's default.
 docker_cgroup_driver = None
-# Extra daemon.json keys, merged in; keys already in the file are kept.
+# Extra daemon.json keys the deploy owns; other keys in the file are kept.
 docker_daemon_options = {}
+# How long dockerd may take to come back.
+docker_restart_timeout_s = 90
 
 # --- toolkit: Layer 3: NVIDIA Container Toolkit.
 # Version of the four toolkit packages, pinned together; unset = newest.
 toolkit_version = None
 # Base URL of NVIDIA's container toolkit repository or your mirror.
 toolkit_repo_url = None
-# Make nvidia Docker's default runtime.
-toolkit_default_runtime = False
+# Fingerprint the repository key must have; unset = NVIDIA's published one.
+toolkit_repo_fingerprint = None
+# Docker's default runtime; unset keeps Docker's (runc).
+toolkit_default_runtime = None
 # Generate CDI specs for the GPUs.
 toolkit_cdi = True
 

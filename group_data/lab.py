@@ -11,3 +11,9 @@ preflight_min_free_disk_gib = 2.0
 driver_source = "distro"
 driver_branch = "535"
 driver_kernel_headers = False
+
+# Debian's own docker.io: Docker's repository cannot be reached from the lab.
+docker_source = "distro"
+# The lab's stand-in toolkit repository (tests/standins/toolkit) serves 1.17.8-1 and
+# 1.17.9-1: the pin on the older one is what makes the version check mean something.
+toolkit_version = "1.17.8-1"

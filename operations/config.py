@@ -11,6 +11,7 @@ host data in the inventory > ``group_data/<group>.py`` > ``group_data/all.py``.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -227,7 +228,11 @@ class DockerConfig(Section):
     )
     repo_url: HttpUrl | None = Field(
         default=None,
-        description="Base URL of Docker's repository or your mirror.",
+        description="Base URL of Docker's repository or your mirror; unset = Docker's.",
+    )
+    repo_fingerprint: Fingerprint | None = Field(
+        default=None,
+        description="Fingerprint the repository key must have; unset = Docker's published one.",
     )
     users: Annotated[list[UnixUser], BeforeValidator(_split_csv)] = Field(
         default=[],
@@ -249,8 +254,20 @@ class DockerConfig(Section):
     )
     daemon_options: dict[str, Any] = Field(
         default={},
-        description="Extra daemon.json keys, merged in; keys already in the file are kept.",
+        description="Extra daemon.json keys the deploy owns; other keys in the file are kept.",
     )
+    restart_timeout_s: int = Field(
+        default=90, ge=10, le=3600, description="How long dockerd may take to come back."
+    )
+
+    @field_validator("daemon_options")
+    @classmethod
+    def _json_keys(cls, options: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(options)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"must be JSON-serialisable ({error})") from None
+        return options
 
 
 class ToolkitConfig(Section):
@@ -264,8 +281,12 @@ class ToolkitConfig(Section):
         default=None,
         description="Base URL of NVIDIA's container toolkit repository or your mirror.",
     )
-    default_runtime: bool = Field(
-        default=False, description="Make nvidia Docker's default runtime."
+    repo_fingerprint: Fingerprint | None = Field(
+        default=None,
+        description="Fingerprint the repository key must have; unset = NVIDIA's published one.",
+    )
+    default_runtime: Literal["nvidia"] | None = Field(
+        default=None, description="Docker's default runtime; unset keeps Docker's (runc)."
     )
     cdi: bool = Field(default=True, description="Generate CDI specs for the GPUs.")
 

@@ -40,7 +40,8 @@ from operations.driver_facts import (
     installed_apt_packages,
     shell_globs,
 )
-from operations.preflight import EL_IDS
+from operations.packages import signed_apt_repo, signed_dnf_repo
+from operations.preflight import platform_key
 
 NOUVEAU_CONF = "/etc/modprobe.d/gpufleet-blacklist-nouveau.conf"
 NOUVEAU_TEXT = "# Written by gpufleet: the NVIDIA driver needs nouveau out of the way.\n" + (
@@ -153,10 +154,7 @@ PLATFORMS: dict[tuple[str, str], dict[str, Source]] = {
 
 def source_of(config: FleetConfig, profile: dict[str, Any]) -> Source | None:
     """The configured driver source on this host's OS; None when the OS has no such source."""
-    version = profile["os_version"]
-    if profile["os_id"] in EL_IDS:
-        version = version.split(".")[0]
-    return PLATFORMS[(profile["os_id"], version)].get(config.driver.source)
+    return PLATFORMS[platform_key(profile)].get(config.driver.source)
 
 
 def module_flavour(
@@ -259,23 +257,14 @@ def _dnf_driver(config, profile, source: Source, flavour: str, state: dict[str, 
     branch, headers and driver, versionlock."""
     os_dir, key_file, fingerprint = source.repo
     url = _repo_url(config, profile, os_dir)
-    expected = (config.driver.cuda_repo_fingerprint or fingerprint).replace(" ", "").upper()
-    if expected[-8:].lower() not in state.get("rpm_keys", []):
-        server.shell(
-            name="Import the NVIDIA CUDA repository key, fingerprint checked",
-            commands=[
-                f"curl -fsSL -o {RPM_KEY} {url}/{key_file}",
-                fingerprint_check(RPM_KEY, expected),
-                f"rpm --import {RPM_KEY}",
-            ],
-        )
-    dnf.repo(
-        name="Add the NVIDIA CUDA repository",
+    signed_dnf_repo(
+        "NVIDIA CUDA",
+        f"{url}/{key_file}",
+        RPM_KEY,
+        config.driver.cuda_repo_fingerprint or fingerprint,
         src="nvidia-cuda",
         baseurl=f"{url}/",
         description="NVIDIA CUDA",
-        gpgcheck=True,
-        gpgkey=f"file://{RPM_KEY}",
     )
     stream = f"{config.driver.branch}-{'open' if flavour == 'open' else 'dkms'}"
     dnf.module(name="Pin the driver branch (module stream)", module="nvidia-driver", stream=stream)
@@ -333,45 +322,21 @@ def _apt_sources(config: FleetConfig, profile: dict[str, Any], source: Source) -
 def _cuda_repo(config, profile, os_dir: str, key_file: str, fingerprint: str) -> list:
     """NVIDIA's repository: key (fingerprint checked before use), source entry, branch pin."""
     url = _repo_url(config, profile, os_dir)
-    key = apt.key(
-        name="Add the NVIDIA CUDA repository key", src=f"{url}/{key_file}", dest=CUDA_KEYRING
-    )
     expected = config.driver.cuda_repo_fingerprint or fingerprint
-    server.shell(
-        name="Check the CUDA repository key's fingerprint",
-        commands=[fingerprint_check(CUDA_KEYRING, expected)],
-        _if=key.did_change,
-    )
-    repo = apt.repo(
-        name="Add the NVIDIA CUDA repository",
-        filename="nvidia-cuda",
-        src=f"deb [signed-by={CUDA_KEYRING}] {url}/ /",
-    )
+    ops = signed_apt_repo("NVIDIA CUDA", f"{url}/{key_file}", CUDA_KEYRING, expected, f"{url}/ /")
     pin = files.put(
         name="Pin the driver branch",
         src=StringIO(pin_text(config.driver)),
         dest=PIN_FILE,
         mode="644",
     )
-    return [key, repo, pin]
+    return [*ops, pin]
 
 
 def _repo_url(config: FleetConfig, profile: dict[str, Any], os_dir: str) -> str:
     """NVIDIA's (or the mirror's) repository directory for this OS and CPU."""
     base = str(config.driver.cuda_repo_url or NVIDIA_CUDA_REPOS).rstrip("/")
     return f"{base}/{os_dir}/{CUDA_ARCH[profile['arch']]}"
-
-
-def fingerprint_check(keyring: str, expected: str) -> str:
-    """Shell that removes the keyring and fails unless its primary key has ``expected``."""
-    expected = expected.replace(" ", "").upper()
-    return (
-        f"fpr=$(gpg --show-keys --with-colons {keyring} 2>/dev/null "
-        "| awk -F: '$1 == \"fpr\" { print $10; exit }'); "
-        f'[ "$fpr" = "{expected}" ] || {{ rm -f {keyring}; '
-        f'echo "repository key fingerprint is ${{fpr:-unreadable}}, expected {expected}: '
-        'key removed" >&2; exit 1; }'
-    )
 
 
 def pin_text(driver: DriverConfig) -> str:

@@ -61,7 +61,6 @@ if command -v dpkg-query >/dev/null; then
   apt-mark showhold 2>/dev/null | sed 's/^/held=/'
 elif command -v rpm >/dev/null; then
   rpm -qa --qf 'package=%{NAME} %{VERSION}-%{RELEASE}\n' @EL_GLOBS@
-  rpm -q gpg-pubkey --qf 'rpm_key=%{VERSION}\n' 2>/dev/null
   dnf -q versionlock list 2>/dev/null | sed -E 's/-([0-9]+:)?[^-]+-[^-]+$//; s/^/held=/'
 fi
 for unit in @UNITS@; do
@@ -104,7 +103,7 @@ def _gpu(line: str) -> dict[str, str]:
 def parse_driver_state(lines: list[str]) -> dict[str, Any]:
     """Turn the script's ``key=value`` lines into the driver state dict."""
     state: dict[str, Any] = {
-        "packages": {}, "held": [], "units": {}, "gpus": [], "gpu_errors": [], "rpm_keys": [],
+        "packages": {}, "held": [], "units": {}, "gpus": [], "gpu_errors": [],
         "nouveau_blacklist": [], "nouveau_loaded": False, "reboot_required": False,
     }  # fmt: skip
     for line in lines:
@@ -112,8 +111,8 @@ def parse_driver_state(lines: list[str]) -> dict[str, Any]:
         if key == "package":
             name, _, version = value.partition(" ")
             state["packages"][name] = version
-        elif key in ("held", "rpm_key"):
-            state["held" if key == "held" else "rpm_keys"].append(value.strip())
+        elif key == "held":
+            state["held"].append(value.strip())
         elif key == "unit":
             name, enabled, active = value.split()
             state["units"][name] = {"enabled": enabled, "active": active}

@@ -34,6 +34,14 @@ def os_supported(os_id: str, version: str) -> bool:
     return version in SUPPORTED_OS.get(os_id, ())
 
 
+def platform_key(profile: dict[str, Any]) -> tuple[str, str]:
+    """(os id, version) as the layers' PLATFORMS tables are keyed: EL by major version."""
+    version = profile["os_version"]
+    if profile["os_id"] in EL_IDS:
+        version = version.split(".")[0]
+    return profile["os_id"], version
+
+
 def supported_os_words() -> str:
     return ", ".join(f"{os_id} {v}" for os_id, versions in SUPPORTED_OS.items() for v in versions)
 

@@ -1,16 +1,180 @@
-"""Layer: NVIDIA Container Toolkit. Planned in issue #4; until then this layer only says so."""
+"""Layer 3: NVIDIA Container Toolkit, and Docker's nvidia runtime.
+
+NVIDIA's repository (key fingerprint checked before the entry trusts it; base URL
+overridable for mirrors) provides the four packages, pinned together to one version.
+
+The nvidia runtime is registered through the same daemon.json merge as the Docker layer,
+not ``nvidia-ctk runtime configure``: one owner of the file means one validation and
+rollback path, a restart only when the parsed content changed, and the user's keys kept
+(``nvidia-ctk`` rewrites the whole file and would need its own restart).
+
+"Failed to initialize NVML: Unknown Error" after ``systemctl daemon-reload``: with systemd
+managing container cgroups, runc re-applies device rules from ``/dev/char`` symlinks, which
+the NVIDIA device nodes lack, so running containers lose their GPUs (NVIDIA's notice,
+nvidia-docker issue 1730). The fix chosen is NVIDIA's own: the udev rule that runs
+``nvidia-ctk system create-dev-char-symlinks --create-all`` whenever the driver binds, and
+one run of it now. It works on cgroup v1 and v2 and with either cgroup driver, where the
+alternative (``native.cgroupdriver=cgroupfs``) goes against Docker's advice on cgroup v2.
+
+CDI specs (``/etc/cdi/nvidia.yaml``) are generated on GPU hosts and regenerated when they
+do not name the installed driver's version (after a driver upgrade).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from io import StringIO
 from typing import Any
 
-from pyinfra import host, logger
-from pyinfra.api import deploy
+from pyinfra import host
+from pyinfra.api import FactBase, deploy
+from pyinfra.operations import apt, dnf, files, server
 
-from operations.config import FleetConfig
+from operations import daemon_json
+from operations.config import FleetConfig, ToolkitConfig
+from operations.driver_facts import INSTALLED_VERSION_SH
+from operations.packages import (
+    apt_pin,
+    apt_pinned_install,
+    signed_apt_repo,
+    signed_dnf_repo,
+    version_glob,
+)
+from operations.preflight import platform_key
+
+TOOLKIT_REPO = "https://nvidia.github.io/libnvidia-container"
+# NVIDIA's container toolkit repository key (its gpgkey file; docs/driver-sources.md)
+FINGERPRINT = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
+KEYRING = "/etc/apt/keyrings/nvidia-container-toolkit.gpg"
+RPM_KEY = "/etc/pki/rpm-gpg/RPM-GPG-KEY-nvidia-container-toolkit"
+PIN_FILE = "/etc/apt/preferences.d/gpufleet-nvidia-container-toolkit"
+PACKAGES = (
+    "nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
+    "libnvidia-container1",
+)  # fmt: skip
+CDI_SPEC = "/etc/cdi/nvidia.yaml"
+CDI_SINCE = (1, 12)  # nvidia-ctk cdi generate
+UDEV_RULE = "/etc/udev/rules.d/71-nvidia-dev-char.rules"
+DEV_CHAR_LINKS = "/usr/bin/nvidia-ctk system create-dev-char-symlinks --create-all"
+UDEV_TEXT = (
+    "# Written by gpufleet: /dev/char links for the NVIDIA device nodes, so containers keep\n"
+    "# their GPUs across systemctl daemon-reload (NVML: Unknown Error).\n"
+    f'ACTION=="add", DEVPATH=="/bus/pci/drivers/nvidia", RUN+="{DEV_CHAR_LINKS}"\n'
+)
+RUNTIME = {"path": "nvidia-container-runtime", "args": []}
+
+
+@dataclass(frozen=True)
+class Repo:
+    """NVIDIA's toolkit repository as one package family sees it."""
+
+    path: str  # under the base URL
+    family: str  # a key of FAMILIES
+
+
+_APT = Repo("stable/deb/$(ARCH) /", "apt")  # a flat repository; apt substitutes $(ARCH)
+_DNF = Repo("stable/rpm/$basearch", "dnf")
+PLATFORMS: dict[tuple[str, str], Repo] = {
+    ("ubuntu", "22.04"): _APT,
+    ("ubuntu", "24.04"): _APT,
+    ("debian", "12"): _APT,
+    ("rocky", "9"): _DNF,
+    ("rhel", "9"): _DNF,
+}
+
+
+class CdiSpec(FactBase):
+    """'current' when the CDI spec names the installed driver's version, 'stale', 'missing'."""
+
+    def command(self) -> str:
+        return (
+            f"{INSTALLED_VERSION_SH}; if [ ! -f {CDI_SPEC} ]; then echo missing; "
+            f'elif [ -n "$installed" ] && grep -qF "$installed" {CDI_SPEC}; then echo current; '
+            "else echo stale; fi"
+        )
+
+    def process(self, output: list[str]) -> str:
+        return output[0].strip() if output else "missing"
+
+
+def daemon_keys(toolkit: ToolkitConfig) -> daemon_json.Managed:
+    """The daemon.json keys this layer owns: the nvidia runtime, and the default runtime."""
+    keys: daemon_json.Managed = {("runtimes", "nvidia"): RUNTIME}
+    if toolkit.default_runtime:
+        keys["default-runtime",] = toolkit.default_runtime
+    return keys
+
+
+def cdi_supported(version: str | None) -> bool:
+    """Whether this toolkit version has ``nvidia-ctk cdi generate`` (unpinned: the newest)."""
+    return version is None or tuple(int(p) for p in version.split("-")[0].split(".")[:2]) >= (
+        CDI_SINCE
+    )
 
 
 @deploy("NVIDIA Container Toolkit")
 def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
-    """Not implemented yet: prints one line so a run shows the layer was reached."""
-    logger.info(f"{host.print_prefix}toolkit: not implemented yet (issue #4)")
+    """Install the toolkit, register the runtime, prevent the NVML-after-reload failure and
+    generate CDI specs (see the module doc for what is built and why)."""
+    repo = PLATFORMS[platform_key(profile)]
+    install = FAMILIES[repo.family](config, repo)
+    daemon_json.merged(
+        name="Register the nvidia runtime in daemon.json",
+        layer="toolkit",
+        managed=daemon_keys(config.toolkit),
+        restart_timeout_s=config.docker.restart_timeout_s,
+    )
+    rule = files.put(
+        name="Install the /dev/char udev rule", src=StringIO(UDEV_TEXT), dest=UDEV_RULE
+    )
+    if not config.host.has_gpus:
+        return  # no device nodes to link, no GPUs to describe
+    server.shell(name="Create the /dev/char links", commands=[DEV_CHAR_LINKS], _if=rule.did_change)
+    if config.toolkit.cdi and cdi_supported(config.toolkit.version):
+        now = host.get_fact(CdiSpec) != "current"
+        server.shell(
+            name="Generate the CDI spec",
+            commands=[f"nvidia-ctk cdi generate --output={CDI_SPEC}"],
+            **({} if now else {"_if": install.did_change}),
+        )
+
+
+def _base(config: FleetConfig) -> str:
+    return str(config.toolkit.repo_url or TOOLKIT_REPO).rstrip("/")
+
+
+def _apt_toolkit(config: FleetConfig, repo: Repo):
+    """Debian/Ubuntu: the signed repository, the version pin, apt update if it changed."""
+    base = _base(config)
+    fingerprint = config.toolkit.repo_fingerprint or FINGERPRINT
+    sources = signed_apt_repo(
+        "NVIDIA Container Toolkit", f"{base}/gpgkey", KEYRING, fingerprint, f"{base}/{repo.path}"
+    )
+    version = config.toolkit.version
+    glob = version_glob(version) if version else None
+    apt_pin("NVIDIA Container Toolkit", PIN_FILE, PACKAGES, glob)
+    apt.update(
+        name="Update apt lists for the toolkit's repository",
+        _if=lambda: any(op.did_change() for op in sources),
+    )
+    return apt_pinned_install("NVIDIA Container Toolkit", PACKAGES, PACKAGES, glob)
+
+
+def _dnf_toolkit(config: FleetConfig, repo: Repo):
+    """Rocky/RHEL: the key (checked, imported), the repository, the four packages."""
+    base = _base(config)
+    signed_dnf_repo(
+        "NVIDIA Container Toolkit",
+        f"{base}/gpgkey",
+        RPM_KEY,
+        config.toolkit.repo_fingerprint or FINGERPRINT,
+        src="nvidia-container-toolkit",
+        baseurl=f"{base}/{repo.path}",
+        description="NVIDIA Container Toolkit",
+    )
+    version = config.toolkit.version
+    packages = [f"{name}-{version}" if version else name for name in PACKAGES]
+    return dnf.packages(name="Install NVIDIA Container Toolkit", packages=packages)
+
+
+FAMILIES = {"apt": _apt_toolkit, "dnf": _dnf_toolkit}

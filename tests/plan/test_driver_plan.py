@@ -28,14 +28,15 @@ def profile(os_id="debian", version="12", codename="bookworm", gpus=(H100,), sb=
     ]  # fmt: skip
 
 
-def host(profile_lines, driver_lines=(), sources=DEBIAN_SOURCES, dpkg=(), **settings):
-    """A fake host: preflight profile, DriverState, apt sources and dpkg -l answers."""
+def host(profile_lines, driver_lines=(), sources=DEBIAN_SOURCES, dpkg=(), rpm=(), **settings):
+    """A fake host: preflight profile, DriverState, apt sources, dpkg -l and rpm -qa answers."""
     return {
         "fake_responses": {
             "os-release": profile_lines,
             "libnvidia-ml.so.1": list(driver_lines),
             "@@gpufleet-file@@": list(sources),
             "dpkg -l": list(dpkg),
+            "rpm --queryformat": list(rpm),
         },
         "deploy_layers": "driver",
         **settings,
@@ -189,7 +190,7 @@ def test_cuda_repo_key_checked_then_repo_pin_and_package(
     planned = plan_of(tmp_path, profile_lines=lines, sources=())
     assert names(planned)[:6] == [
         "Add the NVIDIA CUDA repository key",
-        "Check the CUDA repository key's fingerprint [if changed]",
+        "Check the NVIDIA CUDA repository key's fingerprint [if changed]",
         "Add the NVIDIA CUDA repository",
         "Pin the driver branch",
         "Update apt lists for the driver's sources [if changed]",
@@ -198,7 +199,7 @@ def test_cuda_repo_key_checked_then_repo_pin_and_package(
     commands = {name.removeprefix("NVIDIA driver | "): c for name, c in planned}
     key = " ".join(commands["Add the NVIDIA CUDA repository key"])
     assert f"{CUDA}/{os_dir}/x86_64/3bf863cc.pub" in key
-    (check,) = commands["Check the CUDA repository key's fingerprint [if changed]"]
+    (check,) = commands["Check the NVIDIA CUDA repository key's fingerprint [if changed]"]
     assert '[ "$fpr" = "EB693B3035CD5710E231E123A4B469963BF863CC" ]' in check
     assert "rm -f /etc/apt/keyrings/nvidia-cuda.gpg" in check
     source = f"deb [signed-by=/etc/apt/keyrings/nvidia-cuda.gpg] {CUDA}/{os_dir}/x86_64/ /"
@@ -222,7 +223,7 @@ def test_cuda_repo_mirror_url_exact_version_and_own_fingerprint(tmp_path):
     assert "https://mirror.internal/cuda/ubuntu2404/x86_64/3bf863cc.pub" in " ".join(
         commands["Add the NVIDIA CUDA repository key"]
     )
-    (check,) = commands["Check the CUDA repository key's fingerprint [if changed]"]
+    (check,) = commands["Check the NVIDIA CUDA repository key's fingerprint [if changed]"]
     assert '"0123456789ABCDEF0123456789ABCDEF01234567"' in check
     (_, upload, _) = commands["Pin the driver branch"]
     assert "Pin: version 580.95.05-*" in upload
@@ -315,7 +316,7 @@ def test_rocky_cuda_repo_key_repo_stream_packages_lock(tmp_path, gpu, stream, pa
 
 def test_rocky_with_key_already_imported_does_not_fetch_it_again(tmp_path):
     planned = plan_of(tmp_path, profile_lines=profile("rocky", "9.4", ""), sources=(),
-                      driver_lines=["rpm_key=d42d0685"])  # fmt: skip
+                      rpm=["gpg-pubkey d42d0685-5e6fa3b1"])  # fmt: skip
     assert "Import the NVIDIA CUDA repository key, fingerprint checked" not in names(planned)
 
 

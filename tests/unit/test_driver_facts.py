@@ -18,7 +18,7 @@ def test_parse_gpus_packages_holds_units_and_flags():
     state = parse_driver_state([
         "nvml_version=580.95.05", "module_loaded=580.95.05", H100_LINE,
         "gpu=Failed to initialize NVML: Driver/library version mismatch", "nvidia_smi_rc=0",
-        "package=nvidia-open-580 580.95.05-1", "held=nvidia-open-580", "rpm_key=d42d0685",
+        "package=nvidia-open-580 580.95.05-1", "held=nvidia-open-580",
         "unit=nvidia-persistenced enabled active", "nouveau_loaded=yes", "reboot_required=yes",
         "nouveau_blacklist=/etc/modprobe.d/x.conf", "initramfs=update-initramfs -u",
     ])  # fmt: skip
@@ -27,7 +27,7 @@ def test_parse_gpus_packages_holds_units_and_flags():
     assert gpu["retired_pages.pending"] == "No"
     assert state["gpu_errors"] == ["Failed to initialize NVML: Driver/library version mismatch"]
     assert state["packages"] == {"nvidia-open-580": "580.95.05-1"}
-    assert state["held"] == ["nvidia-open-580"] and state["rpm_keys"] == ["d42d0685"]
+    assert state["held"] == ["nvidia-open-580"]
     assert state["units"]["nvidia-persistenced"] == {"enabled": "enabled", "active": "active"}
     assert state["nouveau_loaded"] and state["reboot_required"]
     assert state["initramfs"] == "update-initramfs -u"

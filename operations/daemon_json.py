@@ -1,0 +1,233 @@
+"""Docker's ``/etc/docker/daemon.json``, owned as a merge: never clobbered, never lost.
+
+Each layer says which keys it manages (``{("log-opts", "max-size"): "100m", …}``: a key
+path and its value). The merge keeps every other key in the file, the user's and other
+tools' alike, and removes only keys this layer set on an earlier run and no longer wants
+(recorded in ``OWNED``). Nested objects are merged key by key (``runtimes.nvidia`` leaves
+other runtimes alone); lists and scalars are replaced whole.
+
+A changed file is applied with a rollback: the new file is validated with ``dockerd
+--validate`` where dockerd has it (Docker 23+); the previous file is kept, Docker restarted
+and given ``docker_restart_timeout_s`` to answer ``docker info``; if it does not, the
+previous file is put back, Docker restarted on it, and the host fails with dockerd's own
+words. Docker is restarted only when the parsed content changed. A file that is no longer
+valid JSON (edited by hand) is set aside as ``daemon.json.corrupt-<time>`` and rebuilt on
+the last file dockerd accepted (``LAST_GOOD``), so the user's keys of then survive.
+
+Layers in one run merge in turn: the second merge starts from what the first planned, not
+from the file read before the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from io import StringIO
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from pyinfra import host
+from pyinfra.api import FactBase, operation
+from pyinfra.api.command import FileUploadCommand, StringCommand
+from pyinfra.context import ctx_host
+
+DAEMON_JSON = "/etc/docker/daemon.json"
+STATE_DIR = "/etc/gpufleet"
+OWNED = f"{STATE_DIR}/daemon-json-owned.json"  # {layer: [key path, ...]}
+LAST_GOOD = f"{STATE_DIR}/daemon.json.last-good"
+STAGED = f"{STATE_DIR}/daemon.json.staged"
+STAGED_OWNED = f"{STATE_DIR}/daemon-json-owned.json.staged"
+_MARK = "@@gpufleet-file@@ "
+_FILES = {"current": DAEMON_JSON, "last_good": LAST_GOOD, "owned": OWNED}
+
+KeyPath = tuple[str, ...]
+Managed = dict[KeyPath, Any]
+
+
+class DaemonJson(FactBase):
+    """{"current": text | None, "last_good": …, "owned": …}: the three files, one command."""
+
+    def command(self) -> str:
+        paths = " ".join(_FILES.values())
+        return f'for f in {paths}; do [ -f "$f" ] && echo "{_MARK}$f" && cat "$f"; done; true'
+
+    def process(self, output: list[str]) -> dict[str, str | None]:
+        texts: dict[str, list[str]] = {}
+        current: list[str] | None = None
+        for line in output:
+            if line.startswith(_MARK):
+                current = texts.setdefault(line[len(_MARK) :], [])
+            elif current is not None:
+                current.append(line)
+        return {key: _joined(texts.get(path)) for key, path in _FILES.items()}
+
+    @staticmethod
+    def default() -> dict[str, str | None]:
+        return dict.fromkeys(_FILES)
+
+
+def _joined(lines: list[str] | None) -> str | None:
+    return None if lines is None else "\n".join(lines)
+
+
+def parse(text: str | None) -> dict[str, Any] | None:
+    """A daemon.json's object; {} for no file; None when it is not a JSON object."""
+    if text is None or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def render(config: dict[str, Any]) -> str:
+    """The file's text: stable key order, so equal configs give equal files."""
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def _set(config: dict[str, Any], path: KeyPath, value: Any) -> None:
+    for key in path[:-1]:
+        if not isinstance(config.get(key), dict):
+            config[key] = {}
+        config = config[key]
+    config[path[-1]] = copy.deepcopy(value)
+
+
+def _delete(config: dict[str, Any], path: KeyPath) -> None:
+    parents = [config]
+    for key in path[:-1]:
+        child = parents[-1].get(key)
+        if not isinstance(child, dict):
+            return
+        parents.append(child)
+    parents[-1].pop(path[-1], None)
+    for parent, key in zip(reversed(parents[:-1]), reversed(path[:-1]), strict=True):
+        if parent.get(key) == {}:
+            del parent[key]  # an object left empty by our removal goes too
+
+
+def merge(base: dict[str, Any], managed: Managed, no_longer: list[KeyPath]) -> dict[str, Any]:
+    """``base`` with ``managed`` set and the ``no_longer`` managed paths removed."""
+    result = copy.deepcopy(base)
+    for path in no_longer:
+        _delete(result, path)
+    for path, value in managed.items():
+        _set(result, path, value)
+    return result
+
+
+def holds(config: dict[str, Any], managed: Managed) -> list[str]:
+    """The managed keys whose value in ``config`` differs (``a.b``); empty when all hold."""
+    wrong = []
+    for path, value in managed.items():
+        node: Any = config
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node != value:
+            wrong.append(".".join(path))
+    return wrong
+
+
+# Per run and host, in planning order: (layer, the file and ownership its merge leads to).
+# pyinfra may evaluate an operation more than once (change detection, then execution), so
+# a layer's merge always starts from the merge planned before it, never from its own.
+_PLANNED: WeakKeyDictionary[Any, tuple[Any, list]] = WeakKeyDictionary()
+
+
+def _starting_point(layer: str) -> tuple[dict[str, Any], dict[str, list], str | None]:
+    """(base object, owned paths, corrupt text or None) for this layer's merge on this host."""
+    state, chain = _PLANNED.get(ctx_host.get(), (None, []))
+    if state is not host.state:
+        chain = []
+        _PLANNED[ctx_host.get()] = (host.state, chain)
+    layers = [name for name, _ in chain]
+    before = chain[: layers.index(layer)] if layer in layers else chain
+    if before:
+        new, new_owned = before[-1][1]
+        return new, new_owned, None
+    files = host.get_fact(DaemonJson)
+    owned = parse(files["owned"]) or {}
+    current = parse(files["current"])
+    if current is None:
+        return parse(files["last_good"]) or {}, owned, files["current"]
+    return current, owned, None
+
+
+def _record(layer: str, new: dict[str, Any], new_owned: dict[str, list]) -> None:
+    _, chain = _PLANNED[ctx_host.get()]
+    if layer not in [name for name, _ in chain]:
+        chain.append((layer, (new, new_owned)))
+
+
+@operation()
+def merged(layer: str, managed: Managed, restart_timeout_s: int = 90):
+    """Merge ``layer``'s keys into daemon.json; apply with validation, restart and rollback.
+
+    + layer: who owns these keys (``docker``, ``toolkit``): a later run removes what it drops
+    + managed: key path -> value this layer wants in the file
+    + restart_timeout_s: how long dockerd may take to answer after the restart
+    """
+    base, owned, corrupt = _starting_point(layer)
+    paths = sorted(managed)
+    no_longer = [tuple(p) for p in owned.get(layer, []) if tuple(p) not in managed]
+    new = merge(base, managed, no_longer)
+    new_owned = {**owned, layer: [list(p) for p in paths]}
+    _record(layer, new, new_owned)
+    if new == base and new_owned == owned and corrupt is None:
+        host.noop(f"daemon.json already holds the {layer} keys")
+        return
+    yield from _upload(render(new), STAGED)
+    yield from _upload(json.dumps(new_owned, indent=2, sort_keys=True) + "\n", STAGED_OWNED)
+    restart = new != base or corrupt is not None
+    yield StringCommand(apply_script(restart, restart_timeout_s, corrupt is not None))
+
+
+def _upload(text: str, dest: str):
+    yield StringCommand(f"mkdir -p {STATE_DIR}")
+    yield FileUploadCommand(StringIO(text), dest, remote_temp_filename=host.get_temp_filename(dest))
+
+
+def apply_script(restart: bool, timeout_s: int, corrupt: bool) -> str:
+    """Shell that puts the staged files in place, restarting Docker with rollback."""
+    return _APPLY.format(
+        staged=STAGED,
+        staged_owned=STAGED_OWNED,
+        live=DAEMON_JSON,
+        prev=f"{STATE_DIR}/daemon.json.prev",
+        good=LAST_GOOD,
+        owned=OWNED,
+        restart="yes" if restart else "no",
+        corrupt="yes" if corrupt else "no",
+        timeout=timeout_s,
+    )
+
+
+_APPLY = """up() {{ i=0; until docker info >/dev/null 2>&1; do
+  i=$((i+1)); [ $i -ge {timeout} ] && return 1; sleep 1; done; }}
+restart() {{ systemctl reset-failed docker.service 2>/dev/null
+  systemctl restart docker.service && up; }}
+if command -v dockerd >/dev/null && dockerd --help 2>&1 | grep -q -- --validate; then
+  if ! out=$(dockerd --validate --config-file {staged} 2>&1); then
+    rm -f {staged} {staged_owned}
+    echo "daemon.json not changed: dockerd --validate refused the merged file: $out" >&2; exit 1
+  fi
+fi
+mkdir -p /etc/docker
+[ {corrupt} = yes ] && cp -p {live} {live}.corrupt-$(date +%Y%m%d%H%M%S) && \\
+  echo "daemon.json was not valid JSON: kept as {live}.corrupt-*, rebuilt" >&2
+if [ -e {live} ]; then cp -p {live} {prev}; had=yes; else had=no; fi
+mv -f {staged} {live}
+if [ {restart} = no ] || ! systemctl cat docker.service >/dev/null 2>&1; then
+  mv -f {staged_owned} {owned}; exit 0
+fi
+if restart; then cp -p {live} {good}; mv -f {staged_owned} {owned}; exit 0; fi
+why=$(journalctl -u docker.service _COMM=dockerd -n 1 --no-pager -o cat 2>/dev/null \\
+  | tr "\\n" " ")
+if [ $had = yes ]; then mv -f {prev} {live}; else rm -f {live}; fi
+rm -f {staged_owned}
+if restart; then now="dockerd is running on the previous file"
+else now="dockerd did not come back on the previous file either"; fi
+echo "daemon.json rolled back: dockerd did not start with the merged file ($why); $now" >&2
+exit 1
+"""
