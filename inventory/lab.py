@@ -4,7 +4,9 @@
 One group, `lab_hosts`; pyinfra also puts every host here in the group `lab` (this file's
 name), so group_data/lab.py applies to them. Hosts are reached as root on 127.0.0.1 at their
 published port with the lab's key, and their host keys are checked strictly against
-.lab/known_hosts. Names starting with `_` are not groups.
+.lab/known_hosts. When the lab serves its STAND-IN toolkit repository (lab/repo.py), every
+host also gets `toolkit_repo_url` and `toolkit_repo_fingerprint` pointing at it, so the
+toolkit layer installs from it as from a mirror. Names starting with `_` are not groups.
 """
 
 import sys as _sys

@@ -1,4 +1,4 @@
-"""`python -m lab {up,down,status,image}`: the local lab fleet (see lab/__init__.py)."""
+"""`python -m lab {up,down,status,repo,image}`: the local lab fleet (see lab/__init__.py)."""
 
 from __future__ import annotations
 
@@ -29,37 +29,50 @@ def build_parser() -> argparse.ArgumentParser:
         "Debian mirror to build the image from "
         "(default: $LAB_DEBIAN_MIRROR, else the controller's own apt sources)"
     )
-    up = sub.add_parser("up", help="bring up N hosts reachable over SSH (idempotent)")
+    up = sub.add_parser(
+        "up", help="bring up N hosts reachable over SSH and the stand-in repo (idempotent)"
+    )
     up.add_argument("--hosts", type=_hosts, default=3, metavar="N", help="number of hosts (3)")
     up.add_argument("--mirror", metavar="URL", help=mirror_help)
-    sub.add_parser("down", help="remove the hosts, their volumes and the state file")
-    sub.add_parser("status", help="show the hosts and whether they answer SSH")
+    sub.add_parser("down", help="remove the hosts, the repository container, the state file")
+    sub.add_parser("status", help="show the hosts, whether they answer SSH, and the repository")
+    sub.add_parser(
+        "repo",
+        help="only build and serve the stand-in toolkit repository (hosts untouched)",
+    )
     image = sub.add_parser("image", help="build the host image (only if it is out of date)")
     image.add_argument("--rebuild", action="store_true", help="build even if up to date")
     image.add_argument("--mirror", metavar="URL", help=mirror_help)
     return parser
 
 
+def _dispatch(args: argparse.Namespace, root) -> None:
+    """Run one command. Imports are here so that `--help` works even where something below
+    is broken."""
+    from lab import fleet, image
+
+    if args.command == "up":
+        fleet.up(root, args.hosts, mirror=args.mirror)
+    elif args.command == "down":
+        fleet.down(root)
+    elif args.command == "status":
+        fleet.status(root)
+    elif args.command == "repo":
+        fleet.serve_repo(root)
+    elif args.command == "image":
+        from lab.engine import ensure_engine
+
+        ensure_engine()
+        built = image.ensure_image(root, rebuild=args.rebuild, mirror=args.mirror)
+        if not built:
+            print(f"{image.IMAGE} is up to date (recipe {image.recipe_hash()})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     root = repo_root()
     try:
-        # Imported here so that `--help` works even where something below is broken.
-        from lab import fleet, image
-
-        if args.command == "up":
-            fleet.up(root, args.hosts, mirror=args.mirror)
-        elif args.command == "down":
-            fleet.down(root)
-        elif args.command == "status":
-            fleet.status(root)
-        elif args.command == "image":
-            from lab.engine import ensure_engine
-
-            ensure_engine()
-            built = image.ensure_image(root, rebuild=args.rebuild, mirror=args.mirror)
-            if not built:
-                print(f"{image.IMAGE} is up to date (recipe {image.recipe_hash()})")
+        _dispatch(args, root)
     except LabError as exc:
         print(f"lab: error: {exc}", file=sys.stderr)
         return 1

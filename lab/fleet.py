@@ -5,6 +5,10 @@ sshd published on 127.0.0.1:<port> only (ports from 2221), and a named volume
 `gpufleet-lab-<i>-docker` at /var/lib/docker so a Docker engine installed inside has a
 real file system for its storage (overlay2 cannot sit on the container's own overlay).
 The containers are the source of truth; `.lab/state.json` is written from them.
+
+Next to the hosts, the container `gpufleet-lab-repo` (lab/repo.py) serves the STAND-IN NVIDIA
+Container Toolkit repository to them over the Docker bridge. It carries the lab label too, but
+its name is no host's, so the host listing below never sees it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from lab.keys import (
     ssh_command,
     write_known_hosts,
 )
-from lab.state import load_state, make_state, remove_state, save_state
+from lab.repo import ensure_repo, remove_repo, status_line
+from lab.state import load_state, make_state, remove_state, save_state, state_path
 
 PORT_BASE = 2221
 PORT_SPAN = 1000
@@ -339,11 +344,13 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
     )
 
 
-def _write_trust_and_state(root: Path, paths: _Paths, ports: dict[int, int]) -> Path:
+def _write_trust_and_state(
+    root: Path, paths: _Paths, ports: dict[int, int], repo: dict | None = None
+) -> Path:
     lines = [known_hosts_line(ports[i], public_key(paths.hostkey(i))) for i in sorted(ports)]
     write_known_hosts(paths.known_hosts, lines)
     hosts = [(host_name(i), container_name(i), ports[i]) for i in sorted(ports)]
-    return save_state(root, make_state(hosts, paths.key, paths.known_hosts))
+    return save_state(root, make_state(hosts, paths.key, paths.known_hosts, toolkit_repo=repo))
 
 
 def up(root: Path, count: int = 3, mirror: str | None = None, log: Log = print) -> dict:
@@ -360,10 +367,13 @@ def up(root: Path, count: int = 3, mirror: str | None = None, log: Log = print) 
     ensure_image(root, mirror=mirror, log=log)
     timings["image"] = time.monotonic() - t
     t = time.monotonic()
+    repo = ensure_repo(root, log)
+    timings["repo"] = time.monotonic() - t
+    t = time.monotonic()
     paths = _Paths.of(root)
     _ensure_keys(paths, count)
     ports = _reconcile(root, count, list_containers(), log)
-    _write_trust_and_state(root, paths, ports)
+    _write_trust_and_state(root, paths, ports, repo)
     timings["hosts"] = time.monotonic() - t
     t = time.monotonic()
     states = wait_ready(root, ports, log=log)
@@ -372,6 +382,7 @@ def up(root: Path, count: int = 3, mirror: str | None = None, log: Log = print) 
     stale = [c.name for i, c in list_containers().items() if current and c.image != current]
     rows = [[host_name(i), container_name(i), str(ports[i]), states[i]] for i in sorted(ports)]
     log(format_table(["HOST", "CONTAINER", "SSH PORT", "SYSTEMD"], rows))
+    log(f"stand-in toolkit repo: {repo['url']} (key {repo['fingerprint']})")
     if stale:
         log(f"note: {', '.join(stale)} run an older image; `python -m lab down` then `up`")
     log(
@@ -379,12 +390,33 @@ def up(root: Path, count: int = 3, mirror: str | None = None, log: Log = print) 
         + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
         + ": pyinfra inventory/lab.py deploy.py"
     )
-    return {"timings": timings, "hosts": {host_name(i): states[i] for i in ports}}
+    hosts = {host_name(i): states[i] for i in ports}
+    return {"timings": timings, "hosts": hosts, "toolkit_repo": repo}
+
+
+def serve_repo(root: Path, log: Log = print) -> dict:
+    """Only the stand-in toolkit repository: build it (cached), serve it, and record it in
+    the state file when a fleet is up. The hosts are not touched. Returns its state entry."""
+    root = Path(root)
+    ensure_engine(log)
+    ensure_image(root, log=log)
+    started = time.monotonic()
+    repo = ensure_repo(root, log)
+    state = load_state(root)
+    if state is not None and state.get("toolkit_repo") != repo:
+        save_state(root, {**state, "toolkit_repo": repo})
+        log(f"updated {state_path(root)}")
+    log(
+        f"stand-in toolkit repo: {repo['url']} (key {repo['fingerprint']}) "
+        f"in {time.monotonic() - started:.1f}s"
+    )
+    return repo
 
 
 def down(root: Path, log: Log = print) -> int:
-    """Remove the lab containers, their volumes, the state file and known_hosts (the
-    image and the keys stay). Idempotent; returns how many containers were removed."""
+    """Remove the lab containers (hosts and the stand-in repository's), their volumes, the
+    state file and known_hosts (the image, the keys and the built repository stay).
+    Idempotent; returns how many host containers were removed."""
     root = Path(root)
     removed = 0
     try:
@@ -400,6 +432,8 @@ def down(root: Path, log: Log = print) -> int:
         volumes += [volume_name(i) for i in containers if volume_name(i) not in volumes]
         for volume in volumes:
             docker("volume", "rm", "-f", volume, check=False)
+        if remove_repo():
+            log("removed the stand-in toolkit repository container")
     remove_state(root)
     paths = _Paths.of(root)
     if paths.known_hosts.exists():
@@ -438,6 +472,7 @@ def status(root: Path, log: Log = print) -> list[list[str]]:
         log(format_table(["HOST", "CONTAINER", "STATE", "SSH PORT", "REACHABLE"], rows))
     else:
         log("no lab hosts: run `python -m lab up`")
+    log(status_line((state or {}).get("toolkit_repo"), engine))
     if not engine:
         log("note: no Docker engine answers")
     return rows

@@ -2,7 +2,12 @@
 
     {"hosts": [{"name": "lab-1", "container": "gpufleet-lab-1", "port": 2221}, ...],
      "ssh_key": "/abs/.lab/id_ed25519", "known_hosts": "/abs/.lab/known_hosts",
-     "image": "gpufleet-lab:debian12"}
+     "image": "gpufleet-lab:debian12",
+     "toolkit_repo": {"url": "http://172.17.0.5:8080", "fingerprint": "<40 hex digits>",
+                      "container": "gpufleet-lab-repo", "versions": ["1.17.8-1", "1.17.9-1"]}}
+
+`toolkit_repo` is the lab's STAND-IN NVIDIA Container Toolkit repository (lab/repo.py); it is
+absent from state files written before it existed, and then the hosts get no repository data.
 
 Only the standard library is used, so pyinfra inventories can import this module cheaply.
 """
@@ -11,16 +16,30 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from lab import IMAGE, LabError, lab_dir
 
 STATE_FILE = "state.json"
+_FINGERPRINT = re.compile(r"^[0-9A-F]{40}$")
 
 
 def state_path(root: str | Path) -> Path:
     return lab_dir(Path(root)) / STATE_FILE
+
+
+def _repo_problem(repo: Any) -> str | None:
+    """What is wrong with a `toolkit_repo` entry, or None."""
+    if not isinstance(repo, dict):
+        return "'toolkit_repo' is not an object"
+    url = repo.get("url")
+    if not (isinstance(url, str) and url.startswith("http://")):
+        return f"bad toolkit_repo url {url!r}"
+    if not (isinstance(repo.get("fingerprint"), str) and _FINGERPRINT.match(repo["fingerprint"])):
+        return f"bad toolkit_repo fingerprint {repo.get('fingerprint')!r}"
+    return None
 
 
 def validate_state(data: Any, where: str = STATE_FILE) -> dict[str, Any]:
@@ -44,6 +63,8 @@ def validate_state(data: Any, where: str = STATE_FILE) -> dict[str, Any]:
             ):
                 problem = f"bad host entry {host!r}"
                 break
+        if not problem and "toolkit_repo" in data:
+            problem = _repo_problem(data["toolkit_repo"])
     if problem:
         raise LabError(
             f"{where} is damaged ({problem}): run `python -m lab down` then `python -m lab up`"
@@ -69,15 +90,23 @@ def load_state(root: str | Path) -> dict[str, Any] | None:
 
 
 def make_state(
-    hosts: list[tuple[str, str, int]], ssh_key: Path, known_hosts: Path, image: str = IMAGE
+    hosts: list[tuple[str, str, int]],
+    ssh_key: Path,
+    known_hosts: Path,
+    image: str = IMAGE,
+    toolkit_repo: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The state for `hosts` given as (name, container, port)."""
-    return {
+    """The state for `hosts` given as (name, container, port), and the stand-in toolkit
+    repository (url, fingerprint, ...) as lab.repo.ensure_repo returns it."""
+    state = {
         "hosts": [{"name": n, "container": c, "port": p} for n, c, p in hosts],
         "ssh_key": str(Path(ssh_key).resolve()),
         "known_hosts": str(Path(known_hosts).resolve()),
         "image": image,
     }
+    if toolkit_repo is not None:
+        state["toolkit_repo"] = dict(toolkit_repo)
+    return state
 
 
 def save_state(root: str | Path, state: dict[str, Any]) -> Path:
@@ -99,9 +128,22 @@ def remove_state(root: str | Path) -> bool:
     return True
 
 
+def repo_host_data(state: dict[str, Any]) -> dict[str, str]:
+    """Host data pointing the deploy's toolkit layer at the lab's stand-in repository (its
+    mirror setting, used for real), or {} when the state has none."""
+    repo = state.get("toolkit_repo")
+    if not repo:
+        return {}
+    return {
+        "toolkit_repo_url": repo["url"],
+        "toolkit_repo_fingerprint": repo["fingerprint"].replace(" ", "").upper(),
+    }
+
+
 def inventory_hosts(state: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """pyinfra inventory entries `(name, data)` for the hosts of `state`: SSH as root to
-    127.0.0.1:<port> with the lab key, host keys checked strictly against known_hosts."""
+    127.0.0.1:<port> with the lab key, host keys checked strictly against known_hosts, and
+    the stand-in toolkit repository when the state has one."""
     return [
         (
             host["name"],
@@ -112,6 +154,7 @@ def inventory_hosts(state: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
                 "ssh_key": state["ssh_key"],
                 "ssh_known_hosts_file": state["known_hosts"],
                 "ssh_strict_host_key_checking": "yes",
+                **repo_host_data(state),
             },
         )
         for host in state["hosts"]

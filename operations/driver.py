@@ -36,6 +36,7 @@ from operations.driver_facts import (
     APT_DRIVER_GLOBS,
     EL_DRIVER_GLOBS,
     INSTALLED_VERSION_SH,
+    NOT_DRIVER_RE,
     DriverState,
     installed_apt_packages,
     shell_globs,
@@ -292,7 +293,10 @@ def _versionlock(state: dict[str, Any], install) -> None:
     unheld = set(state.get("packages", {})) - set(state.get("held", []))
     server.shell(
         name="Lock the NVIDIA driver packages",
-        commands=[f"dnf -q versionlock add {globs}"],
+        commands=[
+            f"dnf -q versionlock add $(rpm -qa --qf '%{{NAME}}\\n' {globs} "
+            f"| grep -vE '{NOT_DRIVER_RE}')"
+        ],
         **_unless(bool(unheld), install),
     )
 

@@ -11,6 +11,8 @@ units, the distribution's reboot-required flag, and, when the module is loaded, 
 
 from __future__ import annotations
 
+import fnmatch
+import re
 import shlex
 from typing import Any
 
@@ -26,11 +28,20 @@ APT_DRIVER_GLOBS = (
     "nvidia-*", "libnvidia-*", "firmware-nvidia-*", "linux-modules-nvidia-*", "cuda-drivers*",
 )  # fmt: skip
 EL_DRIVER_GLOBS = ("nvidia-*", "kmod-nvidia*", "libnvidia-*", "cuda-drivers*")
+# ...but not the container toolkit's (libnvidia-container1, nvidia-container-toolkit…): the
+# toolkit layer pins and moves those on its own.
+NOT_DRIVER_RE = "^(lib)?nvidia-container"
 # Sets $installed to the driver version userspace loads: libnvidia-ml.so.1's target.
 INSTALLED_VERSION_SH = (
     "installed=$(readlink -f /usr/lib/*/libnvidia-ml.so.1 /usr/lib64/libnvidia-ml.so.1 "
     "2>/dev/null | head -n 1); installed=${installed##*libnvidia-ml.so.}"
 )
+
+
+def is_driver_package(name: str) -> bool:
+    """A package of the driver stack (held and moved with the driver)."""
+    globs = (*APT_DRIVER_GLOBS, *EL_DRIVER_GLOBS)
+    return any(fnmatch.fnmatch(name, g) for g in globs) and not re.match(NOT_DRIVER_RE, name)
 
 
 def shell_globs(globs: tuple[str, ...]) -> str:
@@ -44,7 +55,7 @@ def installed_apt_packages(awk_print: str) -> str:
     return (
         f"dpkg-query -W -f='${{db:Status-Abbrev}} ${{Package}} ${{Version}}\\n' "
         f"{shell_globs(APT_DRIVER_GLOBS)} 2>/dev/null "
-        f"| awk 'substr($1, 2, 1) == \"i\" {{ print {awk_print} }}'"
+        f"| awk 'substr($1, 2, 1) == \"i\" && $2 !~ /{NOT_DRIVER_RE}/ {{ print {awk_print} }}'"
     )
 
 
@@ -60,7 +71,9 @@ if command -v dpkg-query >/dev/null; then
   @DPKG@
   apt-mark showhold 2>/dev/null | sed 's/^/held=/'
 elif command -v rpm >/dev/null; then
-  rpm -qa --qf 'package=%{NAME} %{VERSION}-%{RELEASE}\n' @EL_GLOBS@
+  rpm -qa --qf 'package=%{NAME} %{VERSION}-%{RELEASE}\n' @EL_GLOBS@ \
+    | grep -vE '^package=@NOT_DRIVER@'
+
   dnf -q versionlock list 2>/dev/null | sed -E 's/-([0-9]+:)?[^-]+-[^-]+$//; s/^/held=/'
 fi
 for unit in @UNITS@; do
@@ -85,6 +98,7 @@ def driver_command() -> str:
         "@INSTALLED@": INSTALLED_VERSION_SH,
         "@DPKG@": installed_apt_packages('"package=" $2 " " $3'),
         "@EL_GLOBS@": shell_globs(EL_DRIVER_GLOBS),
+        "@NOT_DRIVER@": NOT_DRIVER_RE[1:],
         "@UNITS@": " ".join(UNITS),
         "@QUERY@": GPU_QUERY,
     }

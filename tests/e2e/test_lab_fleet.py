@@ -32,6 +32,23 @@ def deploy(*args: str) -> subprocess.CompletedProcess:
     return run(sys.executable, "-m", "pyinfra", "inventory/lab.py", "deploy.py", *args)
 
 
+def on_host(name: str, command: str) -> subprocess.CompletedProcess:
+    """Run a shell command on a lab host over SSH, the lab's pinned host key checked."""
+    state = json.loads((ROOT / ".lab" / "state.json").read_text())
+    (port,) = [h["port"] for h in state["hosts"] if h["name"] == name]
+    return run(
+        "ssh", "-q", "-i", state["ssh_key"], "-o", f"UserKnownHostsFile={state['known_hosts']}",
+        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", str(port),
+        "root@127.0.0.1", command,
+    )  # fmt: skip
+
+
+def daemon_json(name: str) -> dict:
+    done = on_host(name, "cat /etc/docker/daemon.json")
+    assert done.returncode == 0, done.output
+    return json.loads(done.stdout)
+
+
 def _missing_prerequisite() -> str | None:
     if shutil.which("debootstrap") is None:
         return "debootstrap is not installed"
@@ -79,6 +96,12 @@ def test_verify_passes_and_writes_the_fleet_report(lab, tmp_path):
         # the Debian packages, their holds and the nouveau blacklist; GPU checks do not apply
         assert cells["driver"]["status"] == "PASS" and cells["driver"]["passed"] == 3
         assert cells["driver"]["not_applicable"] == 6
+        # everything but the version pin (docker_version is unset in the lab)
+        assert cells["docker"]["status"] == "PASS" and cells["docker"]["passed"] == 4
+        # packages pinned, nvidia-ctk, runtime listed and in daemon.json, udev rule; the CDI
+        # spec and the GPU container do not apply without GPUs
+        assert cells["toolkit"]["status"] == "PASS" and cells["toolkit"]["passed"] == 5
+        assert cells["toolkit"]["not_applicable"] == 2
     assert "fleet report" in done.output
 
 
@@ -106,3 +129,50 @@ def test_preflight_failure_fails_only_the_targeted_host_with_the_reason(lab):
     assert done.returncode != 0
     assert "[lab-1] preflight failed: no NVIDIA GPU (PCI vendor 10de) on the PCI bus" in done.output
     assert "lab-2" not in done.output
+
+
+def test_users_daemon_json_keys_survive_the_deploy(lab):
+    user = {"debug": True, "labels": ["team=ml"], "log-opts": {"labels": "team"},
+            "runtimes": {"crun": {"path": "/usr/bin/crun"}}}  # fmt: skip
+    planted = on_host("lab-2", f"echo '{json.dumps(user)}' > /etc/docker/daemon.json")
+    assert planted.returncode == 0, planted.output
+    done = deploy("-y", "--limit", "lab-2")
+    assert done.returncode == 0, done.output
+    merged = daemon_json("lab-2")
+    assert merged["debug"] is True and merged["labels"] == ["team=ml"]
+    assert merged["log-opts"] == {"labels": "team", "max-file": "3", "max-size": "100m"}
+    assert set(merged["runtimes"]) == {"crun", "nvidia"} and merged["live-restore"] is True
+    info = on_host("lab-2", "docker info --format '{{.Debug}} {{.LiveRestoreEnabled}}'")
+    assert info.stdout.split() == ["true", "true"]  # the running daemon took the merged file
+
+
+def test_bad_daemon_option_is_rolled_back_and_dockerd_keeps_running(lab):
+    before = daemon_json("lab-3")
+    done = deploy("-y", "--limit", "lab-3", "--data", 'docker_daemon_options={"bogus-option": 1}')
+    assert done.returncode != 0
+    assert "[lab-3] daemon.json rolled back: dockerd did not start with the merged file" in (
+        done.output
+    )
+    assert "bogus-option" in done.output and "dockerd is running on the previous file" in (
+        done.output
+    )
+    assert daemon_json("lab-3") == before
+    assert on_host("lab-3", "systemctl is-active docker").stdout.strip() == "active"
+    again = deploy("--dry", "--json", "--limit", "lab-3")
+    changing = [op["name"] for op in json.loads(again.stdout)["plan"] if op["hosts_with_change"]]
+    assert changing == []  # nothing half-applied is left for the next run
+
+
+def test_nvidia_runtime_hands_containers_over_to_runc(lab):
+    """On a GPU-less host the stand-in runtime execs runc: a container starts through it."""
+    image = (
+        "tar -ch /usr/bin/true /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libc.so.6 "
+        "2>/dev/null | docker import - gpufleet-e2e/true:1 >/dev/null"
+    )
+    done = on_host(
+        "lab-1",
+        f"{image} && docker run --rm --runtime=nvidia gpufleet-e2e/true:1 /usr/bin/true && "
+        "tail -n 1 /var/log/nvidia-container-runtime-standin.log",
+    )
+    assert done.returncode == 0, done.output
+    assert done.stdout.strip(), "the nvidia runtime was not called"

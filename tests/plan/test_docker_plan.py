@@ -44,11 +44,13 @@ def dpkg(*packages: str) -> list[str]:
 
 
 def plan_of(
-    tmp_path, os_lines=None, installed=(), daemon=(), rpm=(), users=(), layers="docker", **data
-):
+    tmp_path, os_lines=None, installed=(), daemon=(), rpm=(), users=(), cdi_state="missing",
+    layers="docker", **data,
+):  # fmt: skip
     tmp_path.mkdir(exist_ok=True)
     host = {
         "fake_responses": {
+            "/etc/cdi/nvidia.yaml": [cdi_state],
             "/etc/passwd": list(users),
             "os-release": os_lines or profile(),
             "daemon.json.last-good": list(daemon),

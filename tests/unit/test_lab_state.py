@@ -13,6 +13,7 @@ from lab.state import (
     load_state,
     make_state,
     remove_state,
+    repo_host_data,
     save_state,
     state_path,
     validate_state,
@@ -82,6 +83,53 @@ def test_inventory_hosts(tmp_path):
     }
 
 
+STANDIN = {
+    "url": "http://172.17.0.5:8080",
+    "fingerprint": "0123456789ABCDEF0123456789ABCDEF01234567",
+    "container": "gpufleet-lab-repo",
+    "versions": ["1.17.8-1", "1.17.9-1"],
+}
+
+
+def test_state_with_the_standin_repo_roundtrip(tmp_path):
+    state = make_state(
+        [("lab-1", "gpufleet-lab-1", 2221)], tmp_path / "k", tmp_path / "kh", toolkit_repo=STANDIN
+    )
+    save_state(tmp_path, state)
+    loaded = load_state(tmp_path)
+    assert loaded == state and loaded["toolkit_repo"] == STANDIN
+    assert "toolkit_repo" not in _state(tmp_path)  # older state files have none
+
+
+@pytest.mark.parametrize(
+    "repo",
+    [
+        "http://172.17.0.5:8080",
+        {"fingerprint": STANDIN["fingerprint"]},
+        {**STANDIN, "url": "ftp://x"},
+        {**STANDIN, "fingerprint": "0123 4567"},
+        {**STANDIN, "fingerprint": STANDIN["fingerprint"].lower()},
+    ],
+)
+def test_validate_state_rejects_bad_repo_entries(tmp_path, repo):
+    state = {**_state(tmp_path), "toolkit_repo": repo}
+    with pytest.raises(LabError, match="toolkit_repo"):
+        validate_state(state)
+
+
+def test_inventory_hosts_point_at_the_standin_repo(tmp_path):
+    state = {**_state(tmp_path), "toolkit_repo": STANDIN}
+    assert repo_host_data(state) == {
+        "toolkit_repo_url": "http://172.17.0.5:8080",
+        "toolkit_repo_fingerprint": "0123456789ABCDEF0123456789ABCDEF01234567",
+    }
+    assert repo_host_data(_state(tmp_path)) == {}
+    for _name, data in inventory_hosts(state):
+        assert data["toolkit_repo_url"] == STANDIN["url"]
+        assert data["toolkit_repo_fingerprint"] == STANDIN["fingerprint"]
+        assert data["ssh_strict_host_key_checking"] == "yes"
+
+
 def _exec_inventory(root: Path) -> dict:
     """Run inventory/lab.py the way pyinfra does (exec with __file__ set) from `root`."""
     target = root / "inventory" / "lab.py"
@@ -98,6 +146,12 @@ def test_inventory_file_defines_lab_hosts_group(tmp_path):
     groups = {k: v for k, v in namespace.items() if not k.startswith("_") and isinstance(v, list)}
     assert list(groups) == ["lab_hosts"]
     assert groups["lab_hosts"] == inventory_hosts(_state(tmp_path))
+
+
+def test_inventory_file_gives_hosts_the_standin_repo(tmp_path):
+    save_state(tmp_path, {**_state(tmp_path), "toolkit_repo": STANDIN})
+    hosts = _exec_inventory(tmp_path)["lab_hosts"]
+    assert [data["toolkit_repo_url"] for _name, data in hosts] == [STANDIN["url"]] * 2
 
 
 def test_inventory_file_without_state_raises_pyinfra_error(tmp_path):

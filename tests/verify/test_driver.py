@@ -7,14 +7,11 @@ fact script) and, for NVSwitches, the preflight HostProfile.
 
 from __future__ import annotations
 
-import fnmatch
-
 import pytest
 
 from operations.driver_facts import (
-    APT_DRIVER_GLOBS,
-    EL_DRIVER_GLOBS,
     driver_command,
+    is_driver_package,
     parse_driver_state,
 )
 from operations.preflight_facts import parse_profile, profile_command
@@ -47,11 +44,7 @@ def test_driver_packages_held(fleet_host: FleetHost):
     if not fleet_host.config.driver.hold_packages:
         pytest.skip("not applicable: driver_hold_packages is False")
     state = _state(fleet_host)
-    ours = [
-        p
-        for p in state["packages"]
-        if any(fnmatch.fnmatch(p, g) for g in (*APT_DRIVER_GLOBS, *EL_DRIVER_GLOBS))
-    ]
+    ours = [p for p in state["packages"] if is_driver_package(p)]
     assert ours, "no driver package installed"
     unheld = sorted(set(ours) - set(state["held"]))
     assert not unheld, f"not held: {', '.join(unheld)}"

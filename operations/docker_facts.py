@@ -1,0 +1,72 @@
+"""Facts of the Docker and toolkit layers as the verify checks read them, in one round trip.
+
+``ContainerStack`` prints ``key=value`` lines: docker's unit state, server version and
+``docker info`` (JSON), the docker group's members, the installed Docker and toolkit
+packages (dpkg or rpm), ``nvidia-ctk --version``, and whether the /dev/char udev rule and
+the CDI spec exist. The daemon.json files are read with ``daemon_json.DaemonJson``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pyinfra.api import FactBase
+
+from operations.toolkit import CDI_SPEC, PACKAGES, UDEV_RULE
+
+STACK_PACKAGES = ("docker-ce", "docker-ce-cli", "docker.io", "containerd.io", *PACKAGES)
+
+_SCRIPT = r"""
+echo "active=$(systemctl is-active docker.service 2>/dev/null)"
+echo "enabled=$(systemctl is-enabled docker.service 2>/dev/null)"
+echo "server_version=$(docker version --format '{{.Server.Version}}' 2>/dev/null)"
+echo "info=$(docker info --format '{{json .}}' 2>/dev/null)"
+echo "docker_group=$(getent group docker | cut -d: -f4)"
+if command -v dpkg-query >/dev/null; then
+  dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version}\n' @PACKAGES@ 2>/dev/null \
+    | awk 'substr($1, 2, 1) == "i" { print "package=" $2 " " $3 }'
+else
+  rpm -q --qf 'package=%{NAME} %{VERSION}-%{RELEASE}\n' @PACKAGES@ 2>/dev/null | grep '^package='
+fi
+echo "ctk_version=$(nvidia-ctk --version 2>/dev/null | head -n 1)"
+[ -f @UDEV_RULE@ ] && echo "udev_rule=yes"
+[ -f @CDI_SPEC@ ] && echo "cdi_spec=yes"
+true
+"""
+
+
+def stack_command() -> str:
+    """The one shell script behind ContainerStack."""
+    return (
+        _SCRIPT.replace("@PACKAGES@", " ".join(STACK_PACKAGES))
+        .replace("@UDEV_RULE@", UDEV_RULE)
+        .replace("@CDI_SPEC@", CDI_SPEC)
+    )
+
+
+def parse_stack(lines: list[str]) -> dict[str, Any]:
+    """The script's lines as a dict; ``info`` parsed ({} when docker does not answer)."""
+    state: dict[str, Any] = {"packages": {}, "udev_rule": False, "cdi_spec": False}
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key == "package":
+            name, _, version = value.partition(" ")
+            state["packages"][name] = version
+        elif key in ("udev_rule", "cdi_spec"):
+            state[key] = value == "yes"
+        else:
+            state[key] = value
+    state["info"] = json.loads(state.get("info") or "{}")
+    state["docker_group"] = [u for u in state.get("docker_group", "").split(",") if u]
+    return state
+
+
+class ContainerStack(FactBase):
+    """Docker and toolkit state (see the module doc)."""
+
+    def command(self) -> str:
+        return stack_command()
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        return parse_stack(output)

@@ -1,0 +1,61 @@
+"""Verify, layer 2 (Docker Engine): running, enabled, pinned, configured as the config says.
+
+All checks read one ContainerStack fact and the DaemonJson fact: the deploy's own scripts.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from operations.daemon_json import DaemonJson, holds, parse
+from operations.docker import daemon_keys
+from operations.docker_facts import parse_stack, stack_command
+from tests.verify.fleet import FleetHost
+
+pytestmark = pytest.mark.docker
+
+
+def stack(fleet_host: FleetHost) -> dict:
+    return fleet_host.fact(stack_command(), parse_stack)
+
+
+def daemon_files(fleet_host: FleetHost) -> dict:
+    fact = DaemonJson()
+    return fleet_host.fact(fact.command(), fact.process)
+
+
+def test_docker_active_and_enabled(fleet_host: FleetHost):
+    state = stack(fleet_host)
+    assert state["active"] == "active", f"docker.service is {state['active'] or 'missing'}"
+    assert state["enabled"] == "enabled", f"docker.service is {state['enabled'] or 'missing'}"
+    assert state["info"].get("ServerVersion"), "docker info does not answer"
+
+
+def test_docker_version_as_pinned(fleet_host: FleetHost):
+    pinned = fleet_host.config.docker.version
+    if pinned is None:
+        pytest.skip("not applicable: docker_version is not set")
+    version = stack(fleet_host)["server_version"]
+    assert version == pinned or version.startswith((f"{pinned}.", f"{pinned}+", f"{pinned}-"))
+
+
+def test_daemon_json_is_valid_and_holds_the_configured_keys(fleet_host: FleetHost):
+    current = parse(daemon_files(fleet_host)["current"])
+    assert current is not None, "/etc/docker/daemon.json is not a JSON object"
+    wrong = holds(current, daemon_keys(fleet_host.config.docker))
+    assert not wrong, f"daemon.json differs from the config at: {', '.join(wrong)}"
+
+
+def test_running_daemon_uses_those_settings(fleet_host: FleetHost):
+    info, docker = stack(fleet_host)["info"], fleet_host.config.docker
+    assert info.get("LiveRestoreEnabled") is docker.live_restore
+    assert info.get("LoggingDriver") == "json-file"
+    if docker.cgroup_driver:
+        assert info.get("CgroupDriver") == docker.cgroup_driver
+    if docker.data_root:
+        assert info.get("DockerRootDir") == docker.data_root
+
+
+def test_docker_group_holds_only_the_configured_users(fleet_host: FleetHost):
+    members = sorted(stack(fleet_host)["docker_group"])
+    assert members == sorted(fleet_host.config.docker.users), "docker group is root-equivalent"
