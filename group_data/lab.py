@@ -12,8 +12,10 @@ driver_source = "distro"
 driver_branch = "535"
 driver_kernel_headers = False
 
-# Debian's own docker.io: Docker's repository cannot be reached from the lab.
+# Debian's own docker.io: Docker's repository cannot be reached from the lab. Its version is
+# pinned, so the pin file and the version check run for real.
 docker_source = "distro"
+docker_version = "20.10.24"
 # The lab's stand-in toolkit repository (tests/standins/toolkit) serves 1.17.8-1 and
 # 1.17.9-1: the pin on the older one is what makes the version check mean something.
 toolkit_version = "1.17.8-1"

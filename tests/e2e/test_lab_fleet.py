@@ -96,8 +96,8 @@ def test_verify_passes_and_writes_the_fleet_report(lab, tmp_path):
         # the Debian packages, their holds and the nouveau blacklist; GPU checks do not apply
         assert cells["driver"]["status"] == "PASS" and cells["driver"]["passed"] == 3
         assert cells["driver"]["not_applicable"] == 6
-        # everything but the version pin (docker_version is unset in the lab)
-        assert cells["docker"]["status"] == "PASS" and cells["docker"]["passed"] == 4
+        # running, enabled, the pinned docker.io, daemon.json and the daemon's settings, group
+        assert cells["docker"]["status"] == "PASS" and cells["docker"]["passed"] == 5
         # packages pinned, nvidia-ctk, runtime listed and in daemon.json, udev rule; the CDI
         # spec and the GPU container do not apply without GPUs
         assert cells["toolkit"]["status"] == "PASS" and cells["toolkit"]["passed"] == 5

@@ -1,0 +1,469 @@
+"""The STAND-IN vLLM image `gpufleet-standin/vllm-openai:0.11.0-standin`, built with no registry.
+
+The real `vllm/vllm-openai` image needs a registry and a GPU; the lab has neither. This image
+runs server.py (beside this file) on Debian 12's own Python, and nothing else:
+
+1. `apt-get download` fetches a handful of bookworm packages (libc, Python 3.11 minimal and
+   its stdlib, dash for `sh`, busybox for `cat`, `ls`, `wget`...) through a private apt
+   configuration whose sources are the controller's own Debian entries (lab.mirror;
+   `LAB_DEBIAN_MIRROR` overrides), so any controller with that mirror in its apt configuration
+   can build it. Lists are kept under `.lab/standin-vllm/apt/`.
+2. Each package's files are unpacked (`dpkg-deb --fsys-tarfile`, no maintainer scripts) into
+   a usr-merged tree; docs, man pages and glibc's gconv modules are dropped.
+3. The tree is streamed into `docker import` with an ENTRYPOINT running server.py, and labels
+   `gpufleet.standin=vllm` and `gpufleet.standin.recipe=<hash>`. The hash covers the recipe
+   below and server.py's bytes: `ensure_image` rebuilds only when it changes.
+4. `python3 /opt/standin/server.py --help` runs in the new image before it is kept, proving
+   every module the server imports is there.
+
+No root is needed (no chroot, no debootstrap), only a Docker engine and Debian's apt tools.
+No nvidia-smi is faked: on a real host the NVIDIA runtime injects it.
+
+    python -m tests.standins.vllm.image   # build if needed, save the tarball, print both
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from lab import LabError, lab_dir, repo_root
+from lab.engine import docker
+from lab.mirror import read_apt_sources, render_image_sources, resolve_mirror
+
+IMAGE = "gpufleet-standin/vllm-openai:0.11.0-standin"
+STANDIN_LABEL = "gpufleet.standin"  # = "vllm" on this image
+HASH_LABEL = f"{STANDIN_LABEL}.recipe"
+PACKAGES_LABEL = f"{STANDIN_LABEL}.packages"
+SERVER = Path(__file__).resolve().with_name("server.py")
+SERVER_IN_IMAGE = "/opt/standin/server.py"
+PORT = 8000
+RECIPE_VERSION = 1  # bump when the build code changes in a way the data below does not show
+WORK_DIR = "standin-vllm"  # under .lab/: apt lists and the saved tarball
+TAR_PREFIX = "vllm-openai-standin-"
+APT_TIMEOUT = 900
+LOAD_TIMEOUT = 600
+
+Log = Callable[[str], None]
+
+# What `python3 /opt/standin/server.py` needs, dependencies resolved by hand (apt's full
+# closure would add perl, tzdata, ncurses, sqlite...): the stdlib's optional C modules that
+# need other libraries (_ssl, _sqlite3, _curses, ...) are present but unusable, and unused.
+PACKAGES = (
+    "libc6",
+    "libgcc-s1",  # glibc loads it for pthread_exit (daemon threads at interpreter exit)
+    "zlib1g",
+    "libexpat1",
+    "libpython3.11-minimal",
+    "python3.11-minimal",
+    "libpython3.11-stdlib",  # http.server, json, socketserver, hmac ...
+    "python3-minimal",  # /usr/bin/python3
+    "dash",  # /bin/sh, for `docker exec ... sh -c` in tests
+    "busybox",  # the few commands below, for `docker exec` in tests and health checks
+)
+# Linked to busybox in /usr/bin (a real vLLM image has a full userland; tests need a few).
+BUSYBOX_APPLETS = (
+    *("cat", "ls", "head", "tail", "wc", "grep", "sed", "awk", "cut", "sort", "uniq", "tr"),
+    *("env", "id", "ps", "kill", "sleep", "mkdir", "rm", "rmdir", "cp", "mv", "ln", "touch"),
+    *("stat", "find", "du", "df", "test", "[", "true", "false", "echo", "printf", "pwd"),
+    *("which", "wget", "nc", "hostname", "uname", "date", "tee", "xargs", "readlink"),
+)
+USRMERGE = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
+PRUNED_GLOBS = (
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/lintian",
+    "usr/share/locale",
+    "usr/lib/*/gconv",  # iconv charsets: Python has its own codecs
+    "usr/lib/python3.11/pydoc_data",
+)
+FILES = {
+    "etc/passwd": (0o644, "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n"),
+    "etc/group": (0o644, "root:x:0:\nnogroup:x:65534:\n"),
+    "etc/nsswitch.conf": (0o644, "passwd: files\ngroup: files\nhosts: files dns\n"),
+    "etc/gpufleet-standin": (
+        0o644,
+        "gpufleet STAND-IN for vllm/vllm-openai (not vLLM): built by tests/standins/vllm\n",
+    ),
+}
+DIRS = {"tmp": 0o1777, "root": 0o700, "root/.cache/huggingface": 0o755, "opt/standin": 0o755}
+IMAGE_CHANGES = (
+    f'ENTRYPOINT ["python3", "{SERVER_IN_IMAGE}"]',
+    f"EXPOSE {PORT}",
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV PYTHONUNBUFFERED=1",
+    "ENV PYTHONDONTWRITEBYTECODE=1",
+    "ENV HF_HOME=/root/.cache/huggingface",
+)
+
+
+# --- recipe and cache ---------------------------------------------------------------------
+
+
+def recipe_hash() -> str:
+    """A hash of everything that defines the image, server.py's content included."""
+    recipe = {
+        "version": RECIPE_VERSION,
+        "packages": PACKAGES,
+        "usrmerge": USRMERGE,
+        "pruned": PRUNED_GLOBS,
+        "files": FILES,
+        "dirs": DIRS,
+        "applets": BUSYBOX_APPLETS,
+        "changes": IMAGE_CHANGES,
+        "server": hashlib.sha256(SERVER.read_bytes()).hexdigest(),
+    }
+    blob = json.dumps(recipe, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def current_image_id() -> str | None:
+    """The id of IMAGE on the controller's engine when it was built from this recipe."""
+    proc = docker(
+        "image", "inspect", IMAGE, "--format", "{{.Id}} {{json .Config.Labels}}", check=False
+    )
+    if proc.returncode != 0:
+        return None
+    image_id, _, labels = proc.stdout.strip().partition(" ")
+    try:
+        current = (json.loads(labels) or {}).get(HASH_LABEL) == recipe_hash()
+    except json.JSONDecodeError:
+        current = False
+    return image_id if current else None
+
+
+def work_dir(root: Path) -> Path:
+    """`.lab/standin-vllm/`: apt lists and the saved tarball (git-ignored with .lab)."""
+    path = lab_dir(root) / WORK_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --- apt ----------------------------------------------------------------------------------
+
+
+def apt_options(apt_dir: Path) -> list[str]:
+    """apt-get options for a private configuration under `apt_dir`: its own sources, lists,
+    caches and an empty dpkg status (the controller's installed packages and pins play no
+    part), while the controller's apt.conf.d (proxies) still applies."""
+    settings = {
+        "Dir::Etc::sourcelist": apt_dir / "sources.list",
+        "Dir::Etc::sourceparts": apt_dir / "sources.list.d",
+        "Dir::Etc::preferences": apt_dir / "preferences",
+        "Dir::Etc::preferencesparts": apt_dir / "preferences.d",
+        "Dir::State::lists": apt_dir / "lists",
+        "Dir::State::status": apt_dir / "status",
+        "Dir::Cache": apt_dir / "cache",
+        "Acquire::Languages": "none",
+        # Files are written where the sandbox user `_apt` may not reach (.lab is 0700).
+        "APT::Sandbox::User": getpass.getuser(),
+    }
+    return [arg for key, value in settings.items() for arg in ("-o", f"{key}={value}")]
+
+
+def prepare_apt(apt_dir: Path, mirror: str | None = None) -> str:
+    """Write the private apt configuration: the controller's Debian bookworm entries (its
+    mirror, or `mirror`/LAB_DEBIAN_MIRROR). Returns the mirror used."""
+    sources = read_apt_sources()
+    chosen = resolve_mirror(mirror, sources)
+    for sub in ("sources.list.d", "preferences.d", "lists/partial", "cache/archives/partial"):
+        (apt_dir / sub).mkdir(parents=True, exist_ok=True)
+    for empty in ("sources.list", "preferences", "status"):
+        (apt_dir / empty).write_text("")
+    text = render_image_sources(sources, chosen)
+    (apt_dir / "sources.list.d" / "debian.sources").write_text(text)
+    return chosen
+
+
+def _apt(args: list[str], apt_dir: Path, log_path: Path, cwd: Path | None = None) -> None:
+    """Run apt-get with the private configuration; LabError with the log's last line."""
+    cmd = ["apt-get", "-q", *apt_options(apt_dir), *args]
+    with open(log_path, "ab") as logfile:
+        logfile.write(f"\n$ apt-get {' '.join(args)}\n".encode())
+        logfile.flush()
+        try:
+            proc = subprocess.run(
+                cmd, cwd=cwd, stdout=logfile, stderr=subprocess.STDOUT, timeout=APT_TIMEOUT
+            )
+        except FileNotFoundError:
+            raise LabError("apt-get is missing: the stand-in image is built on Debian") from None
+        except subprocess.TimeoutExpired:
+            raise LabError(
+                f"apt-get {args[0]} took over {APT_TIMEOUT}s (log: {log_path})"
+            ) from None
+    if proc.returncode != 0:
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+        raise LabError(f"apt-get {args[0]} failed: {lines[-1] if lines else '?'} ({log_path})")
+
+
+def download_packages(apt_dir: Path, dest: Path, log_path: Path) -> list[Path]:
+    """Update the private lists and download PACKAGES' .deb files into `dest`."""
+    _apt(["update"], apt_dir, log_path)
+    _apt(["download", *PACKAGES], apt_dir, log_path, cwd=dest)
+    debs = sorted(dest.glob("*.deb"))
+    if len(debs) != len(PACKAGES):
+        raise LabError(f"apt-get download gave {len(debs)} files for {len(PACKAGES)} packages")
+    return debs
+
+
+def package_versions(debs: list[Path]) -> str:
+    """`name=version,...` from .deb file names (for the packages label)."""
+    pairs = []
+    for deb in debs:
+        name, version, _ = deb.name.split("_", 2)
+        pairs.append(f"{name}={version.replace('%3a', ':')}")
+    return ",".join(pairs)
+
+
+# --- root filesystem ----------------------------------------------------------------------
+
+
+def unpack(debs: list[Path], rootfs: Path) -> None:
+    """Unpack each package's files (no maintainer scripts) into a usr-merged tree."""
+    for link, target in USRMERGE.items():
+        (rootfs / target).mkdir(parents=True, exist_ok=True)
+        (rootfs / link).symlink_to(target)
+    for deb in debs:
+        fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+        untar = subprocess.run(
+            ["tar", "-x", "--keep-directory-symlink", "--no-same-owner", "-C", str(rootfs)],
+            stdin=fsys.stdout,
+            capture_output=True,
+            check=False,
+        )
+        fsys.stdout.close()
+        if fsys.wait() != 0 or untar.returncode != 0:
+            why = untar.stderr.decode(errors="replace").strip()[-200:]
+            raise LabError(f"unpacking {deb.name} failed: {why or 'dpkg-deb failed'}")
+
+
+def configure_rootfs(rootfs: Path) -> None:
+    """Prune what a server never reads, add the recipe's files and server.py."""
+    for pattern in PRUNED_GLOBS:
+        for path in rootfs.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    for rel, mode in DIRS.items():
+        (rootfs / rel).mkdir(parents=True, exist_ok=True)
+        (rootfs / rel).chmod(mode)
+    for rel, (mode, content) in FILES.items():
+        path = rootfs / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+        path.chmod(mode)
+    for applet in BUSYBOX_APPLETS:
+        link = rootfs / "usr/bin" / applet
+        if not (link.exists() or link.is_symlink()):
+            link.symlink_to("busybox")
+    server = rootfs / SERVER_IN_IMAGE.lstrip("/")
+    shutil.copyfile(SERVER, server)
+    server.chmod(0o755)
+
+
+def import_rootfs(rootfs: Path, packages: str) -> str:
+    """`docker import` the tree as IMAGE (owned by root whoever built it); the new id."""
+    labels = f"LABEL {STANDIN_LABEL}=vllm {HASH_LABEL}={recipe_hash()} {PACKAGES_LABEL}={packages}"
+    changes = [f"--change={change}" for change in (*IMAGE_CHANGES, labels)]
+    tar = subprocess.Popen(
+        ["tar", "-C", str(rootfs), "--numeric-owner", "--owner=0", "--group=0", "-c", "."],
+        stdout=subprocess.PIPE,
+    )
+    proc = subprocess.run(
+        ["docker", "import", *changes, "-", IMAGE],
+        stdin=tar.stdout,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    tar.stdout.close()
+    if tar.wait() != 0 or proc.returncode != 0:
+        raise LabError(f"docker import failed: {proc.stderr.strip()[-300:] or 'tar failed'}")
+    return proc.stdout.strip()
+
+
+def smoke_test(image_id: str) -> None:
+    """Run the server's --help in the new image: every module it imports must load."""
+    proc = docker("run", "--rm", "--network=none", image_id, "--help", check=False, timeout=120)
+    if proc.returncode != 0 or "gpufleet stand-in" not in proc.stdout:
+        docker("image", "rm", "-f", image_id, check=False)
+        why = (proc.stderr or proc.stdout).strip()[-300:]
+        raise LabError(f"the stand-in image does not start its server: {why}")
+
+
+# --- build --------------------------------------------------------------------------------
+
+
+def build_image(root: Path, mirror: str | None = None, log: Log = print) -> str:
+    """Build IMAGE from Debian packages; returns its id. Logs to .lab/standin-vllm/build.log."""
+    started = time.monotonic()
+    work = work_dir(root)
+    log_path = work / "build.log"
+    log_path.write_text("")
+    chosen = prepare_apt(work / "apt", mirror)
+    log(f"building {IMAGE} from Debian packages ({chosen}; log: {log_path})...")
+    tmp = Path(tempfile.mkdtemp(prefix="gpufleet-standin-vllm-", dir="/var/tmp"))
+    try:
+        (tmp / "debs").mkdir()
+        debs = download_packages(work / "apt", tmp / "debs", log_path)
+        unpack(debs, tmp / "rootfs")
+        configure_rootfs(tmp / "rootfs")
+        image_id = import_rootfs(tmp / "rootfs", package_versions(debs))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    smoke_test(image_id)
+    log(f"built {IMAGE} ({image_size(image_id) / 1e6:.1f} MB) in {time.monotonic() - started:.0f}s")
+    return image_id
+
+
+def image_size(image: str = IMAGE) -> int:
+    """The image's uncompressed size in bytes, as the engine reports it (0 if unknown)."""
+    proc = docker("image", "inspect", image, "--format", "{{.Size}}", check=False)
+    return int(proc.stdout.strip()) if proc.stdout.strip().isdigit() else 0
+
+
+def any_image_id() -> str | None:
+    """The id of whatever image is tagged IMAGE now (any recipe)."""
+    proc = docker("image", "inspect", IMAGE, "--format", "{{.Id}}", check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def ensure_image(root: Path, rebuild: bool = False, log: Log = print) -> str:
+    """IMAGE's id on the controller's engine, building it first unless the current recipe's
+    image is already there. A replaced image is removed (unless a container still uses it)."""
+    image_id = None if rebuild else current_image_id()
+    if image_id:
+        return image_id
+    previous = any_image_id()
+    image_id = build_image(root, log=log)
+    if previous and previous != image_id:
+        docker("image", "rm", previous, check=False)
+    return image_id
+
+
+# --- tarball and lab hosts ----------------------------------------------------------------
+
+
+def _member_json(archive: tarfile.TarFile, name: str) -> object:
+    """A JSON member of a tarball; None when it is not there."""
+    try:
+        member = archive.extractfile(name)
+    except KeyError:
+        return None
+    return json.load(member) if member is not None else None
+
+
+def tar_identity(tar: Path) -> tuple[set[str], dict[str, str]]:
+    """What a `docker save` tarball holds: the ids an engine may give the image after
+    `docker load` (the config digest; with the OCI layout also the index.json digests, which
+    containerd-backed engines use as .Id) and the image's labels."""
+    with tarfile.open(tar) as archive:
+        manifest = _member_json(archive, "manifest.json")
+        if not manifest:
+            raise LabError(f"{tar} has no manifest.json: not a docker save tarball")
+        config_path = manifest[0]["Config"]
+        config = _member_json(archive, config_path) or {}
+        index = _member_json(archive, "index.json") or {}
+    ids = {"sha256:" + Path(config_path).name.removesuffix(".json")}
+    ids |= {m["digest"] for m in index.get("manifests", []) if "digest" in m}
+    labels = (config.get("config") or {}).get("Labels") or {}
+    return ids, labels
+
+
+def same_image(remote: tuple[str, dict] | None, ids: set[str], labels: dict) -> bool:
+    """Whether the remote image is the tarball's: the same id, or (an engine that assigns its
+    own ids) the same recipe and package versions."""
+    if remote is None:
+        return False
+    remote_id, remote_labels = remote
+    if remote_id in ids:
+        return True
+    keys = (HASH_LABEL, PACKAGES_LABEL)
+    return all(labels.get(k) and remote_labels.get(k) == labels.get(k) for k in keys)
+
+
+def save_tar(root: Path, log: Log = print) -> Path:
+    """A `docker save` tarball of the current IMAGE under .lab/standin-vllm/, named after its
+    id so it is reused while the image stays the same; older ones are removed."""
+    image_id = ensure_image(root, log=log)
+    work = work_dir(root)
+    tar = work / f"{TAR_PREFIX}{image_id.removeprefix('sha256:')[:16]}.tar"
+    if not tar.exists():
+        tmp = tar.with_name(f".{tar.name}.tmp")
+        docker("save", "-o", str(tmp), IMAGE, timeout=LOAD_TIMEOUT)
+        os.replace(tmp, tar)
+        log(f"saved {IMAGE} to {tar}")
+    for old in work.glob(f"{TAR_PREFIX}*.tar"):
+        if old != tar:
+            old.unlink()
+    return tar
+
+
+def remote_image(ssh_argv: list[str]) -> tuple[str, dict] | None:
+    """IMAGE's id and labels on the engine at the end of `ssh_argv`; None when it has none."""
+    fmt = "{{.Id}} {{json .Config.Labels}}"
+    command = shlex.join(["docker", "image", "inspect", "--format", fmt, IMAGE])
+    proc = subprocess.run(
+        [*ssh_argv, command], capture_output=True, text=True, timeout=120, check=False
+    )
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    image_id, _, labels = proc.stdout.strip().partition(" ")
+    try:
+        return image_id, json.loads(labels) or {}
+    except json.JSONDecodeError:
+        return image_id, {}
+
+
+def load_into(ssh_argv: list[str], tar: Path, log: Log = print) -> None:
+    """Pipe `tar` into `docker load` on a lab host, unless its engine already has that image.
+
+    `ssh_argv` is a complete ssh command line but for the remote command, which is appended
+    (e.g. `ssh -i KEY -p PORT -o UserKnownHostsFile=... root@127.0.0.1`)."""
+    ids, labels = tar_identity(tar)
+    if same_image(remote_image(ssh_argv), ids, labels):
+        return
+    with open(tar, "rb") as stream:
+        proc = subprocess.run(
+            [*ssh_argv, "docker load"],
+            stdin=stream,
+            capture_output=True,
+            text=True,
+            timeout=LOAD_TIMEOUT,
+            check=False,
+        )
+    if proc.returncode != 0:
+        raise LabError(f"docker load over ssh failed: {proc.stderr.strip()[-300:] or '?'}")
+    remote = remote_image(ssh_argv)
+    if not same_image(remote, ids, labels):
+        raise LabError(f"after docker load the host's {IMAGE} is {remote and remote[0]}")
+    log(f"loaded {IMAGE} ({remote[0][:19]})")
+
+
+def main() -> int:
+    """Build (if needed) and save the image; print its id, size and tarball."""
+    try:
+        root = repo_root()
+        image_id = ensure_image(root)
+        tar = save_tar(root)
+    except LabError as exc:
+        print(f"error: {exc}")
+        return 1
+    print(f"{IMAGE} {image_id} {image_size(image_id) / 1e6:.1f} MB\n{tar}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
