@@ -16,6 +16,7 @@ import fnmatch
 from io import StringIO
 
 from pyinfra import host
+from pyinfra.api import FactBase
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.rpm import RpmPackages
 from pyinfra.operations import apt, dnf, files, server
@@ -35,18 +36,42 @@ def fingerprint_check(keyring: str, expected: str) -> str:
     )
 
 
+class KeyringFingerprints(FactBase):
+    """{keyring path: primary key fingerprint} of every /etc/apt/keyrings/*.gpg, one command."""
+
+    def command(self) -> str:
+        return (
+            'for f in /etc/apt/keyrings/*.gpg; do [ -f "$f" ] && echo "$f $(gpg --show-keys '
+            '--with-colons "$f" 2>/dev/null | awk -F: \'$1 == "fpr" { print $10; exit }\')"; '
+            "done; true"
+        )
+
+    @staticmethod
+    def default() -> dict[str, str]:
+        return {}
+
+    def process(self, output: list[str]) -> dict[str, str]:
+        return dict((line.split(" ", 1) + [""])[:2] for line in output if line.strip())
+
+
 def signed_apt_repo(
     what: str, key_url: str, keyring: str, fingerprint: str, entry: str, arch: str | None = None
 ) -> list:
     """apt: the key (fingerprint checked before use) and ``deb [signed-by=keyring] entry``.
 
+    A key already on the host is checked again when its fingerprint is not the expected one
+    (a changed ``*_repo_fingerprint``, a key swapped by hand): the check removes it and
+    fails the host, and the next run fetches and checks it afresh.
+
     Returns the operations; a source whose entry changed needs an ``apt update``.
     """
     key = apt.key(name=f"Add the {what} repository key", src=key_url, dest=keyring)
+    present = host.get_fact(KeyringFingerprints).get(keyring)
+    trusted = present is None or present == fingerprint.replace(" ", "").upper()
     server.shell(
         name=f"Check the {what} repository key's fingerprint",
         commands=[fingerprint_check(keyring, fingerprint)],
-        _if=key.did_change,
+        **({"_if": key.did_change} if trusted else {}),
     )
     repo = apt.repo(
         name=f"Add the {what} repository",

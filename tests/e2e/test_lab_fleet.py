@@ -176,3 +176,18 @@ def test_nvidia_runtime_hands_containers_over_to_runc(lab):
     )
     assert done.returncode == 0, done.output
     assert done.stdout.strip(), "the nvidia runtime was not called"
+
+
+def test_repository_key_with_another_fingerprint_is_removed_not_trusted(lab):
+    """Security: a configured fingerprint the served key does not have fails the host and
+    removes the key; with the right one the next run fetches, checks and converges."""
+    wrong = "0123456789ABCDEF" * 2 + "01234567"
+    done = deploy("-y", "--limit", "lab-1", "--data", f"toolkit_repo_fingerprint={wrong}")
+    assert done.returncode != 0
+    assert f"expected {wrong}: key removed" in done.output
+    keyring = on_host("lab-1", "test -e /etc/apt/keyrings/nvidia-container-toolkit.gpg")
+    assert keyring.returncode == 1
+    assert deploy("-y", "--limit", "lab-1").returncode == 0
+    again = deploy("--dry", "--json", "--limit", "lab-1")
+    changing = [op["name"] for op in json.loads(again.stdout)["plan"] if op["hosts_with_change"]]
+    assert changing == []

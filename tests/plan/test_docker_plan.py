@@ -45,11 +45,12 @@ def dpkg(*packages: str) -> list[str]:
 
 def plan_of(
     tmp_path, os_lines=None, installed=(), daemon=(), rpm=(), users=(), cdi_state="missing",
-    layers="docker", **data,
+    layers="docker", extra_responses=None, **data,
 ):  # fmt: skip
     tmp_path.mkdir(exist_ok=True)
     host = {
         "fake_responses": {
+            **(extra_responses or {}),
             "/etc/cdi/nvidia.yaml": [cdi_state],
             "/etc/passwd": list(users),
             "os-release": os_lines or profile(),

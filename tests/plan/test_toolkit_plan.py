@@ -124,3 +124,14 @@ def test_user_runtimes_survive_the_runtime_registration(tmp_path):
     commands = toolkit_plan(tmp_path, daemon=daemon_files(current=current))
     merged = uploaded_json(commands["Register the nvidia runtime in daemon.json"])
     assert merged == {"debug": True, "runtimes": {"crun": {"path": "/usr/bin/crun"}, **RUNTIME}}
+
+
+def test_a_key_on_the_host_with_another_fingerprint_is_checked_again(tmp_path):
+    keyrings = {"/etc/apt/keyrings/*.gpg": ["/etc/apt/keyrings/nvidia-container-toolkit.gpg AB"]}
+    commands = toolkit_plan(tmp_path, extra_responses=keyrings)
+    name = "Check the NVIDIA Container Toolkit repository key's fingerprint"
+    assert name in commands  # unconditional: it removes the key and fails the host
+    trusted = {"/etc/apt/keyrings/*.gpg": ["/etc/apt/keyrings/nvidia-container-toolkit.gpg "
+                                           "C95B321B61E88C1809C4F759DDCAE044F796ECB0"]}  # fmt: skip
+    again = toolkit_plan(tmp_path / "trusted", extra_responses=trusted)
+    assert f"{name} [if changed]" in again
