@@ -66,6 +66,29 @@ def docker(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return run(["docker", *args], **kwargs)
 
 
+def import_tree(
+    rootfs: Path, changes: Sequence[str], image: str, tar_options: Sequence[str] = ()
+) -> tuple[subprocess.CompletedProcess, int]:
+    """Stream a root filesystem tree into `docker import` (no temporary tarball).
+
+    Returns docker's result and tar's exit status; the caller decides what a failure means.
+    """
+    tar = subprocess.Popen(
+        ["tar", "-C", str(rootfs), "--numeric-owner", *tar_options, "-c", "."],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    proc = subprocess.run(
+        ["docker", "import", *changes, "-", image],
+        stdin=tar.stdout,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    tar.stdout.close()
+    return proc, tar.wait()
+
+
 def engine_answers() -> bool:
     """True when the docker CLI exists and `docker info` reaches an engine."""
     if shutil.which("docker") is None:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from lab import IMAGE, LABEL, SUITE, LabError, lab_dir
-from lab.engine import Log, docker
+from lab.engine import Log, docker, import_tree
 from lab.mirror import ARCHIVE_KEYRING, read_apt_sources, render_image_sources, resolve_mirror
 
 RECIPE_VERSION = 1  # bump when build code changes in a way the data below does not show
@@ -264,20 +264,7 @@ def _import(rootfs: Path, mirror: str) -> None:
     # Newer engines take STOPSIGNAL at import; older ones refuse it (hosts are also created
     # with --stop-signal, so the image works either way).
     for changes in ([*base, f"--change=STOPSIGNAL {STOP_SIGNAL}"], base):
-        tar = subprocess.Popen(
-            ["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        proc = subprocess.run(
-            ["docker", "import", *changes, "-", IMAGE],
-            stdin=tar.stdout,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        tar.stdout.close()
-        tar.wait()
+        proc, _ = import_tree(rootfs, changes, IMAGE)
         if proc.returncode == 0:
             return
         if "stopsignal" not in proc.stderr.lower():

@@ -177,15 +177,17 @@ def merged(layer: str, managed: Managed, restart_timeout_s: int = 90):
     if new == base and new_owned == owned and corrupt is None:
         host.noop(f"daemon.json already holds the {layer} keys")
         return
-    yield from _upload(render(new), STAGED)
-    yield from _upload(json.dumps(new_owned, indent=2, sort_keys=True) + "\n", STAGED_OWNED)
+    yield StringCommand(f"mkdir -p {STATE_DIR}")
+    yield _upload(render(new), STAGED)
+    yield _upload(json.dumps(new_owned, indent=2, sort_keys=True) + "\n", STAGED_OWNED)
     restart = new != base or corrupt is not None
     yield StringCommand(apply_script(restart, restart_timeout_s, corrupt is not None))
 
 
-def _upload(text: str, dest: str):
-    yield StringCommand(f"mkdir -p {STATE_DIR}")
-    yield FileUploadCommand(StringIO(text), dest, remote_temp_filename=host.get_temp_filename(dest))
+def _upload(text: str, dest: str) -> FileUploadCommand:
+    return FileUploadCommand(
+        StringIO(text), dest, remote_temp_filename=host.get_temp_filename(dest)
+    )
 
 
 def apply_script(restart: bool, timeout_s: int, corrupt: bool) -> str:

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lab import LabError, lab_dir, repo_root
-from lab.engine import docker
+from lab.engine import docker, import_tree
 from lab.mirror import read_apt_sources, render_image_sources, resolve_mirror
 
 IMAGE = "gpufleet-standin/vllm-openai:0.11.0-standin"
@@ -277,19 +277,8 @@ def import_rootfs(rootfs: Path, packages: str) -> str:
     """`docker import` the tree as IMAGE (owned by root whoever built it); the new id."""
     labels = f"LABEL {STANDIN_LABEL}=vllm {HASH_LABEL}={recipe_hash()} {PACKAGES_LABEL}={packages}"
     changes = [f"--change={change}" for change in (*IMAGE_CHANGES, labels)]
-    tar = subprocess.Popen(
-        ["tar", "-C", str(rootfs), "--numeric-owner", "--owner=0", "--group=0", "-c", "."],
-        stdout=subprocess.PIPE,
-    )
-    proc = subprocess.run(
-        ["docker", "import", *changes, "-", IMAGE],
-        stdin=tar.stdout,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    tar.stdout.close()
-    if tar.wait() != 0 or proc.returncode != 0:
+    proc, tar_status = import_tree(rootfs, changes, IMAGE, ("--owner=0", "--group=0"))
+    if tar_status != 0 or proc.returncode != 0:
         raise LabError(f"docker import failed: {proc.stderr.strip()[-300:] or 'tar failed'}")
     return proc.stdout.strip()
 
