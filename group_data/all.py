@@ -93,16 +93,10 @@ toolkit_default_runtime = None
 toolkit_cdi = True
 
 # --- vllm: Layer 4: the vLLM OpenAI-compatible server.
-# Allow the floating 'latest' tag.
-vllm_allow_latest = False
-# vLLM image, pinned by tag or digest.
-vllm_image = "vllm/vllm-openai:v0.11.0"
 # Model to serve (Hugging Face id or path in the cache).
 vllm_model = "Qwen/Qwen2.5-1.5B-Instruct"
 # Name clients use; unset = the model id.
 vllm_served_model_name = None
-# Host address the API port is published on.
-vllm_bind_address = "0.0.0.0"
 # Host port of the API.
 vllm_port = 8000
 # GPUs given to the container: all, or device indices.
@@ -119,6 +113,14 @@ vllm_dtype = "auto"
 vllm_quantization = None
 # Extra engine arguments appended to the command line.
 vllm_extra_args = []
+# Allow the floating 'latest' tag.
+vllm_allow_latest = False
+# vLLM image, pinned by tag or digest.
+vllm_image = "vllm/vllm-openai:v0.11.0"
+# Servers of one host: [{'name': 'a', 'gpus': [0, 1], 'port': 8001}, ...]; empty = one, named main.
+vllm_instances = []
+# Host address the API port is published on.
+vllm_bind_address = "0.0.0.0"
 # --ipc=host (needed for tensor parallel).
 vllm_ipc_host = True
 # Shared memory size when ipc_host is off.
@@ -127,9 +129,15 @@ vllm_shm_size = "10g"
 vllm_hf_cache_dir = "/var/lib/gpufleet/huggingface"
 # Controller environment variable holding the HF token.
 vllm_hf_token_env = "HF_TOKEN"
+# Controller file holding the HF token (instead of the env var).
+vllm_hf_token_file = None
 # Controller environment variable holding the API key.
 vllm_api_key_env = "VLLM_API_KEY"
+# Controller file holding the API key (instead of the env var).
+vllm_api_key_file = None
+# Refuse to deploy when no API key is given on the controller.
+vllm_require_api_key = False
 # Docker restart policy of the container.
 vllm_restart_policy = "unless-stopped"
-# How long to wait for /health after a start.
+# How long a (re)started server may take to get ready (model download included).
 vllm_ready_timeout_s = 1800

@@ -11,6 +11,7 @@ host data in the inventory > ``group_data/<group>.py`` > ``group_data/all.py``.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Annotated, Any, Literal
@@ -23,6 +24,7 @@ from pydantic import (
     HttpUrl,
     IPvAnyAddress,
     ValidationInfo,
+    create_model,
     field_validator,
 )
 
@@ -69,6 +71,7 @@ def _gpu_set(value: Any) -> Any:
 
 AbsPath = Annotated[str, _pattern(r"^/\S*$", "an absolute path")]
 Size = Annotated[str, _pattern(r"^[1-9][0-9]*[kmg]$", "a size such as 512m or 10g")]
+Word = Annotated[str, _pattern(r"^\S+$", "one word (no spaces)")]
 EnvName = Annotated[str, _pattern(r"^[A-Za-z_][A-Za-z0-9_]*$", "an environment variable name")]
 UnixUser = Annotated[
     str,
@@ -291,24 +294,15 @@ class ToolkitConfig(Section):
     cdi: bool = Field(default=True, description="Generate CDI specs for the GPUs.")
 
 
-class VllmConfig(Section):
-    """Layer 4: the vLLM OpenAI-compatible server."""
+class VllmServer(Section):
+    """What one vLLM container serves: each of these can also be set per instance."""
 
-    allow_latest: bool = Field(default=False, description="Allow the floating 'latest' tag.")
-    image: PinnedImage = Field(
-        default="vllm/vllm-openai:v0.11.0",
-        description="vLLM image, pinned by tag or digest.",
-    )
-    model: str = Field(
+    model: Word = Field(
         default="Qwen/Qwen2.5-1.5B-Instruct",
-        min_length=1,
         description="Model to serve (Hugging Face id or path in the cache).",
     )
-    served_model_name: str | None = Field(
+    served_model_name: Word | None = Field(
         default=None, description="Name clients use; unset = the model id."
-    )
-    bind_address: IPvAnyAddress = Field(
-        default="0.0.0.0", description="Host address the API port is published on."
     )
     port: int = Field(default=8000, ge=1, le=65535, description="Host port of the API.")
     gpus: GpuSet = Field(
@@ -328,6 +322,67 @@ class VllmConfig(Section):
     extra_args: Annotated[list[str], BeforeValidator(_split_csv)] = Field(
         default=[], description="Extra engine arguments appended to the command line."
     )
+
+    @property
+    def served_name(self) -> str:
+        return self.served_model_name or self.model
+
+
+InstanceName = Annotated[
+    str, _pattern(r"^[a-z0-9][a-z0-9-]{0,30}$", "a short name: a-z, 0-9 and -, at most 31")
+]
+
+
+class VllmInstance(VllmServer):
+    """One vLLM container of a host: its name and the server settings it ends up with."""
+
+    name: InstanceName = "main"
+
+    @property
+    def container(self) -> str:
+        return f"vllm-{self.name}"
+
+
+def _overrides_of(server: type[Section]) -> type[Section]:
+    """The per-instance model: a name plus every server field, optional (unset = inherited).
+
+    Generated from VllmServer so types, bounds and docs are written once."""
+    fields: dict[str, Any] = {
+        "name": (InstanceName, Field(description="Instance name; the container is vllm-<name>."))
+    }
+    for name, info in server.model_fields.items():
+        annotation = info.annotation
+        if info.metadata:
+            annotation = Annotated[(annotation, *info.metadata)]
+        annotation = annotation | None
+        fields[name] = (annotation, Field(default=None, description=info.description))
+    return create_model(
+        "VllmInstanceOverrides",
+        __base__=Section,
+        __doc__="One entry of vllm_instances; unset fields take the vllm_<field> setting.",
+        **fields,
+    )
+
+
+VllmInstanceOverrides = _overrides_of(VllmServer)
+
+
+class VllmConfig(VllmServer):
+    """Layer 4: the vLLM OpenAI-compatible server."""
+
+    allow_latest: bool = Field(default=False, description="Allow the floating 'latest' tag.")
+    image: PinnedImage = Field(
+        default="vllm/vllm-openai:v0.11.0",
+        description="vLLM image, pinned by tag or digest.",
+    )
+    instances: list[VllmInstanceOverrides] = Field(  # type: ignore[valid-type]
+        default=[],
+        description="Servers of one host: [{'name': 'a', 'gpus': [0, 1], 'port': 8001}, ...]; "
+        "empty = one, named main.",
+    )
+    bind_address: IPvAnyAddress = Field(
+        default="0.0.0.0", description="Host address the API port is published on."
+    )
     ipc_host: bool = Field(default=True, description="--ipc=host (needed for tensor parallel).")
     shm_size: Size = Field(default="10g", description="Shared memory size when ipc_host is off.")
     hf_cache_dir: AbsPath = Field(
@@ -337,14 +392,26 @@ class VllmConfig(Section):
     hf_token_env: EnvName = Field(
         default="HF_TOKEN", description="Controller environment variable holding the HF token."
     )
+    hf_token_file: AbsPath | None = Field(
+        default=None, description="Controller file holding the HF token (instead of the env var)."
+    )
     api_key_env: EnvName = Field(
         default="VLLM_API_KEY", description="Controller environment variable holding the API key."
+    )
+    api_key_file: AbsPath | None = Field(
+        default=None, description="Controller file holding the API key (instead of the env var)."
+    )
+    require_api_key: bool = Field(
+        default=False, description="Refuse to deploy when no API key is given on the controller."
     )
     restart_policy: Literal["no", "always", "unless-stopped", "on-failure"] = Field(
         default="unless-stopped", description="Docker restart policy of the container."
     )
     ready_timeout_s: int = Field(
-        default=1800, ge=10, le=86400, description="How long to wait for /health after a start."
+        default=1800,
+        ge=10,
+        le=86400,
+        description="How long a (re)started server may take to get ready (model download included).",
     )
 
     @field_validator("image")
@@ -354,13 +421,15 @@ class VllmConfig(Section):
             raise ValueError("the floating tag 'latest' is refused: pin a tag or digest")
         return image
 
-    @field_validator("tensor_parallel_size")
-    @classmethod
-    def _tp_fits(cls, size: int, info: ValidationInfo) -> int:
-        gpus = info.data.get("gpus")
-        if isinstance(gpus, list) and size > len(gpus):
-            raise ValueError(f"must be at most the {len(gpus)} GPU(s) listed in vllm_gpus")
-        return size
+    def servers(self) -> list[VllmInstance]:
+        """The instances this host runs, each with the section's settings filled in."""
+        inherited = {name: getattr(self, name) for name in VllmServer.model_fields}
+        if not self.instances:
+            return [VllmInstance(**inherited)]
+        return [
+            VllmInstance(**(inherited | entry.model_dump(exclude_none=True)))
+            for entry in self.instances
+        ]
 
 
 class FleetConfig(BaseModel):
@@ -375,6 +444,69 @@ class FleetConfig(BaseModel):
     docker: DockerConfig = DockerConfig()
     toolkit: ToolkitConfig = ToolkitConfig()
     vllm: VllmConfig = VllmConfig()
+
+    def conflicts(self) -> list[tuple[str, Any, str]]:
+        """Problems between settings that no single field can see, as (key, value, allowed)."""
+        return _vllm_conflicts(self.vllm, self.host.gpu_count)
+
+
+def _instance_key(vllm: VllmConfig, index: int, field: str) -> str:
+    """The data key an instance's field came from: its vllm_instances entry, or vllm_<field>."""
+    if vllm.instances and getattr(vllm.instances[index], field) is not None:
+        return f"vllm_instances[{index}].{field}"
+    return f"vllm_{field}"
+
+
+def _gpus_of(server: VllmInstance, gpu_count: int | None) -> set[int] | None:
+    """The GPU indices a server gets; None for 'all' on a host whose GPU count is not set."""
+    if server.gpus == "all":
+        return set(range(gpu_count)) if gpu_count else None
+    return set(server.gpus)
+
+
+def _vllm_conflicts(vllm: VllmConfig, gpu_count: int | None) -> list[tuple[str, Any, str]]:
+    """Instances of one host: names and ports unique, GPU sets disjoint and on the host, and
+    each tensor-parallel size within its instance's GPUs."""
+    problems: list[tuple[str, Any, str]] = []
+    seen: list[tuple[VllmInstance, set[int] | None]] = []
+    for index, server in enumerate(vllm.servers()):
+        key = functools.partial(_instance_key, vllm, index)
+        gpus = _gpus_of(server, gpu_count)
+        for other, other_gpus in seen:
+            for field in ("name", "port"):
+                if getattr(server, field) == getattr(other, field):
+                    problems.append(
+                        (key(field), getattr(server, field), f"already used by {other.container}")
+                    )
+            shared = None if gpus is None or other_gpus is None else gpus & other_gpus
+            if shared is None or shared:
+                where = "every GPU" if shared is None else f"GPU {sorted(shared)}"
+                problems.append(
+                    (
+                        key("gpus"),
+                        server.gpus,
+                        f"shares {where} with {other.container}: "
+                        "give each instance its own GPU indices",
+                    )
+                )
+        if gpu_count is not None and gpus and max(gpus) >= gpu_count:
+            problems.append(
+                (
+                    key("gpus"),
+                    server.gpus,
+                    f"must be GPU indices below host_gpu_count ({gpu_count})",
+                )
+            )
+        if gpus is not None and server.tensor_parallel_size > len(gpus):
+            problems.append(
+                (
+                    key("tensor_parallel_size"),
+                    server.tensor_parallel_size,
+                    f"must be at most the {len(gpus)} GPU(s) of {server.container}",
+                )
+            )
+        seen.append((server, gpus))
+    return problems
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -7,10 +7,15 @@ stops the whole run before any fact is gathered or any operation is planned on a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 from weakref import WeakKeyDictionary
 
-from pyinfra.api import Host, State
+from pyinfra.api import Host, Inventory, State
+from pyinfra.api.exceptions import NoGroupError
 from pyinfra.context import ContextObject, ctx_state
+from pyinfra_cli.inventory import make_inventory
 
 from operations.config import FleetConfig
 from operations.settings import load_fleet
@@ -33,3 +38,29 @@ def fleet_config(state: State) -> dict[str, FleetConfig]:
 def host_config(state: State, host: Host) -> FleetConfig:
     """Config of one host, after the whole run's hosts were validated."""
     return fleet_config(state)[host.name]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def select_hosts(inventory: Inventory, patterns: Iterable[str]) -> list[Host]:
+    """Hosts matching --limit patterns (group names or host names), like pyinfra's --limit."""
+    patterns = [p for pattern in patterns for p in pattern.split(",") if p]
+    if not patterns:
+        return list(inventory)
+    selected = []
+    for pattern in patterns:
+        try:
+            selected += inventory.get_group(pattern)
+        except NoGroupError:
+            selected += [host for host in inventory if host.name == pattern]
+    return list(dict.fromkeys(selected))
+
+
+def inventory_data(inventory_path: str, limit: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """Effective data of the selected hosts of an inventory, in inventory order, loaded by
+    pyinfra's own loader (group_data included) outside a deploy: for verify and the
+    controller-side commands."""
+    with ctx_state.use(State()):  # pyinfra's loader records the file it execs on a state
+        inventory = make_inventory(inventory_path, cwd=str(ROOT))
+    return {host.name: host.data.dict() for host in select_hosts(inventory, limit)}

@@ -70,19 +70,34 @@ def _allowed(error: dict) -> str:
     return error["msg"].removeprefix("Value error, ")
 
 
+def _key_and_value(error: dict, data: Mapping[str, Any]) -> tuple[str, Any]:
+    """The data key an error is about (``vllm_port``, ``vllm_instances[1].gpus``) and the
+    value given there."""
+    section, field, *rest = error["loc"]
+    key, value = f"{section}_{field}", data.get(f"{section}_{field}")
+    for part in rest:
+        if isinstance(part, int):
+            key += f"[{part}]"
+            if isinstance(value, list) and part < len(value):
+                value = value[part]  # else: given as "a,b" text, shown whole
+        elif isinstance(part, str) and not part.startswith(("function-", "literal[")):
+            key += f".{part}"
+            value = value.get(part) if isinstance(value, Mapping) else value
+    return key, value
+
+
 def _problems_from_errors(host: str, errors: list[dict], data: Mapping[str, Any]) -> list[Problem]:
     """One problem per bad key; a union's several complaints are joined with 'or'."""
-    by_key: dict[str, list[str]] = {}
+    by_key: dict[str, tuple[Any, list[str]]] = {}
     for error in errors:
-        section, field = error["loc"][0], error["loc"][1]
-        index = "".join(f"[{part}]" for part in error["loc"][2:] if isinstance(part, int))
+        key, value = _key_and_value(error, data)
         allowed = _allowed(error)
-        messages = by_key.setdefault(f"{section}_{field}{index}", [])
+        messages = by_key.setdefault(key, (value, []))[1]
         if allowed not in messages:
             messages.append(allowed)
     return [
-        Problem(host, key, data.get(key.split("[")[0]), " or ".join(messages))
-        for key, messages in by_key.items()
+        Problem(host, key, value, " or ".join(messages))
+        for key, (value, messages) in by_key.items()
     ]
 
 
@@ -101,6 +116,8 @@ def load_config(host: str, data: Mapping[str, Any]) -> tuple[FleetConfig | None,
     except ValidationError as error:
         problems += _problems_from_errors(host, error.errors(), data)
         config = None
+    if config is not None:
+        problems += [Problem(host, *conflict) for conflict in config.conflicts()]
     return (None if problems else config), problems
 
 

@@ -87,7 +87,7 @@ def test_good_values_are_accepted(data):
         ({"vllm_gpus": "0,x"}, "vllm_gpus = '0,x': must be 'all' or GPU indices"),
         (
             {"vllm_gpus": [0, 1], "vllm_tensor_parallel_size": 4},
-            "vllm_tensor_parallel_size = 4: must be at most the 2 GPU(s) listed in vllm_gpus",
+            "vllm_tensor_parallel_size = 4: must be at most the 2 GPU(s) of vllm-main",
         ),
         ({"docker_registry_mirrors": "ftp://m"}, "docker_registry_mirrors[0] = 'ftp://m': URL"),
         ({"driver_cuda_repo_url": "not a url"}, "driver_cuda_repo_url = 'not a url': Input should"),

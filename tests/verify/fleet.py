@@ -18,12 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import testinfra
-from pyinfra.api import State
-from pyinfra.api.exceptions import NoGroupError
-from pyinfra.context import ctx_state
-from pyinfra_cli.inventory import make_inventory
 
 from operations.config import FleetConfig
+from operations.fleet import inventory_data
 from operations.settings import load_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,25 +95,9 @@ def write_ssh_config(hosts: dict[str, dict[str, Any]]) -> Path:
     return Path(handle.name)
 
 
-def _select(inventory, patterns: Iterable[str]) -> list:
-    """Hosts matching --limit patterns (group names or host names), like pyinfra's --limit."""
-    patterns = [p for pattern in patterns for p in pattern.split(",") if p]
-    if not patterns:
-        return list(inventory)
-    selected = []
-    for pattern in patterns:
-        try:
-            selected += inventory.get_group(pattern)
-        except NoGroupError:
-            selected += [host for host in inventory if host.name == pattern]
-    return list(dict.fromkeys(selected))
-
-
 def load_hosts(inventory_path: str, limit: Iterable[str] = ()) -> list[FleetHost]:
     """The selected hosts of an inventory, each with its validated config (ConfigError else)."""
-    with ctx_state.use(State()):  # pyinfra's loader records the file it execs on a state
-        inventory = make_inventory(inventory_path, cwd=str(ROOT))
-    selected = {host.name: host.data.dict() for host in _select(inventory, limit)}
+    selected = inventory_data(inventory_path, limit)
     configs = load_fleet(selected.items())
     ssh_config = write_ssh_config(selected)
     return [FleetHost(name, configs[name], data, ssh_config) for name, data in selected.items()]
