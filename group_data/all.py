@@ -13,6 +13,8 @@ deploy_layers = ["preflight", "driver", "docker", "toolkit", "vllm"]
 host_has_gpus = True
 # Expected number of NVIDIA GPUs; checked when set.
 host_gpu_count = None
+# Address clients and Prometheus reach the host at; unset = ssh_hostname.
+host_address = None
 
 # --- preflight: Layer 0: read-only checks that gate every other layer.
 # Free space needed on disk_path (driver, images and model cache).

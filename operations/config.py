@@ -143,6 +143,10 @@ class HostConfig(Section):
     gpu_count: int | None = Field(
         default=None, ge=1, le=64, description="Expected number of NVIDIA GPUs; checked when set."
     )
+    address: Word | None = Field(
+        default=None,
+        description="Address clients and Prometheus reach the host at; unset = ssh_hostname.",
+    )
 
 
 class PreflightConfig(Section):
