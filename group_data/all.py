@@ -119,6 +119,8 @@ vllm_extra_args = []
 vllm_allow_latest = False
 # vLLM image, pinned by tag or digest.
 vllm_image = "vllm/vllm-openai:v0.11.0"
+# Controller path of a `docker save` archive of the image: loaded, not pulled.
+vllm_image_archive = None
 # Servers of one host: [{'name': 'a', 'gpus': [0, 1], 'port': 8001}, ...]; empty = one, named main.
 vllm_instances = []
 # Host address the API port is published on.
@@ -141,5 +143,5 @@ vllm_api_key_file = None
 vllm_require_api_key = False
 # Docker restart policy of the container.
 vllm_restart_policy = "unless-stopped"
-# How long a (re)started server may take to get ready (model download included).
+# How long a (re)started server may take to get ready (model download too).
 vllm_ready_timeout_s = 1800

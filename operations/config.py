@@ -379,6 +379,10 @@ class VllmConfig(VllmServer):
         default="vllm/vllm-openai:v0.11.0",
         description="vLLM image, pinned by tag or digest.",
     )
+    image_archive: AbsPath | None = Field(
+        default=None,
+        description="Controller path of a `docker save` archive of the image: loaded, not pulled.",
+    )
     instances: list[VllmInstanceOverrides] = Field(  # type: ignore[valid-type]
         default=[],
         description="Servers of one host: [{'name': 'a', 'gpus': [0, 1], 'port': 8001}, ...]; "
@@ -415,7 +419,7 @@ class VllmConfig(VllmServer):
         default=1800,
         ge=10,
         le=86400,
-        description="How long a (re)started server may take to get ready (model download included).",
+        description="How long a (re)started server may take to get ready (model download too).",
     )
 
     @field_validator("image")

@@ -10,6 +10,7 @@ import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,6 +18,7 @@ from pyinfra.api.connectors import get_all_connectors
 from pyinfra.api.exceptions import PyinfraError
 
 from operations.config import _SECRET_WORDS, PATTERN_HINTS, SECTIONS, SETTINGS, FleetConfig
+from operations.secrets import SecretError, vllm_secrets
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,20 @@ def _problems_from_errors(host: str, errors: list[dict], data: Mapping[str, Any]
     ]
 
 
+def _controller_problems(host: str, config: FleetConfig) -> list[Problem]:
+    """What the vLLM layer reads on the controller (secrets, an image archive) must be there."""
+    if "vllm" not in config.deploy.layers:
+        return []
+    archive = config.vllm.image_archive
+    if archive and not Path(archive).is_file():
+        return [Problem(host, "vllm_image_archive", archive, "no such file on the controller")]
+    try:
+        vllm_secrets(config.vllm)
+    except SecretError as error:
+        return [Problem(host, error.key, error.value, error.allowed)]
+    return []
+
+
 def load_config(host: str, data: Mapping[str, Any]) -> tuple[FleetConfig | None, list[Problem]]:
     """Validate one host's effective data; returns the config, or None and its problems."""
     nested: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
@@ -118,6 +134,7 @@ def load_config(host: str, data: Mapping[str, Any]) -> tuple[FleetConfig | None,
         config = None
     if config is not None:
         problems += [Problem(host, *conflict) for conflict in config.conflicts()]
+        problems += _controller_problems(host, config)
     return (None if problems else config), problems
 
 

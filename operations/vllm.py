@@ -1,16 +1,255 @@
-"""Layer: vLLM server. Planned in issue #5; until then this layer only says so."""
+"""Layer 4: vLLM's OpenAI-compatible server, one container per configured instance.
+
+Why an operation of our own: pyinfra's ``docker.container`` has no GPU, IPC or log flags and
+never recreates a container whose spec changed. Here each container carries a label with the
+hash of everything it was created from (its full ``docker run`` argument list); a run
+recreates exactly the containers whose hash, secrets or state differ, and changes nothing
+else. What a host gets, in order:
+
+1. ``curl`` (the readiness probe) and the Hugging Face cache directory, which is a host path
+   so downloaded models survive every recreation and image upgrade.
+2. The pinned image, pulled (pyinfra's ``docker.image``) before any running container is
+   replaced, so a failed pull leaves the old server serving.
+3. Per instance, a root-only secrets file (``/etc/gpufleet/vllm/<name>.env``, 0600 in a 0700
+   directory) holding ``HF_TOKEN`` and ``VLLM_API_KEY`` from the controller. It is bind-mounted
+   read-only and sourced by a ``/bin/sh`` wrapper before ``exec vllm serve``, so the values are
+   in no command line, in no pyinfra output (uploaded as a file, never diffed) and in no
+   ``docker inspect`` field (``Config.Env`` holds only non-secret variables).
+4. The container (re)created when needed, then gated on readiness: ``/health`` answers 200 and
+   ``/v1/models`` lists the served name (with the API key), within ``vllm_ready_timeout_s``.
+   A container that exits or restarts meanwhile, or never gets ready, fails this host with
+   its last log lines.
+5. Containers of instances no longer configured are removed, with their secrets files.
+
+Rolling a change through a fleet a few hosts at a time: ``python -m operations.rollout``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import json
+import shlex
+from io import StringIO
 from typing import Any
 
-from pyinfra import host, logger
-from pyinfra.api import deploy
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
+from pyinfra.facts.docker import DockerImage
+from pyinfra.operations import apt, dnf, docker, files
 
-from operations.config import FleetConfig
+from operations.config import FleetConfig, VllmInstance
+from operations.preflight import EL_IDS, platform_key
+from operations.secrets import Sealed, env_file, vllm_secrets
+from operations.vllm_facts import LABEL, SECRETS_DIR, SPEC_LABEL, VllmState
+
+CONTAINER_PORT = 8000
+CONTAINER_HF_HOME = "/root/.cache/huggingface"
+SECRETS_IN_CONTAINER = "/run/gpufleet/secrets.env"
+# Loads the secrets into the server's environment, then becomes the server (PID 1 stays it).
+WRAPPER = f'set -a; . {SECRETS_IN_CONTAINER}; set +a; exec "$@"'
+# The one OS difference of this layer: how curl is installed (EL host? -> operation).
+PACKAGES = {False: apt.packages, True: dnf.packages}
+LOG_LINES = 30  # of a failed container's log, quoted in the error
+
+
+def engine_args(server: VllmInstance) -> list[str]:
+    """``vllm serve`` and its arguments for one instance (in the container)."""
+    args = ["vllm", "serve", server.model, "--host", "0.0.0.0", "--port", str(CONTAINER_PORT)]
+    args += ["--served-model-name", server.served_name]
+    args += ["--tensor-parallel-size", str(server.tensor_parallel_size)]
+    args += ["--gpu-memory-utilization", str(server.gpu_memory_utilization)]
+    args += ["--dtype", server.dtype]
+    if server.max_model_len:
+        args += ["--max-model-len", str(server.max_model_len)]
+    if server.quantization:
+        args += ["--quantization", server.quantization]
+    return args + list(server.extra_args)
+
+
+def _publish(address: Any, port: int) -> str:
+    shown = f"[{address}]" if ipaddress.ip_address(address).version == 6 else str(address)
+    return f"{shown}:{port}:{CONTAINER_PORT}"
+
+
+def _gpu_flags(config: FleetConfig, server: VllmInstance) -> list[str]:
+    """--gpus for GPU hosts (all, or "device=0,1"); GPU-less hosts (the lab) get none."""
+    if not config.host.has_gpus:
+        return []
+    if server.gpus == "all":
+        return ["--gpus", "all"]
+    return ["--gpus", '"device=' + ",".join(map(str, server.gpus)) + '"']
+
+
+def container_args(config: FleetConfig, server: VllmInstance) -> list[str]:
+    """Everything ``docker run`` gets for one instance, but the spec label (whose value is
+    this list's hash)."""
+    vllm, docker_config = config.vllm, config.docker
+    ipc = ["--ipc", "host"] if vllm.ipc_host else ["--shm-size", vllm.shm_size]
+    return [
+        "--name", server.container,
+        "--label", f"{LABEL}={server.name}",
+        "--restart", vllm.restart_policy,
+        "--log-driver", "json-file",
+        "--log-opt", f"max-size={docker_config.log_max_size}",
+        "--log-opt", f"max-file={docker_config.log_max_file}",
+        *_gpu_flags(config, server),
+        *ipc,
+        "--publish", _publish(vllm.bind_address, server.port),
+        "--volume", f"{vllm.hf_cache_dir}:{CONTAINER_HF_HOME}",
+        "--volume", f"{secrets_path(server)}:{SECRETS_IN_CONTAINER}:ro",
+        "--env", f"HF_HOME={CONTAINER_HF_HOME}",
+        "--entrypoint", "/bin/sh",
+        vllm.image,
+        "-c", WRAPPER, "gpufleet-vllm",
+        *engine_args(server),
+    ]  # fmt: skip
+
+
+def spec_hash(args: list[str]) -> str:
+    """Short stable hash of a container's arguments: its spec label."""
+    return hashlib.sha256(json.dumps(args).encode()).hexdigest()[:16]
+
+
+def secrets_path(server: VllmInstance) -> str:
+    return f"{SECRETS_DIR}/{server.name}.env"
+
+
+def probe_address(config: FleetConfig) -> str:
+    """Where the host itself reaches the API: the bind address, or loopback for any-address."""
+    address = ipaddress.ip_address(config.vllm.bind_address)
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    return f"[{address}]" if address.version == 6 else str(address)
+
+
+_READY = r"""
+name=@NAME@ url=@URL@ secrets=@SECRETS@ served=@SERVED@ timeout=@TIMEOUT@
+fail() {
+  echo "$name: $1; its last log lines:" >&2
+  docker logs --tail @LINES@ "$name" 2>&1 | sed 's/^/  | /' >&2
+  exit 1
+}
+api() {  # the key goes to curl on stdin (printf is a builtin): never on a command line
+  ( set -a; . "$secrets"; [ -z "$VLLM_API_KEY" ] ||
+      printf 'header = "Authorization: Bearer %s"\n' "$VLLM_API_KEY" ) |
+    curl -sS --max-time 5 -K - "$url$1" 2>/dev/null
+}
+deadline=$(( $(date +%s) + timeout ))
+while :; do
+  set -- $(docker inspect --format '{{.State.Status}} {{.RestartCount}}' "$name" 2>/dev/null)
+  case "${1:-gone}" in exited|dead|gone) fail "the container stopped (${1:-gone})";; esac
+  [ "${2:-0}" = 0 ] || fail "the container restarted $2 time(s)"
+  if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url/health")" = 200 ] &&
+     api /v1/models | tr -d ' \n' | grep -qF "\"id\":\"$served\""; then
+    echo "$name: ready, serving $served"; exit 0
+  fi
+  [ "$(date +%s)" -lt "$deadline" ] ||
+    fail "not ready after ${timeout}s (/health 200 and $served in /v1/models)"
+  sleep 2
+done
+"""
+
+
+def ready_script(config: FleetConfig, server: VllmInstance) -> str:
+    """Shell that waits until the instance serves, or fails with its last log lines."""
+    values = {
+        "NAME": server.container,
+        "URL": f"http://{probe_address(config)}:{server.port}",
+        "SECRETS": secrets_path(server),
+        "SERVED": server.served_name,
+        "TIMEOUT": str(config.vllm.ready_timeout_s),
+        "LINES": str(LOG_LINES),
+    }
+    script = _READY
+    for key, value in values.items():
+        script = script.replace(f"@{key}@", shlex.quote(value))
+    return script
+
+
+def _upload_secrets(path: str, content: str):
+    """Upload beside the target, make it 0600, then move it in: the directory is 0700, so the
+    content is never readable by another user, and never printed (files.put's --diff would)."""
+    temp = f"{path}.new"
+    yield FileUploadCommand(StringIO(content), temp, remote_temp_filename=temp)
+    yield StringCommand("chmod", "600", temp, "&&", "mv", "-f", temp, path)
+
+
+@operation()
+def container(config: FleetConfig, server: VllmInstance, secrets: Sealed):
+    """Create or recreate one instance's container when its spec, its secrets or its state
+    differ from the config, then wait until it serves (see the module doc)."""
+    state = host.get_fact(VllmState)
+    args = container_args(config, server)
+    spec = spec_hash(args)
+    path = secrets_path(server)
+    content = secrets.reveal()
+    new_secrets = state["secrets"].get(path) != hashlib.sha256(content.encode()).hexdigest()
+    if new_secrets:
+        yield from _upload_secrets(path, content)
+    current = state["containers"].get(server.name, {})
+    labels = current.get("Config", {}).get("Labels") or {}
+    running = current.get("State", {}).get("Status") == "running"
+    if running and labels.get(SPEC_LABEL) == spec and not new_secrets:
+        host.noop(f"{server.container} is running with spec {spec}")
+        return
+    yield f"docker rm -f {server.container} >/dev/null 2>&1 || true"
+    run = ["docker", "run", "--detach", "--label", f"{SPEC_LABEL}={spec}", *args]
+    yield " ".join(shlex.quote(arg) for arg in run) + " >/dev/null"
+    yield ready_script(config, server)
+
+
+@operation()
+def archived_image(image: str, archive: str):
+    """Load the image from a ``docker save`` archive on the controller when the host lacks it
+    (air-gapped fleets, and the lab, which has no registry); pyinfra's docker.image only pulls."""
+    if host.get_fact(DockerImage, object_id=image):
+        host.noop(f"{image} is present")
+        return
+    temp = f"/var/tmp/gpufleet-image-{hashlib.sha256(image.encode()).hexdigest()[:12]}.tar"
+    yield FileUploadCommand(archive, temp, remote_temp_filename=temp)
+    quoted = shlex.quote(image)
+    yield (
+        f"docker load -q -i {temp} >/dev/null; rm -f {temp}; docker image inspect {quoted} "
+        f">/dev/null 2>&1 || {{ echo {shlex.quote(f'{archive} does not hold {image}')} >&2; "
+        "exit 1; }"
+    )
+
+
+@operation()
+def retired(keep: list[str]):
+    """Remove the containers (and secrets files) of instances no longer configured."""
+    state = host.get_fact(VllmState)
+    gone = sorted(set(state["containers"]) - set(keep))
+    for name in gone:
+        container_name = state["containers"][name]["Name"].lstrip("/")
+        yield f"docker rm -f {shlex.quote(container_name)}"
+    stale = [p for p in state["secrets"] if p.rsplit("/", 1)[-1][: -len(".env")] not in keep]
+    if stale:
+        yield StringCommand("rm", "-f", *sorted(stale))
+    if not gone and not stale:
+        host.noop("no retired vLLM instance")
 
 
 @deploy("vLLM server")
 def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
-    """Not implemented yet: prints one line so a run shows the layer was reached."""
-    logger.info(f"{host.print_prefix}vllm: not implemented yet (issue #5)")
+    """Run every configured vLLM instance of this host, each recreated only on change and
+    gated on readiness (see the module doc)."""
+    secrets = env_file(vllm_secrets(config.vllm))
+    install = PACKAGES[platform_key(profile)[0] in EL_IDS]
+    install(name="Install curl (the readiness probe)", packages=["curl"])
+    files.directory(name="vLLM model cache", path=config.vllm.hf_cache_dir, present=True)
+    files.directory(
+        name="vLLM secrets directory", path=SECRETS_DIR, user="root", group="root", mode="700"
+    )
+    image = config.vllm.image
+    if config.vllm.image_archive:
+        archived_image(name=f"Load {image}", image=image, archive=config.vllm.image_archive)
+    else:
+        docker.image(name=f"Pull {image}", image=image, present=True)
+    servers = config.vllm.servers()
+    for instance in servers:
+        container(
+            name=f"vLLM {instance.container}", config=config, server=instance, secrets=secrets
+        )
+    retired(name="Remove retired vLLM instances", keep=[s.name for s in servers])

@@ -48,14 +48,13 @@ def test_gpu_host_passes_with_one_fact_command_and_plans_nothing_yet(tmp_path, c
     caplog.set_level(logging.INFO, logger="pyinfra")
     fleet = FakeFleet(
         tmp_path,
-        {"gpu1": host(profile(H100, H100), host_gpu_count=2, deploy_layers="vllm")},
+        {"gpu1": host(profile(H100, H100), host_gpu_count=2, deploy_layers="preflight")},
     )
     assert fleet.plan() == {"gpu1": []}
     (fact_command,) = fleet.sent()["gpu1"]  # one round trip gathers every preflight fact
     assert profile_command("/") in fact_command
     assert "debian 12 x86_64, kernel 6.1.0-28-amd64, 2 NVIDIA GPU(s)" in caplog.text
     assert "driver:" not in caplog.text
-    assert "vllm: not implemented yet" in caplog.text
 
 
 @pytest.mark.parametrize(

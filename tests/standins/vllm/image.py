@@ -92,6 +92,13 @@ FILES = {
     "etc/passwd": (0o644, "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n"),
     "etc/group": (0o644, "root:x:0:\nnogroup:x:65534:\n"),
     "etc/nsswitch.conf": (0o644, "passwd: files\ngroup: files\nhosts: files dns\n"),
+    # STAND-IN for vLLM's CLI: `vllm serve MODEL ...` runs the stand-in server, as the deploy
+    # starts the real image (a /bin/sh wrapper loads the secrets file, then execs it).
+    "usr/local/bin/vllm": (
+        0o755,
+        '#!/bin/sh\n# gpufleet STAND-IN for the vllm CLI\n[ "$1" = serve ] && shift\n'
+        f'exec python3 {SERVER_IN_IMAGE} "$@"\n',
+    ),
     "etc/gpufleet-standin": (
         0o644,
         "gpufleet STAND-IN for vllm/vllm-openai (not vLLM): built by tests/standins/vllm\n",

@@ -1,0 +1,142 @@
+"""Prometheus scrape targets for the fleet's vLLM servers, as a file_sd targets file.
+
+    python -m operations.prometheus inventory/prod.py                 # every host
+    python -m operations.prometheus inventory/prod.py --limit gpu -o /etc/prometheus/vllm.json
+
+Prometheus' ``file_sd_configs`` re-reads the file whenever it changes, so a scrape job such as
+
+    - job_name: vllm
+      file_sd_configs: [{files: [/etc/prometheus/vllm.json]}]
+
+follows the fleet without a restart. There is one target per vLLM server (container) of every
+selected host whose ``deploy_layers`` include ``vllm``, labelled with the inventory host
+(``gpufleet_host``), the server (``gpufleet_instance``) and the model clients ask for
+(``model``). vLLM serves its metrics at the default ``/metrics`` path, without the API key.
+
+The address is where the server listens: ``vllm_bind_address`` when it is one specific
+address, else ``host_address``, else the host's ``ssh_hostname``, else its inventory name.
+Config is validated like a deploy validates it (operations.settings): a bad value is reported
+and nothing is written. The file is replaced atomically, so Prometheus never reads half of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pyinfra.api.exceptions import PyinfraError
+
+from operations.config import FleetConfig
+from operations.fleet import inventory_data
+from operations.settings import load_fleet
+
+DEFAULT_OUTPUT = Path("reports/prometheus/vllm-targets.json")
+
+
+def address(name: str, data: Mapping[str, Any], config: FleetConfig) -> str:
+    """Where Prometheus reaches a host's vLLM servers, IPv6 in brackets (ready for ``:port``).
+
+    A server bound to one address listens only there; bound to all (0.0.0.0 / ::) it is
+    reached at the host's declared address or, failing that, the one pyinfra connects to."""
+    bind = config.vllm.bind_address
+    if not bind.is_unspecified:
+        found = str(bind)
+    else:
+        found = config.host.address or data.get("ssh_hostname") or name
+    return f"[{found}]" if ":" in found and not found.startswith("[") else found
+
+
+def file_sd(hosts: Mapping[str, tuple[Mapping[str, Any], FleetConfig]]) -> list[dict]:
+    """file_sd entries, one per vLLM server of each host that runs the vLLM layer, sorted by
+    host and server so that the same fleet always gives the same file."""
+    entries = []
+    for name, (data, config) in hosts.items():
+        if "vllm" not in config.deploy.layers:
+            continue
+        where = address(name, data, config)
+        for server in config.vllm.servers():
+            labels = {
+                "gpufleet_host": name,
+                "gpufleet_instance": server.name,
+                "model": server.served_name,
+            }
+            entries.append({"targets": [f"{where}:{server.port}"], "labels": labels})
+    return sorted(
+        entries, key=lambda e: (e["labels"]["gpufleet_host"], e["labels"]["gpufleet_instance"])
+    )
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file by renaming a complete temporary file over it: readers (Prometheus
+    watches this file) see the old content or the new one, never a partial write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from a prometheus user
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def load_hosts(
+    inventory: str, limit: Sequence[str]
+) -> dict[str, tuple[dict[str, Any], FleetConfig]]:
+    """Data and validated config of the selected hosts (raises ConfigError)."""
+    data = inventory_data(inventory, limit)
+    configs = load_fleet(data.items())
+    return {name: (data[name], configs[name]) for name in data}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m operations.prometheus",
+        description="Write a Prometheus file_sd targets file for the fleet's vLLM servers.",
+    )
+    parser.add_argument("inventory", help="pyinfra inventory, e.g. inventory/prod.py")
+    parser.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="HOST_OR_GROUP",
+        help="only these hosts or groups, like pyinfra's --limit (repeatable, or a,b)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help=f"targets file to write (default: {DEFAULT_OUTPUT})",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the targets file; 0 when written, 2 when the config (or inventory) is refused."""
+    args = _parser().parse_args(argv)
+    try:
+        hosts = load_hosts(args.inventory, args.limit)
+    except PyinfraError as error:  # ConfigError among them: its message names host and key
+        print(error, file=sys.stderr)
+        return 2
+    entries = file_sd(hosts)
+    write_atomic(args.output, json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    served = len({entry["labels"]["gpufleet_host"] for entry in entries})
+    print(f"wrote {len(entries)} vLLM target(s) of {served} host(s) to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
