@@ -170,8 +170,8 @@ def test_retired_instance_is_removed_with_its_secrets(tmp_path, monkeypatch):
 def test_gpu_less_host_shm_size_and_ipv6_bind(tmp_path, monkeypatch):
     planned = plan_of(
         tmp_path, monkeypatch, gpu=False, host_has_gpus=False, vllm_ipc_host=False,
-        vllm_shm_size="2g", vllm_bind_address="::1", vllm_max_model_len=4096, vllm_quantization="awq",
-        vllm_extra_args=["--enable-prefix-caching"],
+        vllm_shm_size="2g", vllm_bind_address="::1", vllm_max_model_len=4096,
+        vllm_quantization="awq", vllm_extra_args=["--enable-prefix-caching"],
     )  # fmt: skip
     commands = planned["vLLM vllm-main"]
     run = " ".join(docker_run(commands))
