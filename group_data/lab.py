@@ -19,3 +19,6 @@ docker_version = "20.10.24"
 # The lab's stand-in toolkit repository (tests/standins/toolkit) serves 1.17.8-1 and
 # 1.17.9-1: the pin on the older one is what makes the version check mean something.
 toolkit_version = "1.17.8-1"
+# The STAND-IN vLLM image (tests/standins/vllm) answers at once: a readiness wait of two
+# minutes is ample, where a real model download needs the default half hour.
+vllm_ready_timeout_s = 120

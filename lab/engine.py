@@ -224,3 +224,12 @@ def cgroup_version() -> int:
     if proc.returncode == 0 and value in ("1", "2"):
         return int(value)
     return 2 if Path("/sys/fs/cgroup/cgroup.controllers").exists() else 1
+
+
+def ip_of(info: dict) -> str:
+    """A container's address on its Docker network, from `docker inspect` ("" if none)."""
+    settings = info.get("NetworkSettings") or {}
+    for network in (settings.get("Networks") or {}).values():
+        if (network or {}).get("IPAddress"):
+            return network["IPAddress"]
+    return str(settings.get("IPAddress") or "")

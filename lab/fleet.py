@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab import IMAGE, LABEL, LabError, lab_dir
-from lab.engine import Log, cgroup_version, docker, engine_answers, ensure_engine
+from lab.engine import Log, cgroup_version, docker, engine_answers, ensure_engine, ip_of
 from lab.image import STOP_SIGNAL, ensure_image, image_id
 from lab.keys import (
     CONTROLLER_KEY,
@@ -76,6 +76,7 @@ class Container:
     port: int | None  # host port published for 22/tcp
     image: str  # image id
     keys: str = ""  # KEYS_LABEL: which controller key and host key were put in
+    ip: str = ""  # address on the Docker bridge: where the controller reaches its services
 
 
 def parse_container(info: dict) -> Container | None:
@@ -94,7 +95,8 @@ def parse_container(info: dict) -> Container | None:
     status = str((info.get("State") or {}).get("Status", "unknown"))
     labels = (info.get("Config") or {}).get("Labels") or {}
     image = str(info.get("Image", ""))
-    return Container(index, name, status, port, image, str(labels.get(KEYS_LABEL, "")))
+    keys = str(labels.get(KEYS_LABEL, ""))
+    return Container(index, name, status, port, image, keys, ip_of(info))
 
 
 def pick_port(
@@ -345,12 +347,29 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _write_trust_and_state(
-    root: Path, paths: _Paths, ports: dict[int, int], repo: dict | None = None
+    root: Path,
+    paths: _Paths,
+    ports: dict[int, int],
+    repo: dict | None = None,
+    vllm: dict | None = None,
 ) -> Path:
     lines = [known_hosts_line(ports[i], public_key(paths.hostkey(i))) for i in sorted(ports)]
     write_known_hosts(paths.known_hosts, lines)
-    hosts = [(host_name(i), container_name(i), ports[i]) for i in sorted(ports)]
-    return save_state(root, make_state(hosts, paths.key, paths.known_hosts, toolkit_repo=repo))
+    ips = {i: c.ip for i, c in list_containers().items()}
+    hosts = [(host_name(i), container_name(i), ports[i], ips.get(i, "")) for i in sorted(ports)]
+    state = make_state(hosts, paths.key, paths.known_hosts, toolkit_repo=repo, vllm_standin=vllm)
+    return save_state(root, state)
+
+
+def ensure_standin_vllm(root: Path, log: Log = print) -> dict:
+    """The STAND-IN vLLM image (tests/standins/vllm), built if needed and saved as a tarball
+    the deploy loads into each host's engine (vllm_image_archive): the lab has no registry."""
+    try:
+        from tests.standins.vllm.image import IMAGE as VLLM_IMAGE
+        from tests.standins.vllm.image import save_tar
+    except ImportError as exc:  # the lab runs from a checkout, which has tests/
+        raise LabError(f"cannot load the stand-in vLLM image builder: {exc}") from None
+    return {"image": VLLM_IMAGE, "archive": str(save_tar(root, log=log))}
 
 
 def up(root: Path, count: int = 3, mirror: str | None = None, log: Log = print) -> dict:
@@ -370,10 +389,13 @@ def up(root: Path, count: int = 3, mirror: str | None = None, log: Log = print) 
     repo = ensure_repo(root, log)
     timings["repo"] = time.monotonic() - t
     t = time.monotonic()
+    vllm = ensure_standin_vllm(root, log)
+    timings["vllm_image"] = time.monotonic() - t
+    t = time.monotonic()
     paths = _Paths.of(root)
     _ensure_keys(paths, count)
     ports = _reconcile(root, count, list_containers(), log)
-    _write_trust_and_state(root, paths, ports, repo)
+    _write_trust_and_state(root, paths, ports, repo, vllm)
     timings["hosts"] = time.monotonic() - t
     t = time.monotonic()
     states = wait_ready(root, ports, log=log)

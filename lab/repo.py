@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab import IMAGE, LABEL, LabError, lab_dir
-from lab.engine import Log, docker
+from lab.engine import Log, docker, ip_of
 from lab.image import image_id
 
 REPO_CONTAINER = "gpufleet-lab-repo"
@@ -86,14 +86,6 @@ def spec_of(args: list[str]) -> str:
     return next((a[len(prefix) :] for a in args if a.startswith(prefix)), "")
 
 
-def _ip_of(info: dict) -> str:
-    settings = info.get("NetworkSettings") or {}
-    for network in (settings.get("Networks") or {}).values():
-        if (network or {}).get("IPAddress"):
-            return network["IPAddress"]
-    return str(settings.get("IPAddress") or "")
-
-
 def parse_repo_container(info: dict) -> RepoContainer:
     """A RepoContainer from one `docker inspect` object."""
     mounts = info.get("Mounts") or []
@@ -104,7 +96,7 @@ def parse_repo_container(info: dict) -> RepoContainer:
         status=str((info.get("State") or {}).get("Status", "unknown")),
         image=str(info.get("Image", "")),
         source=source,
-        ip=_ip_of(info),
+        ip=ip_of(info),
         spec=str(labels.get(SPEC_LABEL, "")),
     )
 

@@ -6,6 +6,8 @@
      "toolkit_repo": {"url": "http://172.17.0.5:8080", "fingerprint": "<40 hex digits>",
                       "container": "gpufleet-lab-repo", "versions": ["1.17.8-1", "1.17.9-1"]}}
 
+Host entries may carry "address" (the bridge IP) and the state "vllm_standin"
+({"image", "archive"}: the STAND-IN vLLM image and its `docker save` tarball).
 `toolkit_repo` is the lab's STAND-IN NVIDIA Container Toolkit repository (lab/repo.py); it is
 absent from state files written before it existed, and then the hosts get no repository data.
 
@@ -90,22 +92,30 @@ def load_state(root: str | Path) -> dict[str, Any] | None:
 
 
 def make_state(
-    hosts: list[tuple[str, str, int]],
+    hosts: list[tuple],
     ssh_key: Path,
     known_hosts: Path,
     image: str = IMAGE,
     toolkit_repo: dict[str, Any] | None = None,
+    vllm_standin: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The state for `hosts` given as (name, container, port), and the stand-in toolkit
-    repository (url, fingerprint, ...) as lab.repo.ensure_repo returns it."""
+    """The state for `hosts` given as (name, container, port[, bridge address]), the stand-in
+    toolkit repository (url, fingerprint, ...) as lab.repo.ensure_repo returns it, and the
+    stand-in vLLM image ({"image", "archive"}) as lab.fleet.ensure_standin_vllm does."""
     state = {
-        "hosts": [{"name": n, "container": c, "port": p} for n, c, p in hosts],
+        "hosts": [
+            {"name": h[0], "container": h[1], "port": h[2]}
+            | ({"address": h[3]} if len(h) > 3 and h[3] else {})
+            for h in hosts
+        ],
         "ssh_key": str(Path(ssh_key).resolve()),
         "known_hosts": str(Path(known_hosts).resolve()),
         "image": image,
     }
     if toolkit_repo is not None:
         state["toolkit_repo"] = dict(toolkit_repo)
+    if vllm_standin is not None:
+        state["vllm_standin"] = dict(vllm_standin)
     return state
 
 
@@ -140,6 +150,17 @@ def repo_host_data(state: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def vllm_host_data(state: dict[str, Any], host: dict[str, Any]) -> dict[str, str]:
+    """Host data for the vLLM layer: the STAND-IN image, loaded from its archive (the lab has
+    no registry), and the bridge address where the controller (tests, Prometheus) reaches
+    the host's API; {} for state files written before they existed."""
+    data = {"host_address": host["address"]} if host.get("address") else {}
+    standin = state.get("vllm_standin")
+    if isinstance(standin, dict) and standin.get("image") and standin.get("archive"):
+        data |= {"vllm_image": standin["image"], "vllm_image_archive": standin["archive"]}
+    return data
+
+
 def inventory_hosts(state: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """pyinfra inventory entries `(name, data)` for the hosts of `state`: SSH as root to
     127.0.0.1:<port> with the lab key, host keys checked strictly against known_hosts, and
@@ -155,6 +176,7 @@ def inventory_hosts(state: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
                 "ssh_known_hosts_file": state["known_hosts"],
                 "ssh_strict_host_key_checking": "yes",
                 **repo_host_data(state),
+                **vllm_host_data(state, host),
             },
         )
         for host in state["hosts"]
