@@ -1,8 +1,8 @@
 """Facts of the vLLM layer, in one round trip: the deploy's containers and secrets files.
 
 ``VllmState`` lists every container labelled ``gpufleet.vllm`` (whatever its state) as its
-full ``docker inspect`` JSON, and the SHA-256 of each secrets file in ``SECRETS_DIR`` (the
-hash only: the files are root-only and their content never leaves the host). Without a
+full ``docker inspect`` JSON, and the SHA-256, owner and mode of each secrets file in
+``SECRETS_DIR`` (the hash only: the files are root-only and their content stays there). Without a
 Docker engine (a first run plans before the Docker layer installed it) it reports none.
 """
 
@@ -21,7 +21,9 @@ _SCRIPT = rf"""
 ids=$(docker ps -aq --filter label={LABEL} 2>/dev/null) || {{ echo docker=down; exit 0; }}
 echo docker=up
 [ -z "$ids" ] || docker inspect --format 'container={{{{json .}}}}' $ids
-for f in {SECRETS_DIR}/*.env; do [ -f "$f" ] && echo "secrets=$(sha256sum "$f")"; done
+for f in {SECRETS_DIR}/*.env; do
+  [ -f "$f" ] && echo "secrets=$(sha256sum "$f")" && echo "owner=$(stat -c %U:%G:%a "$f") $f"
+done
 true
 """
 
@@ -32,8 +34,9 @@ def state_command() -> str:
 
 
 def parse_state(lines: list[str]) -> dict[str, Any]:
-    """{"docker": up?, "containers": {instance: inspect JSON}, "secrets": {path: sha256}}."""
-    state: dict[str, Any] = {"docker": False, "containers": {}, "secrets": {}}
+    """{"docker": up?, "containers": {instance: inspect JSON}, "secrets": {path: sha256},
+    "owners": {path: "user:group:mode"}}."""
+    state: dict[str, Any] = {"docker": False, "containers": {}, "secrets": {}, "owners": {}}
     for line in lines:
         key, _, value = line.partition("=")
         if key == "docker":
@@ -45,6 +48,9 @@ def parse_state(lines: list[str]) -> dict[str, Any]:
         elif key == "secrets":
             digest, _, path = value.partition("  ")
             state["secrets"][path] = digest
+        elif key == "owner":
+            owner, _, path = value.partition(" ")
+            state["owners"][path] = owner
     return state
 
 
@@ -59,4 +65,4 @@ class VllmState(FactBase):
 
     @staticmethod
     def default() -> dict[str, Any]:
-        return {"docker": False, "containers": {}, "secrets": {}}
+        return parse_state([])

@@ -9,67 +9,13 @@ missing prerequisite is a failure.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-HOSTS = ["lab-1", "lab-2", "lab-3"]
+from tests.e2e.helpers import daemon_json, deploy, on_host, run
+
 pytestmark = pytest.mark.lab
-
-
-def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    done.output = done.stdout + done.stderr
-    return done
-
-
-def deploy(*args: str) -> subprocess.CompletedProcess:
-    return run(sys.executable, "-m", "pyinfra", "inventory/lab.py", "deploy.py", *args)
-
-
-def on_host(name: str, command: str) -> subprocess.CompletedProcess:
-    """Run a shell command on a lab host over SSH, the lab's pinned host key checked."""
-    state = json.loads((ROOT / ".lab" / "state.json").read_text())
-    (port,) = [h["port"] for h in state["hosts"] if h["name"] == name]
-    return run(
-        "ssh", "-q", "-i", state["ssh_key"], "-o", f"UserKnownHostsFile={state['known_hosts']}",
-        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", str(port),
-        "root@127.0.0.1", command,
-    )  # fmt: skip
-
-
-def daemon_json(name: str) -> dict:
-    done = on_host(name, "cat /etc/docker/daemon.json")
-    assert done.returncode == 0, done.output
-    return json.loads(done.stdout)
-
-
-def _missing_prerequisite() -> str | None:
-    if shutil.which("debootstrap") is None:
-        return "debootstrap is not installed"
-    engine_up = (
-        run("docker", "info", timeout=60).returncode == 0 if shutil.which("docker") else False
-    )
-    if not engine_up and os.geteuid() != 0:
-        return "no Docker engine answers and not root (the lab can start one only as root)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def lab():
-    missing = _missing_prerequisite()
-    if missing:
-        if os.environ.get("GPUFLEET_REQUIRE_LAB"):
-            pytest.fail(f"lab end-to-end test required but {missing}")
-        pytest.skip(missing)
-    up = run(sys.executable, "-m", "lab", "up", "--hosts", str(len(HOSTS)), timeout=1800)
-    assert up.returncode == 0, up.output
-    return HOSTS
 
 
 def test_deploy_runs_every_layer_on_every_host_over_ssh(lab):
@@ -77,7 +23,6 @@ def test_deploy_runs_every_layer_on_every_host_over_ssh(lab):
     assert done.returncode == 0, done.output
     for name in lab:
         assert f"[{name}] preflight: debian 12 x86_64" in done.output
-        assert f"[{name}] vllm: not implemented yet" in done.output
     assert "preflight failed" not in done.output and "Driver failed" not in done.output
 
 
@@ -102,6 +47,10 @@ def test_verify_passes_and_writes_the_fleet_report(lab, tmp_path):
         # spec and the GPU container do not apply without GPUs
         assert cells["toolkit"]["status"] == "PASS" and cells["toolkit"]["passed"] == 5
         assert cells["toolkit"]["not_applicable"] == 2
+        # image and restart policy, published address, secrets file, secrets not in inspect,
+        # /health, /v1/models, one-token completion, /v1 refused without the key; GPUs N/A
+        assert cells["vllm"]["status"] == "PASS" and cells["vllm"]["passed"] == 8
+        assert cells["vllm"]["not_applicable"] == 1
     assert "fleet report" in done.output
 
 

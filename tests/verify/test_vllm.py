@@ -1,0 +1,150 @@
+"""Verify, layer 4 (vLLM): every configured instance runs the pinned image with its restart
+policy, is published only on the configured address, holds the controller's secrets (and
+shows them nowhere), answers /health, lists its model, completes one token with the API key
+and refuses /v1 without it. The GPU check runs nvidia-smi inside the container ("not
+applicable" on GPU-less hosts).
+
+Container state comes from the deploy's own VllmState fact (one round trip per host); API
+calls run curl on the host itself against the address the deploy probes, the key read there
+from the root-only secrets file and handed to curl on stdin, never on a command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+
+import pytest
+
+from operations.config import VllmInstance
+from operations.secrets import env_file, vllm_secrets
+from operations.vllm import CONTAINER_PORT, probe_address, secrets_path
+from operations.vllm_facts import parse_state, state_command
+from tests.verify.fleet import FleetHost
+
+pytestmark = pytest.mark.vllm
+
+
+def state(fleet_host: FleetHost) -> dict:
+    return fleet_host.fact(state_command(), parse_state)
+
+
+def servers(fleet_host: FleetHost) -> list[VllmInstance]:
+    return fleet_host.config.vllm.servers()
+
+
+def inspect_of(fleet_host: FleetHost, server: VllmInstance) -> dict:
+    found = state(fleet_host)["containers"].get(server.name)
+    assert found, f"{server.container}: no such container"
+    return found
+
+
+def api(
+    fleet_host: FleetHost, server: VllmInstance, path: str, body: dict | None = None, key=True
+) -> tuple[int, str]:
+    """(HTTP status, body) of one request from the host to the instance's API."""
+    url = f"http://{probe_address(fleet_host.config)}:{server.port}{path}"
+    options = ["-sS", "--max-time", "30", "-o", "/dev/stdout", "-w", r"\n%{http_code}"]
+    if body is not None:
+        options += ["-H", "Content-Type: application/json", "--data", json.dumps(body)]
+    header = ""
+    if key:  # from the host's secrets file to curl's stdin (printf is a shell builtin)
+        secrets = shlex.quote(secrets_path(server))
+        header = (
+            f'( set -a; . {secrets}; [ -z "$VLLM_API_KEY" ] || '
+            'printf \'header = "Authorization: Bearer %s"\\n\' "$VLLM_API_KEY" ) | '
+        )
+    result = fleet_host.host.run(f"{header}curl -K - {shlex.join(options)} {shlex.quote(url)}")
+    text, _, code = result.stdout.rpartition("\n")
+    assert result.rc == 0 and code.isdigit(), f"{server.container}: {url}: {result.stderr}"
+    return int(code), text
+
+
+def _needs_key(fleet_host: FleetHost) -> str:
+    key = vllm_secrets(fleet_host.config.vllm).get("VLLM_API_KEY")
+    if not key:
+        pytest.skip("not applicable: no API key is set on the controller")
+    return key
+
+
+def test_containers_run_the_pinned_image_with_the_restart_policy(fleet_host: FleetHost):
+    vllm = fleet_host.config.vllm
+    for server in servers(fleet_host):
+        inspect = inspect_of(fleet_host, server)
+        assert inspect["State"]["Status"] == "running", f"{server.container}: {inspect['State']}"
+        assert inspect["Config"]["Image"] == vllm.image
+        assert inspect["HostConfig"]["RestartPolicy"]["Name"] == vllm.restart_policy
+    extra = set(state(fleet_host)["containers"]) - {s.name for s in servers(fleet_host)}
+    assert not extra, f"instances not in the config still exist: {sorted(extra)}"
+
+
+def test_port_published_only_on_the_configured_address(fleet_host: FleetHost):
+    bind = str(fleet_host.config.vllm.bind_address)
+    for server in servers(fleet_host):
+        ports = inspect_of(fleet_host, server)["NetworkSettings"]["Ports"]
+        bindings = {(b["HostIp"], b["HostPort"]) for b in ports.get(f"{CONTAINER_PORT}/tcp") or []}
+        # Docker also lists the IPv6 twin of an any-address binding
+        bindings -= {("::", str(server.port))} if bind == "0.0.0.0" else set()
+        assert bindings == {(bind, str(server.port))}, f"{server.container}: {bindings}"
+
+
+def test_secrets_file_is_root_only_and_holds_the_controllers_secrets(fleet_host: FleetHost):
+    expected = env_file(vllm_secrets(fleet_host.config.vllm)).reveal()
+    digest = hashlib.sha256(expected.encode()).hexdigest()
+    for server in servers(fleet_host):
+        path = secrets_path(server)
+        assert state(fleet_host)["owners"].get(path) == "root:root:600", path
+        assert state(fleet_host)["secrets"].get(path) == digest, f"{path} differs from the config"
+
+
+def test_secrets_are_not_in_docker_inspect(fleet_host: FleetHost):
+    secrets = list(vllm_secrets(fleet_host.config.vllm).values())
+    for server in servers(fleet_host):
+        text = json.dumps(inspect_of(fleet_host, server))
+        assert not [s for s in secrets if s in text], f"{server.container}: a secret is visible"
+        env = inspect_of(fleet_host, server)["Config"]["Env"] or []
+        named = [e.split("=")[0] for e in env if e.startswith(("HF_TOKEN=", "VLLM_API_KEY="))]
+        assert not named, f"{server.container}: {named} in the container's environment"
+
+
+def test_containers_see_their_gpus(fleet_host: FleetHost):
+    if not fleet_host.config.host.has_gpus:
+        pytest.skip("not applicable: host_has_gpus is False")
+    on_host = fleet_host.host.run("nvidia-smi -L")
+    assert on_host.rc == 0, on_host.stderr
+    for server in servers(fleet_host):
+        inside = fleet_host.host.run(f"docker exec {server.container} nvidia-smi -L")
+        assert inside.rc == 0, f"{server.container}: {inside.stderr}"
+        expected = on_host.stdout.count("GPU ") if server.gpus == "all" else len(server.gpus)
+        assert inside.stdout.count("GPU ") == expected, f"{server.container}: {inside.stdout}"
+
+
+def test_health_answers_200(fleet_host: FleetHost):
+    for server in servers(fleet_host):
+        code, text = api(fleet_host, server, "/health", key=False)
+        assert code == 200, f"{server.container}: /health {code} {text[:200]}"
+
+
+def test_models_lists_the_served_name(fleet_host: FleetHost):
+    for server in servers(fleet_host):
+        code, text = api(fleet_host, server, "/v1/models")
+        assert code == 200, f"{server.container}: /v1/models {code} {text[:200]}"
+        names = [model["id"] for model in json.loads(text)["data"]]
+        assert server.served_name in names, f"{server.container}: serves {names}"
+
+
+def test_one_token_completion(fleet_host: FleetHost):
+    for server in servers(fleet_host):
+        body = {"model": server.served_name, "prompt": "Hello", "max_tokens": 1}
+        code, text = api(fleet_host, server, "/v1/completions", body)
+        assert code == 200, f"{server.container}: /v1/completions {code} {text[:200]}"
+        choice = json.loads(text)["choices"][0]
+        assert isinstance(choice.get("text"), str), f"{server.container}: {text[:200]}"
+
+
+def test_v1_refused_without_the_api_key(fleet_host: FleetHost):
+    _needs_key(fleet_host)
+    for server in servers(fleet_host):
+        code, _ = api(fleet_host, server, "/v1/models", key=False)
+        assert code == 401, f"{server.container}: /v1/models without the key answered {code}"
