@@ -10,16 +10,17 @@ else. What a host gets, in order:
    so downloaded models survive every recreation and image upgrade.
 2. The pinned image, pulled (pyinfra's ``docker.image``) before any running container is
    replaced, so a failed pull leaves the old server serving.
-3. Per instance, a root-only secrets file (``/etc/gpufleet/vllm/<name>.env``, 0600 in a 0700
+3. Containers of instances no longer configured are removed, with their secrets files, first:
+   a new instance may take over a retired one's port or GPUs.
+4. Per instance, a root-only secrets file (``/etc/gpufleet/vllm/<name>.env``, 0600 in a 0700
    directory) holding ``HF_TOKEN`` and ``VLLM_API_KEY`` from the controller. It is bind-mounted
    read-only and sourced by a ``/bin/sh`` wrapper before ``exec vllm serve``, so the values are
    in no command line, in no pyinfra output (uploaded as a file, never diffed) and in no
    ``docker inspect`` field (``Config.Env`` holds only non-secret variables).
-4. The container (re)created when needed, then gated on readiness: ``/health`` answers 200 and
+5. The container (re)created when needed, then gated on readiness: ``/health`` answers 200 and
    ``/v1/models`` lists the served name (with the API key), within ``vllm_ready_timeout_s``.
    A container that exits or restarts meanwhile, or never gets ready, fails this host with
    its last log lines.
-5. Containers of instances no longer configured are removed, with their secrets files.
 
 Rolling a change through a fleet a few hosts at a time: ``python -m operations.rollout``.
 """
@@ -248,8 +249,9 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     else:
         docker.image(name=f"Pull {image}", image=image, present=True)
     servers = config.vllm.servers()
+    # retired first: a new instance may take over a retired one's port or GPUs
+    retired(name="Remove retired vLLM instances", keep=[s.name for s in servers])
     for instance in servers:
         container(
             name=f"vLLM {instance.container}", config=config, server=instance, secrets=secrets
         )
-    retired(name="Remove retired vLLM instances", keep=[s.name for s in servers])

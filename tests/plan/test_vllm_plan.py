@@ -64,8 +64,8 @@ def docker_run(commands: list[str]) -> list[str]:
 
 def test_fresh_host_gets_the_full_container_spec_and_a_readiness_gate(tmp_path, monkeypatch):
     planned = plan_of(tmp_path, monkeypatch, state=["docker=down"], image_present=False)
-    assert list(planned) == [*BASE, "Pull vllm/vllm-openai:v0.11.0", "vLLM vllm-main",
-                             "Remove retired vLLM instances"]  # fmt: skip
+    assert list(planned) == [*BASE, "Pull vllm/vllm-openai:v0.11.0",
+                             "Remove retired vLLM instances", "vLLM vllm-main"]  # fmt: skip
     assert planned["Pull vllm/vllm-openai:v0.11.0"] == [
         "docker image pull vllm/vllm-openai:v0.11.0"
     ]
