@@ -1,4 +1,4 @@
-"""`python -m lab {up,down,status,repo,image}`: the local lab fleet (see lab/__init__.py)."""
+"""`python -m lab {up,down,status,repo,ask,image}`: the local lab fleet (see lab/__init__.py)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         "repo",
         help="only build and serve the stand-in toolkit repository (hosts untouched)",
     )
+    ask = sub.add_parser("ask", help="ask every vLLM server of a targets file for a completion")
+    ask.add_argument("targets", help="Prometheus file_sd file (python -m operations.prometheus)")
     image = sub.add_parser("image", help="build the host image (only if it is out of date)")
     image.add_argument("--rebuild", action="store_true", help="build even if up to date")
     image.add_argument("--mirror", metavar="URL", help=mirror_help)
@@ -59,6 +61,11 @@ def _dispatch(args: argparse.Namespace, root) -> None:
         fleet.status(root)
     elif args.command == "repo":
         fleet.serve_repo(root)
+    elif args.command == "ask":
+        from lab.ask import ask
+
+        if not ask(args.targets):
+            raise LabError("not every vLLM server answered")
     elif args.command == "image":
         from lab.engine import ensure_engine
 
