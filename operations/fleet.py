@@ -7,6 +7,7 @@ stops the whole run before any fact is gathered or any operation is planned on a
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -64,3 +65,14 @@ def inventory_data(inventory_path: str, limit: Iterable[str] = ()) -> dict[str, 
     with ctx_state.use(State()):  # pyinfra's loader records the file it execs on a state
         inventory = make_inventory(inventory_path, cwd=str(ROOT))
     return {host.name: host.data.dict() for host in select_hosts(inventory, limit)}
+
+
+def add_limit_option(parser: argparse.ArgumentParser) -> None:
+    """``--limit HOST_OR_GROUP`` (repeatable, or a,b) for the controller-side commands."""
+    parser.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="HOST_OR_GROUP",
+        help="only these hosts or groups, like pyinfra's --limit (repeatable, or a,b)",
+    )

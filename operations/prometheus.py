@@ -34,7 +34,7 @@ from typing import Any
 from pyinfra.api.exceptions import PyinfraError
 
 from operations.config import FleetConfig
-from operations.fleet import inventory_data
+from operations.fleet import add_limit_option, inventory_data
 from operations.settings import load_fleet
 
 DEFAULT_OUTPUT = Path("reports/prometheus/vllm-targets.json")
@@ -106,13 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Write a Prometheus file_sd targets file for the fleet's vLLM servers.",
     )
     parser.add_argument("inventory", help="pyinfra inventory, e.g. inventory/prod.py")
-    parser.add_argument(
-        "--limit",
-        action="append",
-        default=[],
-        metavar="HOST_OR_GROUP",
-        help="only these hosts or groups, like pyinfra's --limit (repeatable, or a,b)",
-    )
+    add_limit_option(parser)
     parser.add_argument(
         "-o",
         "--output",

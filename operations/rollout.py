@@ -33,7 +33,7 @@ from typing import Any
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra_cli.util import parse_cli_arg
 
-from operations.fleet import ROOT, inventory_data
+from operations.fleet import ROOT, add_limit_option, inventory_data
 from operations.settings import load_fleet
 
 Runner = Callable[..., int]
@@ -144,13 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch", type=_positive, default=1, metavar="N", help="hosts per batch (default: 1)"
     )
-    parser.add_argument(
-        "--limit",
-        action="append",
-        default=[],
-        metavar="HOST_OR_GROUP",
-        help="only these hosts or groups, like pyinfra's --limit (repeatable, or a,b)",
-    )
+    add_limit_option(parser)
     return parser
 
 

@@ -27,13 +27,6 @@ cpu = [("c1", {"deploy_layers": ["preflight", "docker"], "ssh_hostname": "10.0.0
 """
 
 
-@pytest.fixture(autouse=True)
-def _no_controller_secrets(monkeypatch):
-    """Validation reads the vLLM secrets from the controller's environment: keep it neutral."""
-    for name in ("HF_TOKEN", "VLLM_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def inventory(tmp_path: Path) -> str:
     path = tmp_path / "fleet.py"

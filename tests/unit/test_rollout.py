@@ -47,13 +47,6 @@ class Runner:
         return [[c[i + 1] for i, arg in enumerate(c) if arg == "--limit"] for c in self.commands]
 
 
-@pytest.fixture(autouse=True)
-def _no_controller_secrets(monkeypatch):
-    """Validation reads the vLLM secrets from the controller's environment: keep it neutral."""
-    for name in ("HF_TOKEN", "VLLM_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def inventory(tmp_path: Path) -> str:
     path = tmp_path / "fleet.py"
