@@ -21,6 +21,7 @@ if str(_ROOT) not in _sys.path:
 from lab import LabError as _LabError  # noqa: E402
 from lab.state import inventory_hosts as _inventory_hosts  # noqa: E402
 from lab.state import load_state as _load_state  # noqa: E402
+from operations.settings import checked_hosts as _checked_hosts  # noqa: E402
 
 try:
     _state = _load_state(_ROOT)
@@ -29,4 +30,4 @@ except _LabError as _exc:
 if _state is None:
     raise _PyinfraError("no lab fleet is up: run `python -m lab up` first")
 
-lab_hosts = _inventory_hosts(_state)
+lab_hosts = _checked_hosts(_inventory_hosts(_state))

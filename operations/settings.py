@@ -103,6 +103,58 @@ def _problems_from_errors(host: str, errors: list[dict], data: Mapping[str, Any]
     ]
 
 
+# pyinfra's SSH data that pyinfra itself does not check before connecting: a missing key file
+# ends in a traceback in its connector, and port 70000 silently becomes port 4464.
+_SSH_STRICT = ("yes", "no", "accept-new", "off", "ask")
+_SSH_CHECKS: dict[str, tuple[Any, str]] = {
+    "ssh_port": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536,
+        "must be a port number from 1 to 65535",
+    ),
+    "ssh_hostname": (
+        lambda v: isinstance(v, str) and v.strip() == v and v != "" and " " not in v,
+        "must be a host name or address (no spaces)",
+    ),
+    "ssh_user": (
+        lambda v: isinstance(v, str) and v != "" and not any(c.isspace() for c in v),
+        "must be a user name (no spaces)",
+    ),
+    "ssh_key": (
+        lambda v: isinstance(v, str) and Path(v).expanduser().is_file(),
+        "must be a private key file that exists on the controller",
+    ),
+    "ssh_known_hosts_file": (
+        lambda v: isinstance(v, str) and Path(v).expanduser().is_file(),
+        "must be a known_hosts file that exists on the controller",
+    ),
+    "ssh_strict_host_key_checking": (
+        lambda v: v in _SSH_STRICT,
+        f"must be one of {', '.join(_SSH_STRICT)}",
+    ),
+}
+
+
+def ssh_problems(host: str, data: Mapping[str, Any]) -> list[Problem]:
+    """Broken SSH data of one host (only the keys it sets)."""
+    return [
+        Problem(host, key, data[key], allowed)
+        for key, (ok, allowed) in _SSH_CHECKS.items()
+        if key in data and data[key] is not None and not ok(data[key])
+    ]
+
+
+def checked_hosts(hosts: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """An inventory group, returned as given once its SSH data is sound; else ConfigError.
+
+    Call it in inventory files (``gpu_servers = checked_hosts([...])``): pyinfra reads the
+    inventory before it connects, so broken SSH data stops the run before any host is reached.
+    """
+    problems = [problem for name, data in hosts for problem in ssh_problems(name, data)]
+    if problems:
+        raise ConfigError(problems)
+    return hosts
+
+
 def _controller_problems(host: str, config: FleetConfig) -> list[Problem]:
     """What the vLLM layer reads on the controller (secrets, an image archive) must be there."""
     if "vllm" not in config.deploy.layers:
@@ -132,6 +184,7 @@ def load_config(host: str, data: Mapping[str, Any]) -> tuple[FleetConfig | None,
     except ValidationError as error:
         problems += _problems_from_errors(host, error.errors(), data)
         config = None
+    problems += ssh_problems(host, data)
     if config is not None:
         problems += [Problem(host, *conflict) for conflict in config.conflicts()]
         problems += _controller_problems(host, config)

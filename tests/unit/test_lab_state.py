@@ -140,8 +140,15 @@ def _exec_inventory(root: Path) -> dict:
     return namespace
 
 
+def _keys(tmp_path):
+    """The key files the state names (the inventory refuses SSH data naming missing files)."""
+    for name in ("id_ed25519", "known_hosts"):
+        (tmp_path / ".lab" / name).touch()
+
+
 def test_inventory_file_defines_lab_hosts_group(tmp_path):
     save_state(tmp_path, _state(tmp_path))
+    _keys(tmp_path)
     namespace = _exec_inventory(tmp_path)
     groups = {k: v for k, v in namespace.items() if not k.startswith("_") and isinstance(v, list)}
     assert list(groups) == ["lab_hosts"]
@@ -150,8 +157,15 @@ def test_inventory_file_defines_lab_hosts_group(tmp_path):
 
 def test_inventory_file_gives_hosts_the_standin_repo(tmp_path):
     save_state(tmp_path, {**_state(tmp_path), "toolkit_repo": STANDIN})
+    _keys(tmp_path)
     hosts = _exec_inventory(tmp_path)["lab_hosts"]
     assert [data["toolkit_repo_url"] for _name, data in hosts] == [STANDIN["url"]] * 2
+
+
+def test_inventory_file_refuses_a_missing_key_file(tmp_path):
+    save_state(tmp_path, _state(tmp_path))
+    with pytest.raises(PyinfraError, match="lab-1: ssh_key = .*: must be a private key file"):
+        _exec_inventory(tmp_path)
 
 
 def test_inventory_file_without_state_raises_pyinfra_error(tmp_path):
