@@ -6,13 +6,15 @@
 
 Before anything is planned on any host, the config of every targeted host is validated
 (operations.fleet); one bad value stops the run with an error naming host, key and value.
-Preflight always runs and gates the other layers; they run in stack order.
+Preflight always runs and gates the other layers; they run in stack order, after the package
+manager is made ready (apt waits for a held lock; an interrupted dpkg run is finished).
 """
 
 from pyinfra import host, state
 
 from operations import docker, driver, preflight, toolkit, vllm
 from operations.fleet import host_config
+from operations.packages import package_manager_ready
 
 LAYERS = {
     "driver": driver.apply,
@@ -24,6 +26,8 @@ LAYERS = {
 config = host_config(state, host)
 profile = preflight.run(config)
 if profile is not None:
+    if set(LAYERS) & set(config.deploy.layers):  # every layer installs packages
+        package_manager_ready(config.deploy.lock_timeout_s, profile)
     for layer, apply in LAYERS.items():
         if layer in config.deploy.layers:
             apply(config, profile)

@@ -7,6 +7,8 @@ Override any key in group_data/<group>.py, in host data in the inventory, or wit
 # --- deploy: What a deploy run does.
 # Layers to apply (in stack order); preflight always runs (e.g. --data deploy_layers=driver,docker).
 deploy_layers = ["preflight", "driver", "docker", "toolkit", "vllm"]
+# How long apt waits for a lock another process holds (unattended-upgrades).
+deploy_lock_timeout_s = 600
 
 # --- host: What the operator declares about the machine itself.
 # The host has NVIDIA GPUs; false for GPU-less hosts (the lab): GPU checks say 'not applicable'.
@@ -131,6 +133,8 @@ vllm_ipc_host = True
 vllm_shm_size = "10g"
 # Host path of the Hugging Face cache; survives container recreation.
 vllm_hf_cache_dir = "/var/lib/gpufleet/huggingface"
+# Free space the cache's filesystem needs before a server is (re)created.
+vllm_min_free_cache_gib = 20.0
 # Controller environment variable holding the HF token.
 vllm_hf_token_env = "HF_TOKEN"
 # Controller file holding the HF token (instead of the env var).

@@ -22,3 +22,5 @@ toolkit_version = "1.17.8-1"
 # The STAND-IN vLLM image (tests/standins/vllm) answers at once: a readiness wait of two
 # minutes is ample, where a real model download needs the default half hour.
 vllm_ready_timeout_s = 120
+# The stand-in downloads nothing; the lab's hosts share the controller's disk.
+vllm_min_free_cache_gib = 0.5

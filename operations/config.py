@@ -131,6 +131,13 @@ class DeployConfig(Section):
         "(e.g. --data deploy_layers=driver,docker).",
     )
 
+    lock_timeout_s: int = Field(
+        default=600,
+        ge=0,
+        le=86400,
+        description="How long apt waits for a lock another process holds (unattended-upgrades).",
+    )
+
 
 class HostConfig(Section):
     """What the operator declares about the machine itself."""
@@ -396,6 +403,12 @@ class VllmConfig(VllmServer):
     hf_cache_dir: AbsPath = Field(
         default="/var/lib/gpufleet/huggingface",
         description="Host path of the Hugging Face cache; survives container recreation.",
+    )
+    min_free_cache_gib: float = Field(
+        default=20.0,
+        ge=0,
+        le=1_000_000,
+        description="Free space the cache's filesystem needs before a server is (re)created.",
     )
     hf_token_env: EnvName = Field(
         default="HF_TOKEN", description="Controller environment variable holding the HF token."

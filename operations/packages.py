@@ -16,7 +16,7 @@ import fnmatch
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import FactBase
+from pyinfra.api import FactBase, deploy
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.rpm import RpmPackages
 from pyinfra.operations import apt, dnf, files, server
@@ -145,3 +145,33 @@ def apt_pinned_install(what: str, packages: tuple[str, ...], pinned: tuple[str, 
         name=f"Move {what} to {glob} (installed: {', '.join(moved)})",
         commands=[f"DEBIAN_FRONTEND=noninteractive {install} {' '.join(packages)}"],
     )
+
+
+APT_LOCK_CONF = "/etc/apt/apt.conf.d/90gpufleet-lock-timeout"
+# dpkg itself does not wait for its lock: retry while apt waits would (every 2 s)
+_FINISH_DPKG = (
+    "deadline=$(( $(date +%s) + {timeout} )); "
+    "until DEBIAN_FRONTEND=noninteractive dpkg --configure -a; do "
+    '[ "$(date +%s)" -lt "$deadline" ] || exit 1; sleep 2; done'
+)
+
+
+@deploy("Package manager")
+def package_manager_ready(timeout_s: int, profile: dict) -> None:
+    """Before any layer installs a package on an apt host: make every apt run wait up to
+    ``timeout_s`` for a lock another process holds (unattended-upgrades at boot, a person's
+    apt) instead of failing at once, and finish a dpkg run that was interrupted (a killed
+    install leaves packages half-configured, and apt refuses to work until that is done).
+    dnf waits for its own lock, so EL hosts need neither."""
+    if profile.get("os_id") in ("rocky", "rhel"):
+        return
+    files.put(
+        name="apt waits for a held lock",
+        src=StringIO(f'DPkg::Lock::Timeout "{timeout_s}";\n'),
+        dest=APT_LOCK_CONF,
+    )
+    if profile.get("dpkg_interrupted"):
+        server.shell(
+            name="Finish the interrupted dpkg run",
+            commands=[_FINISH_DPKG.format(timeout=timeout_s)],
+        )

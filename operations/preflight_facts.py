@@ -2,9 +2,9 @@
 
 ``HostProfile`` runs one POSIX shell script that prints ``key=value`` lines: OS release, CPU
 architecture, kernel, the NVIDIA devices on the PCI bus (read from /sys, so it needs neither
-lspci nor a driver), the Secure Boot state (from the EFI variable, so it needs no mokutil)
-and the free space on a path. The verify checks run the same script through testinfra, so
-deploy and verify read the host the same way.
+lspci nor a driver), the Secure Boot state (from the EFI variable, so it needs no mokutil),
+the free space on a path and whether a dpkg run was left unfinished. The verify checks run
+the same script through testinfra, so deploy and verify read the host the same way.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ else
   if [ -z "$var" ]; then echo "secure_boot=unknown"
   elif [ "$(od -An -t u1 -j 4 -N 1 "$var" | tr -d ' ')" = 1 ]; then echo "secure_boot=enabled"
   else echo "secure_boot=disabled"; fi
+fi
+if command -v dpkg >/dev/null && [ -n "$(dpkg --audit 2>/dev/null)" ]; then
+  echo "dpkg_interrupted=yes"
 fi
 path=@PATH@
 while [ ! -e "$path" ]; do path=$(dirname "$path"); done

@@ -168,6 +168,22 @@ def ready_script(config: FleetConfig, server: VllmInstance) -> str:
     return script
 
 
+def cache_space_guard(config: FleetConfig, server: VllmInstance) -> str:
+    """Shell that fails the host, before the running server is touched, when the model cache's
+    filesystem has less than vllm_min_free_cache_gib free (a download would fill it)."""
+    vllm = config.vllm
+    need_kib = int(vllm.min_free_cache_gib * 1024**2)
+    message = (
+        f"{server.container}: only $((free / 1024)) MiB free for the model cache at "
+        f"{vllm.hf_cache_dir}; vllm_min_free_cache_gib needs {vllm.min_free_cache_gib:g} GiB: "
+        "the running server was left as it was"
+    )
+    return (
+        f"free=$(df -Pk {shlex.quote(vllm.hf_cache_dir)} | awk 'NR == 2 {{ print $4 }}'); "
+        f'[ "${{free:-0}}" -ge {need_kib} ] || {{ echo "{message}" >&2; exit 1; }}'
+    )
+
+
 def _upload_secrets(path: str, content: str):
     """Upload beside the target, make it 0600, then move it in: the directory is 0700, so the
     content is never readable by another user, and never printed (files.put's --diff would)."""
@@ -194,6 +210,7 @@ def container(config: FleetConfig, server: VllmInstance, secrets: Sealed):
     if running and labels.get(SPEC_LABEL) == spec and not new_secrets:
         host.noop(f"{server.container} is running with spec {spec}")
         return
+    yield cache_space_guard(config, server)
     yield f"docker rm -f {server.container} >/dev/null 2>&1 || true"
     run = ["docker", "run", "--detach", "--label", f"{SPEC_LABEL}={spec}", *args]
     yield " ".join(shlex.quote(arg) for arg in run) + " >/dev/null"

@@ -7,7 +7,7 @@ through the pyinfra CLI, and fails on a traceback, a command sent, or an error t
 name host, key, value and what is allowed.
 
 HOST_CASES are refusals that depend on what a host is (its OS): they can only be made after
-preflight's one read-only fact command, and they fail that host before any change.
+reading the host (facts only), and they fail that host before any change.
 """
 
 from __future__ import annotations

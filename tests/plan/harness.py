@@ -4,6 +4,8 @@ Hosts get the real group_data (loaded by pyinfra's own inventory loader), script
 output (``fake_responses``) and no delay. ``FakeFleet.plan()`` returns, per host, the
 operations in order with the exact shell commands each would run: given facts -> commands.
 An operation that runs only if an earlier one changes something is named with CONDITIONAL.
+The "Package manager" step every layer shares (operations.packages.package_manager_ready) is
+left out of plans unless asked for (``plan(base=True)``), so layer tests see their layer.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pyinfra_cli.util import load_deploy_file
 
 ROOT = Path(__file__).resolve().parents[2]
 CONDITIONAL = " [if changed]"
+BASE = "Package manager | "
 DEPLOY = str(ROOT / "deploy.py")
 
 
@@ -44,8 +47,9 @@ class FakeFleet:
         self.inventory = None
         self.state = State()
 
-    def plan(self) -> dict[str, list[tuple[str, list[str]]]]:
-        """{host: [(operation name, [commands])]}, in run order; raises what deploy.py raises."""
+    def plan(self, base: bool = False) -> dict[str, list[tuple[str, list[str]]]]:
+        """{host: [(operation name, [commands])]}, in run order; raises what deploy.py raises.
+        ``base``: include the shared package-manager step."""
         pyinfra.is_cli = True
         state = self.state
         with ctx_state.use(state):
@@ -57,7 +61,11 @@ class FakeFleet:
             connect_all(state)
             state.set_stage(StateStage.Prepare)
             load_deploy_file(state, DEPLOY)
-            return {_short(host.name): _host_plan(state, host) for host in self.inventory}
+            plans = {_short(host.name): _host_plan(state, host) for host in self.inventory}
+        return {
+            name: [(op, cmds) for op, cmds in ops if base or not op.startswith(BASE)]
+            for name, ops in plans.items()
+        }
 
     def sent(self) -> dict[str, list[str]]:
         """Every command the planning sent to each host (fact commands included)."""

@@ -138,3 +138,27 @@ def test_bad_value_on_one_host_stops_the_run_before_any_command(tmp_path):
         error.value
     )
     assert fleet.sent() == {"good": [], "bad": []}
+
+
+def test_apt_waits_for_a_held_lock_and_finishes_an_interrupted_dpkg_run(tmp_path):
+    interrupted = profile(H100, "dpkg_interrupted=yes")
+    fleet = FakeFleet(
+        tmp_path, {"h": host(interrupted, deploy_layers="vllm", deploy_lock_timeout_s=120)}
+    )
+    planned = dict(fleet.plan(base=True)["h"])
+    conf = "/etc/apt/apt.conf.d/90gpufleet-lock-timeout"
+    lock = planned["Package manager | apt waits for a held lock"]
+    assert f'upload {conf}: DPkg::Lock::Timeout "120";\n' in lock
+    (finish,) = planned["Package manager | Finish the interrupted dpkg run"]
+    assert "until DEBIAN_FRONTEND=noninteractive dpkg --configure -a; do" in finish
+    assert "deadline=$(( $(date +%s) + 120 ))" in finish
+
+
+def test_no_package_manager_step_when_only_preflight_runs_or_dpkg_is_fine(tmp_path):
+    only_preflight = FakeFleet(tmp_path, {"h": host(profile(H100), deploy_layers="preflight")})
+    assert only_preflight.plan(base=True) == {"h": []}
+    (tmp_path / "2").mkdir()
+    fine = FakeFleet(tmp_path / "2", {"h": host(profile(H100), deploy_layers="vllm")})
+    names = [name for name, _ in fine.plan(base=True)["h"]]
+    assert "Package manager | Finish the interrupted dpkg run" not in names
+    assert "Package manager | apt waits for a held lock" in names

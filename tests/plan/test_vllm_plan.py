@@ -93,6 +93,10 @@ def test_fresh_host_gets_the_full_container_spec_and_a_readiness_gate(tmp_path, 
     assert commands[0] == f"upload {SECRETS_DIR}/main.env.new: VLLM_API_KEY='{KEY}'\n"
     new = f"{SECRETS_DIR}/main.env.new"
     assert commands[1] == f"chmod 600 {new} && mv -f {new} {SECRETS_DIR}/main.env"
+    guard = commands[2]
+    assert "df -Pk /var/lib/gpufleet/huggingface" in guard and "-ge 20971520 ]" in guard
+    assert "vllm_min_free_cache_gib needs 20 GiB: the running server was left" in guard
+    assert commands[3] == "docker rm -f vllm-main >/dev/null 2>&1 || true"
     ready = commands[-1]
     assert "url=http://127.0.0.1:8000" in ready and "timeout=1800" in ready
     assert "served=Qwen/Qwen2.5-1.5B-Instruct" in ready and "docker logs --tail 30" in ready
