@@ -13,7 +13,7 @@ manager is made ready (apt waits for a held lock; an interrupted dpkg run is fin
 from pyinfra import host, state
 
 from operations import docker, driver, preflight, toolkit, vllm
-from operations.fleet import host_config
+from operations.fleet import host_config, summarise_at_exit
 from operations.packages import package_manager_ready
 
 LAYERS = {
@@ -24,6 +24,7 @@ LAYERS = {
 }
 
 config = host_config(state, host)
+summarise_at_exit(state)
 profile = preflight.run(config)
 if profile is not None:
     if set(LAYERS) & set(config.deploy.layers):  # every layer installs packages

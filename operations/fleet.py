@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
 
+from pyinfra import logger
 from pyinfra.api import Host, Inventory, State
 from pyinfra.api.exceptions import NoGroupError
+from pyinfra.api.state import BaseStateCallback
 from pyinfra.context import ContextObject, ctx_state
 from pyinfra_cli.inventory import make_inventory
 
@@ -34,6 +36,41 @@ def fleet_config(state: State) -> dict[str, FleetConfig]:
         targeted = [h for h in state.inventory if state.is_host_in_limit(h)]
         _VALIDATED[state] = load_fleet((h.name, h.data.dict()) for h in targeted)
     return _VALIDATED[state]
+
+
+class FleetSummary(BaseStateCallback):
+    """Ends a run with one line naming the hosts that failed (connection or operation), so
+    an operator running a fleet does not scroll for them: pyinfra's own results table counts
+    hosts per operation but names none."""
+
+    def __init__(self) -> None:
+        self.disconnected: set[str] = set()
+
+    def host_disconnect(self, state: State, host: Host) -> None:
+        self.disconnected.add(host.name)
+        if self.disconnected >= {h.name for h in state.activated_hosts}:
+            logger.info(fleet_summary(state))
+
+
+def fleet_summary(state: State) -> str:
+    """'--> Fleet: 2 of 3 host(s) succeeded; failed: lab-3' for the hosts the run targeted."""
+    targeted = [h.name for h in state.inventory if state.is_host_in_limit(h)]
+    failed = [h.name for h in state.inventory if h in state.failed_hosts]
+    done = len(targeted) - len(failed)
+    tail = f"; failed: {', '.join(failed)}" if failed else ""
+    return f"--> Fleet: {done} of {len(targeted)} host(s) succeeded{tail}"
+
+
+_SUMMARIES: WeakKeyDictionary[State, FleetSummary] = WeakKeyDictionary()
+
+
+def summarise_at_exit(state: State) -> None:
+    """Register FleetSummary once per run (deploy.py runs once per host)."""
+    if isinstance(state, ContextObject):
+        state = ctx_state.get()
+    if state not in _SUMMARIES:
+        _SUMMARIES[state] = FleetSummary()
+        state.add_callback_handler(_SUMMARIES[state])
 
 
 def host_config(state: State, host: Host) -> FleetConfig:
