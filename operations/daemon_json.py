@@ -12,7 +12,9 @@ and given ``docker_restart_timeout_s`` to answer ``docker info``; if it does not
 previous file is put back, Docker restarted on it, and the host fails with dockerd's own
 words. Docker is restarted only when the parsed content changed. A file that is no longer
 valid JSON (edited by hand) is set aside as ``daemon.json.corrupt-<time>`` and rebuilt on
-the last file dockerd accepted (``LAST_GOOD``), so the user's keys of then survive.
+the last good file (``LAST_GOOD``), so the user's keys of then survive. That copy is taken
+when a merge applies, and by a run that finds the user changed a valid file by hand (one
+small change, then none until the file changes again).
 
 Layers in one run merge in turn: the second merge starts from what the first planned, not
 from the file read before the run.
@@ -154,6 +156,12 @@ def _starting_point(layer: str) -> tuple[dict[str, Any], dict[str, list], str | 
     return current, owned, None
 
 
+def _first_merge(layer: str) -> bool:
+    """This layer's merge is the run's first on this host (the one that read the files)."""
+    _, chain = _PLANNED[ctx_host.get()]
+    return chain[0][0] == layer
+
+
 def _record(layer: str, new: dict[str, Any], new_owned: dict[str, list]) -> None:
     _, chain = _PLANNED[ctx_host.get()]
     if layer not in [name for name, _ in chain]:
@@ -175,6 +183,9 @@ def merged(layer: str, managed: Managed, restart_timeout_s: int = 90):
     new_owned = {**owned, layer: [list(p) for p in paths]}
     _record(layer, new, new_owned)
     if new == base and new_owned == owned and corrupt is None:
+        if _first_merge(layer) and parse(host.get_fact(DaemonJson)["last_good"]) != new:
+            yield StringCommand(f"mkdir -p {STATE_DIR} && cp -p {DAEMON_JSON} {LAST_GOOD}")
+            return
         host.noop(f"daemon.json already holds the {layer} keys")
         return
     yield StringCommand(f"mkdir -p {STATE_DIR}")

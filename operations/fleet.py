@@ -39,26 +39,37 @@ def fleet_config(state: State) -> dict[str, FleetConfig]:
 
 
 class FleetSummary(BaseStateCallback):
-    """Ends a run with one line naming the hosts that failed (connection or operation), so
-    an operator running a fleet does not scroll for them: pyinfra's own results table counts
-    hosts per operation but names none."""
+    """Ends a run that executed operations with one line naming the hosts that failed
+    (connection or operation): pyinfra's results table counts hosts per operation but names
+    none. A run that stopped early says so instead of claiming success: pyinfra 3 aborts the
+    whole run on a connection dropped mid-command (paramiko's EOFError is not handled:
+    pyinfra-dev/pyinfra#1220); a re-run converges the hosts."""
 
     def __init__(self) -> None:
         self.disconnected: set[str] = set()
+        self.started = self.ended = 0
+
+    def operation_start(self, state: State, op_hash) -> None:
+        self.started += 1
+
+    def operation_end(self, state: State, op_hash) -> None:
+        self.ended += 1
 
     def host_disconnect(self, state: State, host: Host) -> None:
         self.disconnected.add(host.name)
-        if self.disconnected >= {h.name for h in state.activated_hosts}:
-            logger.info(fleet_summary(state))
+        if self.started and self.disconnected >= {h.name for h in state.activated_hosts}:
+            complete = self.ended == len(state.get_op_order())
+            logger.info(fleet_summary(state, complete))
 
 
-def fleet_summary(state: State) -> str:
+def fleet_summary(state: State, complete: bool = True) -> str:
     """'--> Fleet: 2 of 3 host(s) succeeded; failed: lab-3' for the hosts the run targeted."""
     targeted = [h.name for h in state.inventory if state.is_host_in_limit(h)]
     failed = [h.name for h in state.inventory if h in state.failed_hosts]
-    done = len(targeted) - len(failed)
     tail = f"; failed: {', '.join(failed)}" if failed else ""
-    return f"--> Fleet: {done} of {len(targeted)} host(s) succeeded{tail}"
+    if not complete:
+        return f"--> Fleet: the run stopped before its last operation (error above){tail}"
+    return f"--> Fleet: {len(targeted) - len(failed)} of {len(targeted)} host(s) succeeded{tail}"
 
 
 _SUMMARIES: WeakKeyDictionary[State, FleetSummary] = WeakKeyDictionary()

@@ -9,6 +9,7 @@ import pytest
 from tests.plan.harness import FakeFleet
 
 DOCKER = "https://download.docker.com"
+LAST_GOOD = "/etc/gpufleet/daemon.json.last-good"
 H100 = "pci=0000:1b:00.0 0x030200 0x2330"
 OURS = {"live-restore": True, "log-driver": "json-file",
         "log-opts": {"max-file": "3", "max-size": "100m"}}  # fmt: skip
@@ -184,8 +185,18 @@ def test_users_keys_are_kept_and_ours_merged_in(tmp_path):
 
 def test_converged_daemon_json_plans_no_command(tmp_path):
     current = {**OURS, "debug": True}
-    commands = by_name(plan_of(tmp_path, daemon=daemon_files(current=current, owned=OWNED)))
+    files = daemon_files(current=current, owned=OWNED, last_good=current)
+    commands = by_name(plan_of(tmp_path, daemon=files))
     assert commands["Merge the Docker daemon.json keys"] == []
+
+
+def test_a_hand_edited_valid_file_becomes_the_last_good_one(tmp_path):
+    """The user's new keys must survive a later corruption: only a copy is planned."""
+    current = {**OURS, "debug": True}
+    files = daemon_files(current=current, owned=OWNED, last_good=OURS)
+    commands = by_name(plan_of(tmp_path, daemon=files))
+    (copy,) = commands["Merge the Docker daemon.json keys"]
+    assert copy == "mkdir -p /etc/gpufleet && cp -p /etc/docker/daemon.json " + LAST_GOOD
 
 
 def test_a_key_no_longer_configured_is_removed_and_the_users_stay(tmp_path):
