@@ -88,7 +88,7 @@ def _sample_ps(name: str, stop: threading.Event, seen: list[str]) -> None:
 def test_secrets_appear_nowhere(deployed):
     """New secrets make every host write them and recreate its server, with pyinfra at its
     most verbose and `ps` sampled on lab-1 meanwhile; then no secret is in pyinfra's output,
-    any process's arguments, docker inspect, or the server's log."""
+    any process's arguments, docker inspect, the server's log, the journal or /var/log."""
     new = {"VLLM_API_KEY": "sk-rotated-4d2c9a7e1b", "HF_TOKEN": "hf_rotated8f3e2d1c0b"}
     stop, seen = threading.Event(), []
     sampler = threading.Thread(target=_sample_ps, args=("lab-1", stop, seen))
@@ -102,7 +102,11 @@ def test_secrets_appear_nowhere(deployed):
     assert done.output.count("vllm-main: ready, serving") == 3  # every host did recreate
     assert len(seen) >= 3 and any("vllm serve" in ps or "server.py" in ps for ps in seen)
     for name in deployed:
-        inspect = on_host(name, "docker inspect vllm-main; docker logs vllm-main 2>&1; ps -eo args")
+        inspect = on_host(
+            name,
+            "docker inspect vllm-main; docker logs vllm-main 2>&1; ps -eo args; "
+            "journalctl --no-pager -q -n 5000 2>/dev/null; cat /var/log/*.log 2>/dev/null",
+        )
         assert inspect.returncode == 0 and "HF_HOME=" in inspect.stdout
         for value in new.values():
             where = [text for text in (done.output, inspect.stdout, *seen) if value in text]

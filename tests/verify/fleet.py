@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import tempfile
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,3 +102,32 @@ def load_hosts(inventory_path: str, limit: Iterable[str] = ()) -> list[FleetHost
     configs = load_fleet(selected.items())
     ssh_config = write_ssh_config(selected)
     return [FleetHost(name, configs[name], data, ssh_config) for name, data in selected.items()]
+
+
+FactGetter = Callable[[FleetHost], Any]
+_PREFETCH: list[FactGetter] = []
+
+
+def prefetched(getter: FactGetter) -> FactGetter:
+    """Marks a check module's fact getter (one script, one round trip): the plugin runs it
+    for every host at once before the checks start, so a fleet is read in parallel."""
+    _PREFETCH.append(getter)
+    return getter
+
+
+def prefetch(hosts: list[FleetHost], modules: set[str], workers: int = 32) -> None:
+    """Connect to every host and run the marked fact getters of ``modules``, hosts in
+    parallel (one thread each: testinfra runs ssh processes). Failures are left to the
+    checks, which report them (an unreachable host fails its row)."""
+    getters = [getter for getter in _PREFETCH if getter.__module__ in modules]
+
+    def warm(host: FleetHost) -> None:
+        for getter in getters:
+            try:
+                getter(host)
+            except Exception:  # noqa: BLE001 - the check calling it again reports it
+                return
+
+    if hosts and getters:
+        with ThreadPoolExecutor(max_workers=min(workers, len(hosts))) as pool:
+            list(pool.map(warm, hosts))

@@ -22,7 +22,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 from operations.config import LAYERS
 from operations.settings import ConfigError
-from tests.verify.fleet import ROOT, FleetHost, Unreachable, load_hosts
+from tests.verify.fleet import ROOT, FleetHost, Unreachable, load_hosts, prefetch
 
 VERIFY_DIR = Path(__file__).resolve().parent
 NOT_APPLICABLE = "not applicable"
@@ -71,6 +71,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "fleet_host" in metafunc.fixturenames:
         hosts = metafunc.config.stash.get(HOSTS, [])
         metafunc.parametrize("fleet_host", hosts, ids=[host.name for host in hosts])
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Read every host at once (facts of the selected checks' modules) before the checks."""
+    hosts = session.config.stash.get(HOSTS, [])
+    prefetch(hosts, {item.module.__name__ for item in session.items if item.module})
 
 
 def _layer(item: pytest.Item) -> str | None:

@@ -10,15 +10,17 @@ import pytest
 from operations.daemon_json import DaemonJson, holds, parse
 from operations.docker import daemon_keys
 from operations.docker_facts import parse_stack, stack_command
-from tests.verify.fleet import FleetHost
+from tests.verify.fleet import FleetHost, prefetched
 
 pytestmark = pytest.mark.docker
 
 
+@prefetched
 def stack(fleet_host: FleetHost) -> dict:
     return fleet_host.fact(stack_command(), parse_stack)
 
 
+@prefetched
 def daemon_files(fleet_host: FleetHost) -> dict:
     fact = DaemonJson()
     return fleet_host.fact(fact.command(), fact.process)

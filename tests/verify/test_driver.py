@@ -15,11 +15,12 @@ from operations.driver_facts import (
     parse_driver_state,
 )
 from operations.preflight_facts import parse_profile, profile_command
-from tests.verify.fleet import FleetHost
+from tests.verify.fleet import FleetHost, prefetched
 
 pytestmark = pytest.mark.driver
 
 
+@prefetched
 def _state(fleet_host: FleetHost) -> dict:
     return fleet_host.fact(driver_command(), parse_driver_state)
 

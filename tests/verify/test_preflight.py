@@ -9,11 +9,12 @@ import pytest
 
 from operations import preflight
 from operations.preflight_facts import parse_profile, profile_command
-from tests.verify.fleet import FleetHost
+from tests.verify.fleet import FleetHost, prefetched
 
 pytestmark = pytest.mark.preflight
 
 
+@prefetched
 def _profile(fleet_host: FleetHost) -> dict:
     """The host's profile, fetched once per run."""
     return fleet_host.fact(profile_command(fleet_host.config.preflight.disk_path), parse_profile)

@@ -21,11 +21,12 @@ from operations.config import VllmInstance
 from operations.secrets import env_file, vllm_secrets
 from operations.vllm import CONTAINER_PORT, probe_address, secrets_path
 from operations.vllm_facts import parse_state, state_command
-from tests.verify.fleet import FleetHost
+from tests.verify.fleet import FleetHost, prefetched
 
 pytestmark = pytest.mark.vllm
 
 
+@prefetched
 def state(fleet_host: FleetHost) -> dict:
     return fleet_host.fact(state_command(), parse_state)
 
