@@ -10,7 +10,10 @@ place (``local://``), e.g. on a GPU machine itself.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -79,21 +82,35 @@ def _ssh_block(name: str, data: dict[str, Any]) -> str:
         "StrictHostKeyChecking": data.get("ssh_strict_host_key_checking") or "accept-new",
         "BatchMode": "yes",
         "ConnectTimeout": 10,
+        # one connection per host for the whole run (testinfra asks for a master, but
+        # without a ControlPath ssh opens a new connection for every command)
+        "ControlMaster": "auto",
+        "ControlPersist": "30s",
     }
     lines = [f"Host {name}"] + [f"  {k} {v}" for k, v in options.items() if v not in (None, "")]
     return "\n".join(lines)
 
 
 def write_ssh_config(hosts: dict[str, dict[str, Any]]) -> Path:
-    """One ssh_config file for all hosts (plus any ssh_config_file the data names)."""
+    """One ssh_config file for all hosts (plus any ssh_config_file the data names), in a
+    private directory that also holds the connection sockets; both go when the run ends."""
     includes = sorted({d["ssh_config_file"] for d in hosts.values() if d.get("ssh_config_file")})
-    blocks = [_ssh_block(name, data) for name, data in hosts.items()]
+    work = Path(tempfile.mkdtemp(prefix="gpufleet-ssh-"))  # 0700
+    blocks = [_ssh_block(name, data) + f"\n  ControlPath {work}/%C" for name, data in hosts.items()]
     text = "\n\n".join(blocks) + "\n" + "".join(f"\nInclude {path}" for path in includes)
-    with tempfile.NamedTemporaryFile(
-        "w", prefix="gpufleet-ssh-", suffix=".conf", delete=False
-    ) as handle:
-        handle.write(text)
-    return Path(handle.name)
+    config = work / "config"
+    config.write_text(text)
+    atexit.register(_close_connections, config, list(hosts))
+    return config
+
+
+def _close_connections(config: Path, hosts: list[str]) -> None:
+    """Stop the run's ssh master connections and remove their directory."""
+    for name in hosts:
+        subprocess.run(
+            ["ssh", "-F", str(config), "-O", "exit", name], capture_output=True, check=False
+        )
+    shutil.rmtree(config.parent, ignore_errors=True)
 
 
 def load_hosts(inventory_path: str, limit: Iterable[str] = ()) -> list[FleetHost]:

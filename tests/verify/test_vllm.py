@@ -41,25 +41,63 @@ def inspect_of(fleet_host: FleetHost, server: VllmInstance) -> dict:
     return found
 
 
-def api(
-    fleet_host: FleetHost, server: VllmInstance, path: str, body: dict | None = None, key=True
-) -> tuple[int, str]:
-    """(HTTP status, body) of one request from the host to the instance's API."""
+MARK = "@@gpufleet-probe"
+
+
+def _curl(fleet_host: FleetHost, server: VllmInstance, path: str, body=None, key=True) -> str:
+    """Shell for one request from the host to the instance's API, printing body, newline and
+    HTTP status. The key goes from the host's secrets file to curl's stdin (printf is a
+    shell builtin), never onto a command line."""
     url = f"http://{probe_address(fleet_host.config)}:{server.port}{path}"
     options = ["-sS", "--max-time", "30", "-o", "/dev/stdout", "-w", r"\n%{http_code}"]
     if body is not None:
         options += ["-H", "Content-Type: application/json", "--data", json.dumps(body)]
     header = ""
-    if key:  # from the host's secrets file to curl's stdin (printf is a shell builtin)
+    if key:
         secrets = shlex.quote(secrets_path(server))
         header = (
             f'( set -a; . {secrets}; [ -z "$VLLM_API_KEY" ] || '
             'printf \'header = "Authorization: Bearer %s"\\n\' "$VLLM_API_KEY" ) | '
         )
-    result = fleet_host.host.run(f"{header}curl -K - {shlex.join(options)} {shlex.quote(url)}")
-    text, _, code = result.stdout.rpartition("\n")
-    assert result.rc == 0 and code.isdigit(), f"{server.container}: {url}: {result.stderr}"
-    return int(code), text
+    return f"{header}curl -K - {shlex.join(options)} {shlex.quote(url)}"
+
+
+def _probes(server: VllmInstance) -> dict[str, tuple[str, dict | None, bool]]:
+    """What is asked of every instance: name -> (path, JSON body, with the key)."""
+    completion = {"model": server.served_name, "prompt": "Hello", "max_tokens": 1}
+    return {
+        "health": ("/health", None, False),
+        "models": ("/v1/models", None, True),
+        "completion": ("/v1/completions", completion, True),
+        "models_without_key": ("/v1/models", None, False),
+    }
+
+
+def _parse_answers(lines: list[str]) -> dict[tuple[str, str], tuple[int, str]]:
+    found = {}
+    for chunk in "\n".join(lines).split(f"{MARK} ")[1:]:
+        head, _, rest = chunk.partition("\n")
+        instance, name = head.split()
+        text, _, code = rest.rstrip("\n").rpartition("\n")
+        found[(instance, name)] = (int(code) if code.isdigit() and code != "000" else 0, text)
+    return found
+
+
+@prefetched
+def answers(fleet_host: FleetHost) -> dict[tuple[str, str], tuple[int, str]]:
+    """{(instance, probe): (HTTP status, body)}: every request of every instance in one
+    round trip to the host, once per run (0 when curl could not connect)."""
+    steps = [
+        f"echo {MARK} {server.name} {name}; {_curl(fleet_host, server, *probe)}; echo"
+        for server in servers(fleet_host)
+        for name, probe in _probes(server).items()
+    ]
+    return fleet_host.fact("\n".join(steps), _parse_answers)
+
+
+def api(fleet_host: FleetHost, server: VllmInstance, probe: str) -> tuple[int, str]:
+    code, text = answers(fleet_host).get((server.name, probe), (0, "no answer"))
+    return code, text
 
 
 def _needs_key(fleet_host: FleetHost) -> str:
@@ -123,13 +161,13 @@ def test_containers_see_their_gpus(fleet_host: FleetHost):
 
 def test_health_answers_200(fleet_host: FleetHost):
     for server in servers(fleet_host):
-        code, text = api(fleet_host, server, "/health", key=False)
+        code, text = api(fleet_host, server, "health")
         assert code == 200, f"{server.container}: /health {code} {text[:200]}"
 
 
 def test_models_lists_the_served_name(fleet_host: FleetHost):
     for server in servers(fleet_host):
-        code, text = api(fleet_host, server, "/v1/models")
+        code, text = api(fleet_host, server, "models")
         assert code == 200, f"{server.container}: /v1/models {code} {text[:200]}"
         names = [model["id"] for model in json.loads(text)["data"]]
         assert server.served_name in names, f"{server.container}: serves {names}"
@@ -137,8 +175,7 @@ def test_models_lists_the_served_name(fleet_host: FleetHost):
 
 def test_one_token_completion(fleet_host: FleetHost):
     for server in servers(fleet_host):
-        body = {"model": server.served_name, "prompt": "Hello", "max_tokens": 1}
-        code, text = api(fleet_host, server, "/v1/completions", body)
+        code, text = api(fleet_host, server, "completion")
         assert code == 200, f"{server.container}: /v1/completions {code} {text[:200]}"
         choice = json.loads(text)["choices"][0]
         assert isinstance(choice.get("text"), str), f"{server.container}: {text[:200]}"
@@ -147,5 +184,5 @@ def test_one_token_completion(fleet_host: FleetHost):
 def test_v1_refused_without_the_api_key(fleet_host: FleetHost):
     _needs_key(fleet_host)
     for server in servers(fleet_host):
-        code, _ = api(fleet_host, server, "/v1/models", key=False)
+        code, _ = api(fleet_host, server, "models_without_key")
         assert code == 401, f"{server.container}: /v1/models without the key answered {code}"
