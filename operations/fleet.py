@@ -8,6 +8,9 @@ stops the whole run before any fact is gathered or any operation is planned on a
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -48,18 +51,25 @@ class FleetSummary(BaseStateCallback):
     def __init__(self) -> None:
         self.disconnected: set[str] = set()
         self.started = self.ended = 0
+        self.clock: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}  # operation name -> wall time across the fleet
 
     def operation_start(self, state: State, op_hash) -> None:
         self.started += 1
+        self.clock[op_hash] = time.monotonic()
 
     def operation_end(self, state: State, op_hash) -> None:
         self.ended += 1
+        name = ", ".join(sorted(state.get_op_meta(op_hash).names))
+        self.seconds[name] = time.monotonic() - self.clock.pop(op_hash, time.monotonic())
 
     def host_disconnect(self, state: State, host: Host) -> None:
         self.disconnected.add(host.name)
         if self.started and self.disconnected >= {h.name for h in state.activated_hosts}:
             complete = self.ended == len(state.get_op_order())
             logger.info(fleet_summary(state, complete))
+            if os.environ.get(TIMINGS_ENV):  # for the benchmark: where the run's time went
+                Path(os.environ[TIMINGS_ENV]).write_text(json.dumps(self.seconds, indent=1))
 
 
 def fleet_summary(state: State, complete: bool = True) -> str:
@@ -71,6 +81,8 @@ def fleet_summary(state: State, complete: bool = True) -> str:
         return f"--> Fleet: the run stopped before its last operation (error above){tail}"
     return f"--> Fleet: {len(targeted) - len(failed)} of {len(targeted)} host(s) succeeded{tail}"
 
+
+TIMINGS_ENV = "GPUFLEET_TIMINGS"  # a file: each operation's wall time, written at the end
 
 _SUMMARIES: WeakKeyDictionary[State, FleetSummary] = WeakKeyDictionary()
 
