@@ -28,7 +28,8 @@ summarise_at_exit(state)
 profile = preflight.run(config)
 if profile is not None:
     if set(LAYERS) & set(config.deploy.layers):  # every layer installs packages
-        package_manager_ready(config.deploy.lock_timeout_s, profile)
+        proxy = str(config.deploy.apt_proxy) if config.deploy.apt_proxy else None
+        package_manager_ready(config.deploy.lock_timeout_s, profile, proxy)
     for layer, apply in LAYERS.items():
         if layer in config.deploy.layers:
             apply(config, profile)

@@ -5,8 +5,8 @@
 
 For each N it brings up N fresh lab hosts (`python -m lab down`, then `up`) and measures:
 
-- fresh converge: `pyinfra -y inventory/lab.py deploy.py`, all layers, on fresh hosts (once:
-  it needs fresh hosts);
+- fresh converge: `pyinfra -y inventory/lab.py deploy.py`, all layers, on fresh hosts with
+  the lab's shared apt cache emptied first (once: it needs fresh hosts);
 - no-change converge: the same again on the converged fleet (median of --runs);
 - verify: `pytest tests/verify --inventory inventory/lab.py` (median of --runs);
 - the controller's peak memory (max RSS of the pyinfra or pytest process, from getrusage);
@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from lab import aptcache
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "reports" / "benchmark"
@@ -70,6 +72,7 @@ def bench_size(count: int, runs: int, log=print) -> dict:
     """Every figure for one fleet size (fresh hosts)."""
     lab("down")
     lab("up", "--hosts", str(count))
+    aptcache.reset()  # a fresh converge starts with nothing cached
     with tempfile.TemporaryDirectory() as tmp:
         timings_file = Path(tmp) / "timings.json"
         fresh = measure(DEPLOY, {"GPUFLEET_TIMINGS": str(timings_file)})

@@ -9,6 +9,8 @@ Override any key in group_data/<group>.py, in host data in the inventory, or wit
 deploy_layers = ["preflight", "driver", "docker", "toolkit", "vllm"]
 # How long apt waits for a lock another process holds (unattended-upgrades).
 deploy_lock_timeout_s = 600
+# HTTP proxy apt fetches through, e.g. a shared apt-cacher-ng: one download.
+deploy_apt_proxy = None
 
 # --- host: What the operator declares about the machine itself.
 # The host has NVIDIA GPUs; false for GPU-less hosts (the lab): GPU checks say 'not applicable'.

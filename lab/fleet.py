@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import IMAGE, LABEL, LabError, lab_dir
+from lab import IMAGE, LABEL, LabError, aptcache, lab_dir
 from lab.engine import Log, cgroup_version, docker, engine_answers, ensure_engine, ip_of
 from lab.image import STOP_SIGNAL, ensure_image, image_id
 from lab.keys import (
@@ -352,12 +352,16 @@ def _write_trust_and_state(
     ports: dict[int, int],
     repo: dict | None = None,
     vllm: dict | None = None,
+    apt_proxy: str | None = None,
 ) -> Path:
     lines = [known_hosts_line(ports[i], public_key(paths.hostkey(i))) for i in sorted(ports)]
     write_known_hosts(paths.known_hosts, lines)
     ips = {i: c.ip for i, c in list_containers().items()}
     hosts = [(host_name(i), container_name(i), ports[i], ips.get(i, "")) for i in sorted(ports)]
-    state = make_state(hosts, paths.key, paths.known_hosts, toolkit_repo=repo, vllm_standin=vllm)
+    state = make_state(
+        hosts, paths.key, paths.known_hosts, toolkit_repo=repo, vllm_standin=vllm,
+        apt_proxy=apt_proxy,
+    )  # fmt: skip
     return save_state(root, state)
 
 
@@ -392,10 +396,13 @@ def up(root: Path, count: int = 3, mirror: str | None = None, log: Log = print) 
     vllm = ensure_standin_vllm(root, log)
     timings["vllm_image"] = time.monotonic() - t
     t = time.monotonic()
+    apt_proxy = aptcache.ensure(log)
+    timings["apt_cache"] = time.monotonic() - t
+    t = time.monotonic()
     paths = _Paths.of(root)
     _ensure_keys(paths, count)
     ports = _reconcile(root, count, list_containers(), log)
-    _write_trust_and_state(root, paths, ports, repo, vllm)
+    _write_trust_and_state(root, paths, ports, repo, vllm, apt_proxy)
     timings["hosts"] = time.monotonic() - t
     t = time.monotonic()
     states = wait_ready(root, ports, log=log)

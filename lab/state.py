@@ -98,6 +98,7 @@ def make_state(
     image: str = IMAGE,
     toolkit_repo: dict[str, Any] | None = None,
     vllm_standin: dict[str, str] | None = None,
+    apt_proxy: str | None = None,
 ) -> dict[str, Any]:
     """The state for `hosts` given as (name, container, port[, bridge address]), the stand-in
     toolkit repository (url, fingerprint, ...) as lab.repo.ensure_repo returns it, and the
@@ -116,6 +117,8 @@ def make_state(
         state["toolkit_repo"] = dict(toolkit_repo)
     if vllm_standin is not None:
         state["vllm_standin"] = dict(vllm_standin)
+    if apt_proxy:
+        state["apt_proxy"] = apt_proxy
     return state
 
 
@@ -177,6 +180,7 @@ def inventory_hosts(state: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
                 "ssh_strict_host_key_checking": "yes",
                 **repo_host_data(state),
                 **vllm_host_data(state, host),
+                **({"deploy_apt_proxy": state["apt_proxy"]} if state.get("apt_proxy") else {}),
             },
         )
         for host in state["hosts"]

@@ -137,6 +137,10 @@ class DeployConfig(Section):
         le=86400,
         description="How long apt waits for a lock another process holds (unattended-upgrades).",
     )
+    apt_proxy: HttpUrl | None = Field(
+        default=None,
+        description="HTTP proxy apt fetches through, e.g. a shared apt-cacher-ng: one download.",
+    )
 
 
 class HostConfig(Section):

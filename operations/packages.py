@@ -156,13 +156,17 @@ _FINISH_DPKG = (
 )
 
 
+APT_PROXY_CONF = "/etc/apt/apt.conf.d/90gpufleet-proxy"
+
+
 @deploy("Package manager")
-def package_manager_ready(timeout_s: int, profile: dict) -> None:
+def package_manager_ready(timeout_s: int, profile: dict, proxy: str | None = None) -> None:
     """Before any layer installs a package on an apt host: make every apt run wait up to
     ``timeout_s`` for a lock another process holds (unattended-upgrades at boot, a person's
     apt) instead of failing at once, and finish a dpkg run that was interrupted (a killed
     install leaves packages half-configured, and apt refuses to work until that is done).
-    dnf waits for its own lock, so EL hosts need neither."""
+    dnf waits for its own lock, so EL hosts need neither. With ``proxy`` (deploy_apt_proxy)
+    apt fetches through it, so a fleet downloads each package once; without, the file goes."""
     if profile.get("os_id") in ("rocky", "rhel"):
         return
     files.put(
@@ -170,6 +174,14 @@ def package_manager_ready(timeout_s: int, profile: dict) -> None:
         src=StringIO(f'DPkg::Lock::Timeout "{timeout_s}";\n'),
         dest=APT_LOCK_CONF,
     )
+    if proxy:
+        files.put(
+            name="apt fetches through the shared proxy",
+            src=StringIO(f'Acquire::http::Proxy "{proxy}";\n'),
+            dest=APT_PROXY_CONF,
+        )
+    else:
+        files.file(name="No apt proxy", path=APT_PROXY_CONF, present=False)
     if profile.get("dpkg_interrupted"):
         server.shell(
             name="Finish the interrupted dpkg run",

@@ -162,3 +162,18 @@ def test_no_package_manager_step_when_only_preflight_runs_or_dpkg_is_fine(tmp_pa
     names = [name for name, _ in fine.plan(base=True)["h"]]
     assert "Package manager | Finish the interrupted dpkg run" not in names
     assert "Package manager | apt waits for a held lock" in names
+
+
+def test_apt_fetches_through_the_configured_proxy_or_not_at_all(tmp_path):
+    proxy = "http://cache.internal:3142/"
+    fleet = FakeFleet(
+        tmp_path, {"h": host(profile(H100), deploy_layers="vllm", deploy_apt_proxy=proxy)}
+    )
+    planned = dict(fleet.plan(base=True)["h"])
+    through = planned["Package manager | apt fetches through the shared proxy"]
+    assert (
+        f'upload /etc/apt/apt.conf.d/90gpufleet-proxy: Acquire::http::Proxy "{proxy}";\n' in through
+    )
+    (tmp_path / "2").mkdir()
+    none = FakeFleet(tmp_path / "2", {"h": host(profile(H100), deploy_layers="vllm")})
+    assert "Package manager | No apt proxy" in dict(none.plan(base=True)["h"])
