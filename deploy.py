@@ -29,7 +29,8 @@ profile = preflight.run(config)
 if profile is not None:
     if set(LAYERS) & set(config.deploy.layers):  # every layer installs packages
         proxy = str(config.deploy.apt_proxy) if config.deploy.apt_proxy else None
-        package_manager_ready(config.deploy.lock_timeout_s, profile, proxy)
+        bypass = tuple(config.deploy.apt_proxy_bypass)
+        package_manager_ready(config.deploy.lock_timeout_s, profile, proxy, bypass)
     for layer, apply in LAYERS.items():
         if layer in config.deploy.layers:
             apply(config, profile)

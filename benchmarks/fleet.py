@@ -14,9 +14,9 @@ For each N it brings up N fresh lab hosts (`python -m lab down`, then `up`) and 
   that run the package manager (install, update, move a pin), from the deploy's per-operation
   timings (GPUFLEET_TIMINGS), also per host.
 
-Writes reports/benchmark/results.json, results.md (a Markdown table) and results.png (time
-against N), and names the machine. A benchmark, not a test: CI does not run it. It takes the
-lab down and up, so nothing else may use the lab meanwhile.
+Writes every run's output under reports/benchmark/logs/, then results.json, results.md (a
+Markdown table) and results.png (time against N), and names the machine. A benchmark, not a
+test: CI does not run it. It takes the lab down and up, so nothing else may use the lab.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from lab import aptcache
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "reports" / "benchmark"
 PACKAGE_OPS = ("Install", "Update apt", "Move ", "Finish the interrupted dpkg")
-# Run a command, then print its wall time and its children's peak RSS (KiB) as JSON.
+# Run a command (its output to stderr), then print its wall time and its peak RSS as JSON.
 _MEASURE = (
     "import json, resource, subprocess, sys, time; t = time.monotonic(); "
-    "rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+    "rc = subprocess.call(sys.argv[1:], stdout=sys.stderr); "
     "print(json.dumps({'rc': rc, 'seconds': time.monotonic() - t, "
     "'peak_rss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
 )
@@ -49,12 +49,16 @@ VERIFY = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests
           "--inventory", "inventory/lab.py"]  # fmt: skip
 
 
-def measure(command: list[str], env: dict[str, str] | None = None) -> dict:
-    """Run ``command`` in the checkout: {"rc", "seconds", "peak_rss_kib"}."""
-    done = subprocess.run(
-        [sys.executable, "-c", _MEASURE, *command], cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, check=True,
-    )  # fmt: skip
+def measure(command: list[str], log: Path, env: dict[str, str] | None = None) -> dict:
+    """Run ``command`` in the checkout, its output to ``log``: {"rc", "seconds",
+    "peak_rss_kib"}."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        done = subprocess.run(
+            [sys.executable, "-c", _MEASURE, *command], cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=out, text=True, env={**os.environ, **(env or {})},
+            check=True,
+        )  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -71,16 +75,17 @@ def package_seconds(timings: dict[str, float]) -> float:
 def bench_size(count: int, runs: int, log=print) -> dict:
     """Every figure for one fleet size (fresh hosts)."""
     lab("down")
+    aptcache.remove()  # a fresh converge starts with nothing cached (`up` makes a new cache)
     lab("up", "--hosts", str(count))
-    aptcache.reset()  # a fresh converge starts with nothing cached
+    logs = OUT / "logs" / f"{count}-hosts"
     with tempfile.TemporaryDirectory() as tmp:
         timings_file = Path(tmp) / "timings.json"
-        fresh = measure(DEPLOY, {"GPUFLEET_TIMINGS": str(timings_file)})
+        fresh = measure(DEPLOY, logs / "fresh.log", {"GPUFLEET_TIMINGS": str(timings_file)})
         timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-    assert fresh["rc"] == 0, f"fresh converge of {count} host(s) failed"
-    nochange = [measure(DEPLOY) for _ in range(runs)]
-    verify = [measure(VERIFY) for _ in range(runs)]
-    assert all(r["rc"] == 0 for r in nochange + verify), f"a run on {count} host(s) failed"
+    assert fresh["rc"] == 0, f"fresh converge of {count} host(s) failed: see {logs}"
+    nochange = [measure(DEPLOY, logs / f"nochange-{i}.log") for i in range(runs)]
+    verify = [measure(VERIFY, logs / f"verify-{i}.log") for i in range(runs)]
+    assert all(r["rc"] == 0 for r in nochange + verify), f"a run failed: see {logs}"
     tool = fresh["seconds"] - package_seconds(timings)
     result = {
         "hosts": count,

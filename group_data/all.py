@@ -11,6 +11,8 @@ deploy_layers = ["preflight", "driver", "docker", "toolkit", "vllm"]
 deploy_lock_timeout_s = 600
 # HTTP proxy apt fetches through, e.g. a shared apt-cacher-ng: one download.
 deploy_apt_proxy = None
+# Repository hosts apt reaches directly, not through apt_proxy.
+deploy_apt_proxy_bypass = []
 
 # --- host: What the operator declares about the machine itself.
 # The host has NVIDIA GPUs; false for GPU-less hosts (the lab): GPU checks say 'not applicable'.

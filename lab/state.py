@@ -164,6 +164,17 @@ def vllm_host_data(state: dict[str, Any], host: dict[str, Any]) -> dict[str, str
     return data
 
 
+def apt_proxy_host_data(state: dict[str, Any]) -> dict[str, Any]:
+    """The lab's shared apt cache as every host's apt proxy; the lab's own stand-in repository
+    is reached directly: it is on the same bridge, and apt-cacher-ng fetching from its
+    Python http.server failed in the lab ("503 Connection closed, check DlMaxRetries")."""
+    if not state.get("apt_proxy"):
+        return {}
+    repo = (state.get("toolkit_repo") or {}).get("url", "")
+    bypass = [repo.split("//", 1)[1].split(":")[0].split("/")[0]] if repo else []
+    return {"deploy_apt_proxy": state["apt_proxy"], "deploy_apt_proxy_bypass": bypass}
+
+
 def inventory_hosts(state: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """pyinfra inventory entries `(name, data)` for the hosts of `state`: SSH as root to
     127.0.0.1:<port> with the lab key, host keys checked strictly against known_hosts, and
@@ -180,7 +191,7 @@ def inventory_hosts(state: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
                 "ssh_strict_host_key_checking": "yes",
                 **repo_host_data(state),
                 **vllm_host_data(state, host),
-                **({"deploy_apt_proxy": state["apt_proxy"]} if state.get("apt_proxy") else {}),
+                **apt_proxy_host_data(state),
             },
         )
         for host in state["hosts"]

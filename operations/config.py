@@ -141,6 +141,9 @@ class DeployConfig(Section):
         default=None,
         description="HTTP proxy apt fetches through, e.g. a shared apt-cacher-ng: one download.",
     )
+    apt_proxy_bypass: Annotated[list[Word], BeforeValidator(_split_csv)] = Field(
+        default=[], description="Repository hosts apt reaches directly, not through apt_proxy."
+    )
 
 
 class HostConfig(Section):

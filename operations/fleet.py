@@ -66,7 +66,8 @@ class FleetSummary(BaseStateCallback):
     def host_disconnect(self, state: State, host: Host) -> None:
         self.disconnected.add(host.name)
         if self.started and self.disconnected >= {h.name for h in state.activated_hosts}:
-            complete = self.ended == len(state.get_op_order())
+            every_host_failed = not (set(state.activated_hosts) - set(state.failed_hosts))
+            complete = self.ended == len(state.get_op_order()) or every_host_failed
             logger.info(fleet_summary(state, complete))
             if os.environ.get(TIMINGS_ENV):  # for the benchmark: where the run's time went
                 Path(os.environ[TIMINGS_ENV]).write_text(json.dumps(self.seconds, indent=1))

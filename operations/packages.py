@@ -160,7 +160,9 @@ APT_PROXY_CONF = "/etc/apt/apt.conf.d/90gpufleet-proxy"
 
 
 @deploy("Package manager")
-def package_manager_ready(timeout_s: int, profile: dict, proxy: str | None = None) -> None:
+def package_manager_ready(
+    timeout_s: int, profile: dict, proxy: str | None = None, bypass: tuple[str, ...] = ()
+) -> None:
     """Before any layer installs a package on an apt host: make every apt run wait up to
     ``timeout_s`` for a lock another process holds (unattended-upgrades at boot, a person's
     apt) instead of failing at once, and finish a dpkg run that was interrupted (a killed
@@ -177,7 +179,10 @@ def package_manager_ready(timeout_s: int, profile: dict, proxy: str | None = Non
     if proxy:
         files.put(
             name="apt fetches through the shared proxy",
-            src=StringIO(f'Acquire::http::Proxy "{proxy}";\n'),
+            src=StringIO(
+                f'Acquire::http::Proxy "{proxy}";\n'
+                + "".join(f'Acquire::http::Proxy::{host} "DIRECT";\n' for host in bypass)
+            ),
             dest=APT_PROXY_CONF,
         )
     else:
