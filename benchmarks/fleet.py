@@ -49,17 +49,29 @@ VERIFY = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests
           "--inventory", "inventory/lab.py"]  # fmt: skip
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def measure(command: list[str], log: Path, env: dict[str, str] | None = None) -> dict:
     """Run ``command`` in the checkout, its output to ``log``: {"rc", "seconds",
-    "peak_rss_kib"}."""
+    "peak_rss_kib", "machine_busy"} (the share of the machine's CPUs busy meanwhile: the lab's
+    hosts run on the same CPUs as the controller)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    busy_before, total_before = cpu_ticks()
     with log.open("w") as out:
         done = subprocess.run(
             [sys.executable, "-c", _MEASURE, *command], cwd=ROOT,
             stdout=subprocess.PIPE, stderr=out, text=True, env={**os.environ, **(env or {})},
             check=True,
         )  # fmt: skip
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    busy_after, total_after = cpu_ticks()
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["machine_busy"] = round((busy_after - busy_before) / (total_after - total_before), 2)
+    return result
 
 
 def lab(*args: str) -> None:
@@ -72,11 +84,12 @@ def package_seconds(timings: dict[str, float]) -> float:
     return sum(s for name, s in timings.items() if any(w in name for w in PACKAGE_OPS))
 
 
-def bench_size(count: int, runs: int, log=print) -> dict:
+def bench_size(count: int, runs: int, apt_cache: bool = False, log=print) -> dict:
     """Every figure for one fleet size (fresh hosts)."""
     lab("down")
-    aptcache.remove()  # a fresh converge starts with nothing cached (`up` makes a new cache)
-    lab("up", "--hosts", str(count))
+    if apt_cache:
+        aptcache.remove()  # a fresh converge starts with nothing cached (`up` makes a new cache)
+    lab("up", "--hosts", str(count), *(["--apt-cache"] if apt_cache else []))
     logs = OUT / "logs" / f"{count}-hosts"
     with tempfile.TemporaryDirectory() as tmp:
         timings_file = Path(tmp) / "timings.json"
@@ -95,6 +108,11 @@ def bench_size(count: int, runs: int, log=print) -> dict:
         "nochange_runs_s": [round(r["seconds"], 2) for r in nochange],
         "verify_runs_s": [round(r["seconds"], 2) for r in verify],
         "peak_rss_mib": round(max(r["peak_rss_kib"] for r in [fresh, *nochange, *verify]) / 1024),
+        "cpu_busy": {
+            "fresh": fresh["machine_busy"],
+            "nochange": statistics.median(r["machine_busy"] for r in nochange),
+            "verify": statistics.median(r["machine_busy"] for r in verify),
+        },  # fmt: skip
         "package_manager_s": round(package_seconds(timings), 1),
         "tool_s": round(tool, 1),
         "tool_per_host_s": round(tool / count, 2),
@@ -135,20 +153,23 @@ def targets(results: list[dict]) -> list[tuple[str, str, bool | None]]:
 
 
 def markdown(results: list[dict], host: dict) -> str:
-    head = ("| hosts | fresh converge s | no-change converge s | verify s | peak RSS MiB "
-            "| package manager s | tool s (per host) |")  # fmt: skip
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    head = (
+        "| hosts | fresh converge s | no-change converge s | verify s | peak RSS MiB "
+        "| package manager s | tool s (per host) | CPUs busy: fresh / no-change / verify |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in results:
+        busy = r.get("cpu_busy") or {}
+        shares = " / ".join(f"{busy[k]:.0%}" for k in ("fresh", "nochange", "verify") if k in busy)
         lines.append(
             f"| {r['hosts']} | {r['fresh_s']} | {r['nochange_s']} | {r['verify_s']} | "
             f"{r['peak_rss_mib']} | {r['package_manager_s']} | {r['tool_s']} "
-            f"({r['tool_per_host_s']}) |"
+            f"({r['tool_per_host_s']}) | {shares or '-'} |"
         )
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for what, measured, met in targets(results):
-        lines.append(
-            f"| {what} | {measured} | {'-' if met is None else ('yes' if met else 'NO')} |"
-        )
+        verdict = "-" if met is None else ("yes" if met else "NO")
+        lines.append(f"| {what} | {measured} | {verdict} |")
     lines += ["", f"Machine: {host['cpus']} CPUs, {host['memory_gib']} GiB, kernel "
               f"{host['kernel']}, Python {host['python']}."]  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -182,10 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fleet", description=__doc__)
     parser.add_argument("--hosts", default="1,4,8,16", help="fleet sizes (default 1,4,8,16)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each cheap measurement")
+    parser.add_argument(
+        "--apt-cache", action="store_true", help="lab hosts fetch through a shared apt-cacher-ng"
+    )
     args = parser.parse_args(argv)
     sizes = [int(n) for n in args.hosts.split(",")]
     started = time.monotonic()
-    results = [bench_size(n, args.runs) for n in sizes]
+    results = [bench_size(n, args.runs, args.apt_cache) for n in sizes]
     host = machine()
     OUT.mkdir(parents=True, exist_ok=True)
     report = {"machine": host, "results": results,

@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--hosts", type=_hosts, default=3, metavar="N", help="number of hosts (3)")
     up.add_argument("--mirror", metavar="URL", help=mirror_help)
+    up.add_argument(
+        "--apt-cache",
+        action="store_true",
+        help="hosts fetch packages through a shared apt-cacher-ng (deploy_apt_proxy)",
+    )
     sub.add_parser("down", help="remove the hosts, the repository container, the state file")
     sub.add_parser("status", help="show the hosts, whether they answer SSH, and the repository")
     sub.add_parser(
@@ -54,7 +59,7 @@ def _dispatch(args: argparse.Namespace, root) -> None:
     from lab import fleet, image
 
     if args.command == "up":
-        fleet.up(root, args.hosts, mirror=args.mirror)
+        fleet.up(root, args.hosts, mirror=args.mirror, apt_cache=args.apt_cache)
     elif args.command == "down":
         fleet.down(root)
     elif args.command == "status":

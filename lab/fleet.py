@@ -376,7 +376,13 @@ def ensure_standin_vllm(root: Path, log: Log = print) -> dict:
     return {"image": VLLM_IMAGE, "archive": str(save_tar(root, log=log))}
 
 
-def up(root: Path, count: int = 3, mirror: str | None = None, log: Log = print) -> dict:
+def up(
+    root: Path,
+    count: int = 3,
+    mirror: str | None = None,
+    log: Log = print,
+    apt_cache: bool = False,
+) -> dict:
     """Engine, image, `count` hosts reachable over SSH, state file. Idempotent.
     Returns {"timings": {phase: seconds}, "hosts": {name: system state}}."""
     if not 1 <= count <= MAX_HOSTS:
@@ -396,7 +402,7 @@ def up(root: Path, count: int = 3, mirror: str | None = None, log: Log = print) 
     vllm = ensure_standin_vllm(root, log)
     timings["vllm_image"] = time.monotonic() - t
     t = time.monotonic()
-    apt_proxy = aptcache.ensure(log)
+    apt_proxy = aptcache.ensure(log) if apt_cache else None
     timings["apt_cache"] = time.monotonic() - t
     t = time.monotonic()
     paths = _Paths.of(root)
