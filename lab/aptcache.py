@@ -14,6 +14,7 @@ hand); at 1, 4 and 8 hosts it worked.
 
 from __future__ import annotations
 
+import json
 import time
 
 from lab import IMAGE, LABEL, LabError
@@ -37,8 +38,6 @@ _PROBE = f"import socket; socket.create_connection(('127.0.0.1', {PORT}), 2)"
 
 
 def _inspect() -> dict | None:
-    import json
-
     found = docker("inspect", CONTAINER, check=False)
     return json.loads(found.stdout)[0] if found.returncode == 0 else None
 

@@ -21,6 +21,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from lab import IMAGE, LabError, lab_dir
 
@@ -171,7 +172,7 @@ def apt_proxy_host_data(state: dict[str, Any]) -> dict[str, Any]:
     if not state.get("apt_proxy"):
         return {}
     repo = (state.get("toolkit_repo") or {}).get("url", "")
-    bypass = [repo.split("//", 1)[1].split(":")[0].split("/")[0]] if repo else []
+    bypass = [urlsplit(repo).hostname] if repo else []
     return {"deploy_apt_proxy": state["apt_proxy"], "deploy_apt_proxy_bypass": bypass}
 
 

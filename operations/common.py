@@ -14,3 +14,9 @@ def fail_host(name: str, message: str) -> None:
     ``--dry`` show the failure in the plan and a real run fail only this host.
     """
     server.shell(name=name, commands=[f"echo {shlex.quote(message)} >&2; exit 1"])
+
+
+def url_host(address: object) -> str:
+    """A host name or address ready for ``:port``: IPv6 addresses in brackets (once)."""
+    text = str(address)
+    return f"[{text}]" if ":" in text and not text.startswith("[") else text

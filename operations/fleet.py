@@ -29,12 +29,16 @@ from operations.settings import load_fleet
 _VALIDATED: WeakKeyDictionary[State, dict[str, FleetConfig]] = WeakKeyDictionary()
 
 
+def _run_state(state: State) -> State:
+    """The run's own State. deploy.py's `state` is pyinfra's context proxy: one object for
+    every run, hashing as the current State; per-run entries key on the State itself, so
+    they die with their run."""
+    return ctx_state.get() if isinstance(state, ContextObject) else state
+
+
 def fleet_config(state: State) -> dict[str, FleetConfig]:
     """Config of every targeted host, validated once per run (raises ConfigError)."""
-    if isinstance(state, ContextObject):
-        # deploy.py's `state` is pyinfra's context proxy: one object for every run, hashing
-        # as the current State. Key on the State itself, so an entry dies with its run.
-        state = ctx_state.get()
+    state = _run_state(state)
     if state not in _VALIDATED:
         targeted = [h for h in state.inventory if state.is_host_in_limit(h)]
         _VALIDATED[state] = load_fleet((h.name, h.data.dict()) for h in targeted)
@@ -90,8 +94,7 @@ _SUMMARIES: WeakKeyDictionary[State, FleetSummary] = WeakKeyDictionary()
 
 def summarise_at_exit(state: State) -> None:
     """Register FleetSummary once per run (deploy.py runs once per host)."""
-    if isinstance(state, ContextObject):
-        state = ctx_state.get()
+    state = _run_state(state)
     if state not in _SUMMARIES:
         _SUMMARIES[state] = FleetSummary()
         state.add_callback_handler(_SUMMARIES[state])

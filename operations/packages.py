@@ -21,6 +21,8 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.rpm import RpmPackages
 from pyinfra.operations import apt, dnf, files, server
 
+from operations.preflight import EL_IDS
+
 APT_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # uname -m -> dpkg architecture
 
 
@@ -169,7 +171,7 @@ def package_manager_ready(
     install leaves packages half-configured, and apt refuses to work until that is done).
     dnf waits for its own lock, so EL hosts need neither. With ``proxy`` (deploy_apt_proxy)
     apt fetches through it, so a fleet downloads each package once; without, the file goes."""
-    if profile.get("os_id") in ("rocky", "rhel"):
+    if profile.get("os_id") in EL_IDS:
         return
     files.put(
         name="apt waits for a held lock",

@@ -33,6 +33,7 @@ from typing import Any
 
 from pyinfra.api.exceptions import PyinfraError
 
+from operations.common import url_host
 from operations.config import FleetConfig
 from operations.fleet import add_limit_option, inventory_data
 from operations.settings import load_fleet
@@ -50,7 +51,7 @@ def address(name: str, data: Mapping[str, Any], config: FleetConfig) -> str:
         found = str(bind)
     else:
         found = config.host.address or data.get("ssh_hostname") or name
-    return f"[{found}]" if ":" in found and not found.startswith("[") else found
+    return url_host(found)
 
 
 def file_sd(hosts: Mapping[str, tuple[Mapping[str, Any], FleetConfig]]) -> list[dict]:

@@ -32,6 +32,7 @@ import ipaddress
 import json
 import shlex
 from io import StringIO
+from pathlib import PurePosixPath
 from typing import Any
 
 from pyinfra import host
@@ -39,6 +40,7 @@ from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
 from pyinfra.facts.docker import DockerImage
 from pyinfra.operations import apt, dnf, docker, files
 
+from operations.common import url_host
 from operations.config import FleetConfig, VllmInstance
 from operations.preflight import EL_IDS, platform_key
 from operations.secrets import Sealed, env_file, vllm_secrets
@@ -69,8 +71,7 @@ def engine_args(server: VllmInstance) -> list[str]:
 
 
 def _publish(address: Any, port: int) -> str:
-    shown = f"[{address}]" if ipaddress.ip_address(address).version == 6 else str(address)
-    return f"{shown}:{port}:{CONTAINER_PORT}"
+    return f"{url_host(address)}:{port}:{CONTAINER_PORT}"
 
 
 def _gpu_flags(config: FleetConfig, server: VllmInstance) -> list[str]:
@@ -121,7 +122,17 @@ def probe_address(config: FleetConfig) -> str:
     address = ipaddress.ip_address(config.vllm.bind_address)
     if address.is_unspecified:
         address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
-    return f"[{address}]" if address.version == 6 else str(address)
+    return url_host(address)
+
+
+def key_to_curl(secrets: str) -> str:
+    """Shell that hands ``curl -K -`` the API key of a secrets file as an Authorization header
+    on its stdin (printf is a shell builtin), so the key is never on a command line; nothing
+    when the file holds no key. ``secrets`` is a shell word (quoted path or "$var")."""
+    return (
+        f'( set -a; . {secrets}; [ -z "$VLLM_API_KEY" ] || '
+        'printf \'header = "Authorization: Bearer %s"\\n\' "$VLLM_API_KEY" ) | '
+    )
 
 
 _READY = r"""
@@ -131,10 +142,8 @@ fail() {
   docker logs --tail @LINES@ "$name" 2>&1 | sed 's/^/  | /' >&2
   exit 1
 }
-api() {  # the key goes to curl on stdin (printf is a builtin): never on a command line
-  ( set -a; . "$secrets"; [ -z "$VLLM_API_KEY" ] ||
-      printf 'header = "Authorization: Bearer %s"\n' "$VLLM_API_KEY" ) |
-    curl -sS --max-time 5 -K - "$url$1" 2>/dev/null
+api() {  # with the API key, never on a command line (key_to_curl)
+  @KEY_TO_CURL@curl -sS --max-time 5 -K - "$url$1" 2>/dev/null
 }
 deadline=$(( $(date +%s) + timeout ))
 while :; do
@@ -162,7 +171,7 @@ def ready_script(config: FleetConfig, server: VllmInstance) -> str:
         "TIMEOUT": str(config.vllm.ready_timeout_s),
         "LINES": str(LOG_LINES),
     }
-    script = _READY
+    script = _READY.replace("@KEY_TO_CURL@", key_to_curl('"$secrets"'))
     for key, value in values.items():
         script = script.replace(f"@{key}@", shlex.quote(value))
     return script
@@ -242,7 +251,7 @@ def retired(keep: list[str]):
     for name in gone:
         container_name = state["containers"][name]["Name"].lstrip("/")
         yield f"docker rm -f {shlex.quote(container_name)}"
-    stale = [p for p in state["secrets"] if p.rsplit("/", 1)[-1][: -len(".env")] not in keep]
+    stale = [path for path in state["secrets"] if PurePosixPath(path).stem not in keep]
     if stale:
         yield StringCommand("rm", "-f", *sorted(stale))
     if not gone and not stale:

@@ -39,6 +39,14 @@ def deploy(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return run(sys.executable, "-m", "pyinfra", "inventory/lab.py", "deploy.py", *args, env=env)
 
 
+def verify(*args: str) -> subprocess.CompletedProcess:
+    """The verify suite against the lab inventory (extra pytest arguments appended)."""
+    return run(
+        sys.executable, "-m", "pytest", "tests/verify", "--inventory", "inventory/lab.py",
+        "-p", "no:cacheprovider", *args,
+    )  # fmt: skip
+
+
 def on_host(name: str, command: str) -> subprocess.CompletedProcess:
     """Run a shell command on a lab host over SSH, the lab's pinned host key checked."""
     state = json.loads((ROOT / ".lab" / "state.json").read_text())

@@ -19,7 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import HOSTS, LAB_SECRETS, ROOT, daemon_json, deploy, on_host, run
+from tests.e2e.helpers import (
+    HOSTS,
+    LAB_SECRETS,
+    ROOT,
+    daemon_json,
+    deploy,
+    on_host,
+    run,
+    verify,
+)
 from tests.e2e.test_lab_vllm import api, container_ids
 
 pytestmark = pytest.mark.lab
@@ -30,13 +39,6 @@ def lab_up() -> None:
     """Start what a test stopped (`lab up` starts stopped hosts and waits for SSH)."""
     done = run(sys.executable, "-m", "lab", "up", "--hosts", str(len(HOSTS)), timeout=600)
     assert done.returncode == 0, done.output
-
-
-def verify(*args: str) -> subprocess.CompletedProcess:
-    return run(
-        sys.executable, "-m", "pytest", "tests/verify", "--inventory", "inventory/lab.py",
-        "-p", "no:cacheprovider", *args,
-    )  # fmt: skip
 
 
 def wait_health(name: str, timeout: float = 60) -> None:

@@ -9,11 +9,10 @@ missing prerequisite is a failure.
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from tests.e2e.helpers import daemon_json, deploy, on_host, run
+from tests.e2e.helpers import daemon_json, deploy, on_host, verify
 
 pytestmark = pytest.mark.lab
 
@@ -28,11 +27,7 @@ def test_deploy_runs_every_layer_on_every_host_over_ssh(lab):
 
 def test_verify_passes_and_writes_the_fleet_report(lab, tmp_path):
     report = tmp_path / "report.json"
-    done = run(
-        sys.executable, "-m", "pytest", "tests/verify", "--inventory", "inventory/lab.py",
-        f"--fleet-report={report}", f"--junitxml={tmp_path / 'junit.xml'}",
-        "-p", "no:cacheprovider",
-    )  # fmt: skip
+    done = verify(f"--fleet-report={report}", f"--junitxml={tmp_path / 'junit.xml'}")
     assert done.returncode == 0, done.output
     hosts = json.loads(report.read_text())["hosts"]
     assert sorted(hosts) == lab

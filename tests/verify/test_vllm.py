@@ -19,7 +19,7 @@ import pytest
 
 from operations.config import VllmInstance
 from operations.secrets import env_file, vllm_secrets
-from operations.vllm import CONTAINER_PORT, probe_address, secrets_path
+from operations.vllm import CONTAINER_PORT, key_to_curl, probe_address, secrets_path
 from operations.vllm_facts import parse_state, state_command
 from tests.verify.fleet import FleetHost, prefetched
 
@@ -52,13 +52,7 @@ def _curl(fleet_host: FleetHost, server: VllmInstance, path: str, body=None, key
     options = ["-sS", "--max-time", "30", "-o", "/dev/stdout", "-w", r"\n%{http_code}"]
     if body is not None:
         options += ["-H", "Content-Type: application/json", "--data", json.dumps(body)]
-    header = ""
-    if key:
-        secrets = shlex.quote(secrets_path(server))
-        header = (
-            f'( set -a; . {secrets}; [ -z "$VLLM_API_KEY" ] || '
-            'printf \'header = "Authorization: Bearer %s"\\n\' "$VLLM_API_KEY" ) | '
-        )
+    header = key_to_curl(shlex.quote(secrets_path(server))) if key else ""
     return f"{header}curl -K - {shlex.join(options)} {shlex.quote(url)}"
 
 
