@@ -137,8 +137,10 @@ def holds(config: dict[str, Any], managed: Managed) -> list[str]:
 _PLANNED: WeakKeyDictionary[Any, tuple[Any, list]] = WeakKeyDictionary()
 
 
-def _starting_point(layer: str) -> tuple[dict[str, Any], dict[str, list], str | None]:
-    """(base object, owned paths, corrupt text or None) for this layer's merge on this host."""
+def _starting_point(layer: str) -> tuple[dict[str, Any], dict[str, list], str | None, Any]:
+    """(base object, owned paths, corrupt text or None, the last-good object) for this
+    layer's merge on this host; the last-good object only for the merge that read the files
+    (the run's first), else None."""
     state, chain = _PLANNED.get(ctx_host.get(), (None, []))
     if state is not host.state:
         chain = []
@@ -147,13 +149,14 @@ def _starting_point(layer: str) -> tuple[dict[str, Any], dict[str, list], str | 
     before = chain[: layers.index(layer)] if layer in layers else chain
     if before:
         new, new_owned = before[-1][1]
-        return new, new_owned, None
+        return new, new_owned, None, None
     files = host.get_fact(DaemonJson)
     owned = parse(files["owned"]) or {}
     current = parse(files["current"])
+    last_good = parse(files["last_good"])
     if current is None:
-        return parse(files["last_good"]) or {}, owned, files["current"]
-    return current, owned, None
+        return last_good or {}, owned, files["current"], last_good
+    return current, owned, None, last_good
 
 
 def _first_merge(layer: str) -> bool:
@@ -176,14 +179,14 @@ def merged(layer: str, managed: Managed, restart_timeout_s: int = 90):
     + managed: key path -> value this layer wants in the file
     + restart_timeout_s: how long dockerd may take to answer after the restart
     """
-    base, owned, corrupt = _starting_point(layer)
+    base, owned, corrupt, last_good = _starting_point(layer)
     paths = sorted(managed)
     no_longer = [tuple(p) for p in owned.get(layer, []) if tuple(p) not in managed]
     new = merge(base, managed, no_longer)
     new_owned = {**owned, layer: [list(p) for p in paths]}
     _record(layer, new, new_owned)
     if new == base and new_owned == owned and corrupt is None:
-        if _first_merge(layer) and parse(host.get_fact(DaemonJson)["last_good"]) != new:
+        if _first_merge(layer) and last_good != new:
             yield StringCommand(f"mkdir -p {STATE_DIR} && cp -p {DAEMON_JSON} {LAST_GOOD}")
             return
         host.noop(f"daemon.json already holds the {layer} keys")

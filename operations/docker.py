@@ -22,9 +22,9 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Users
-from pyinfra.operations import apt, dnf, server, systemd
+from pyinfra.operations import apt, dnf, server
 
-from operations import daemon_json
+from operations import converged, daemon_json
 from operations.common import fail_host
 from operations.config import DockerConfig, FleetConfig
 from operations.packages import (
@@ -39,8 +39,9 @@ from operations.preflight import platform_key
 
 DOCKER_REPO = "https://download.docker.com"
 KEYRING = "/etc/apt/keyrings/docker.gpg"
+SERVICE = converged.managed_unit("docker")
 RPM_KEY = "/etc/pki/rpm-gpg/RPM-GPG-KEY-docker-ce"
-PIN_FILE = "/etc/apt/preferences.d/gpufleet-docker"
+PIN_FILE = converged.managed("/etc/apt/preferences.d/gpufleet-docker")
 # Docker's release signing keys (docs.docker.com/engine/install: debian, ubuntu, rhel)
 APT_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
 RPM_FINGERPRINT = "060A61C51B558A7F742B77AAC52FEB6B621E9F35"
@@ -127,7 +128,7 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
         managed=daemon_keys(config.docker),
         restart_timeout_s=config.docker.restart_timeout_s,
     )
-    systemd.service(name="docker", service="docker", running=True, enabled=True)
+    converged.service("docker", SERVICE, running=True, enabled=True)
     _docker_group(config.docker.users)
 
 
@@ -151,7 +152,7 @@ def _repo_base(config: FleetConfig) -> str:
 
 def _apt_engine(config: FleetConfig, profile: dict[str, Any], engine: Engine) -> None:
     """Debian/Ubuntu: conflicts out, source, pin, one apt update if sources changed, install."""
-    installed = host.get_fact(DebPackages)
+    installed = converged.planned(DebPackages)
     conflicts = [name for name in engine.conflicts if name in installed]
     if conflicts:
         apt.packages(name="Remove packages that conflict", packages=conflicts, present=False)

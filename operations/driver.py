@@ -27,8 +27,9 @@ from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.operations import apt, dnf, files, server, systemd
+from pyinfra.operations import apt, dnf, files, server
 
+from operations import converged
 from operations.apt_sources import AptSourceFiles, with_components
 from operations.common import fail_host
 from operations.config import DriverConfig, FleetConfig
@@ -44,7 +45,7 @@ from operations.driver_facts import (
 from operations.packages import signed_apt_repo, signed_dnf_repo
 from operations.preflight import platform_key
 
-NOUVEAU_CONF = "/etc/modprobe.d/gpufleet-blacklist-nouveau.conf"
+NOUVEAU_CONF = converged.managed("/etc/modprobe.d/gpufleet-blacklist-nouveau.conf")
 NOUVEAU_TEXT = "# Written by gpufleet: the NVIDIA driver needs nouveau out of the way.\n" + (
     "blacklist nouveau\noptions nouveau modeset=0\n"
 )
@@ -61,7 +62,9 @@ INSTALLED_DRIVER_PACKAGES = installed_apt_packages("$2")  # their names
 NVIDIA_CUDA_REPOS = "https://developer.download.nvidia.com/compute/cuda/repos"
 CUDA_ARCH = {"x86_64": "x86_64", "aarch64": "sbsa"}  # NVIDIA's repository arch directories
 CUDA_KEYRING = "/etc/apt/keyrings/nvidia-cuda.gpg"
-PIN_FILE = "/etc/apt/preferences.d/gpufleet-nvidia-driver"
+PERSISTENCED = converged.managed_unit("nvidia-persistenced")
+FABRIC_MANAGER = converged.managed_unit("nvidia-fabricmanager")
+PIN_FILE = converged.managed("/etc/apt/preferences.d/gpufleet-nvidia-driver")
 # NVIDIA's CUDA repository signing keys (cuda-repo-management SIGNATURES.md; docs/driver-sources.md)
 CUDA_KEY_APT = ("3bf863cc.pub", "EB693B3035CD5710E231E123A4B469963BF863CC")
 CUDA_KEY_RPM = ("D42D0685.pub", "610C7B14E068A878070DA4E99CD0A493D42D0685")
@@ -307,7 +310,7 @@ FAMILIES = {"apt": _apt_driver, "dnf": _dnf_driver}
 def _apt_sources(config: FleetConfig, profile: dict[str, Any], source: Source) -> list:
     """Operations that make the source's packages installable; returns them."""
     ops = []
-    for path, text in host.get_fact(AptSourceFiles).items() if source.components else ():
+    for path, text in converged.planned(AptSourceFiles).items() if source.components else ():
         new = with_components(text, path, profile["os_codename"], source.components)
         if new != text:
             ops.append(
@@ -328,12 +331,7 @@ def _cuda_repo(config, profile, os_dir: str, key_file: str, fingerprint: str) ->
     url = _repo_url(config, profile, os_dir)
     expected = config.driver.cuda_repo_fingerprint or fingerprint
     ops = signed_apt_repo("NVIDIA CUDA", f"{url}/{key_file}", CUDA_KEYRING, expected, f"{url}/ /")
-    pin = files.put(
-        name="Pin the driver branch",
-        src=StringIO(pin_text(config.driver)),
-        dest=PIN_FILE,
-        mode="644",
-    )
+    pin = converged.put("Pin the driver branch", pin_text(config.driver), PIN_FILE, mode="644")
     return [*ops, pin]
 
 
@@ -376,7 +374,7 @@ def _install_apt(config, profile, source: Source, flavour: str, upgrading: str |
     if fabric_manager_wanted(config, profile):
         packages.append(source.fabric_manager(config.driver.branch))
     if not upgrading:
-        return apt.packages(name="Install the NVIDIA driver", packages=packages, no_recommends=True)
+        return converged.apt_install("Install the NVIDIA driver", packages)
     server.shell(
         name=f"Release the driver packages held at {upgrading}",
         commands=[f"apt-mark unhold $({INSTALLED_DRIVER_PACKAGES})"],
@@ -404,7 +402,7 @@ def _blacklist_nouveau(config, state: dict[str, Any]) -> None:
     """Keep nouveau off the GPUs; regenerate the initramfs when the blacklist is new."""
     if not config.driver.blacklist_nouveau:
         return
-    put = files.put(name="Blacklist nouveau", src=StringIO(NOUVEAU_TEXT), dest=NOUVEAU_CONF)
+    put = converged.put("Blacklist nouveau", NOUVEAU_TEXT, NOUVEAU_CONF)
     if state.get("initramfs"):
         server.shell(
             name="Regenerate the initramfs", commands=[state["initramfs"]], _if=put.did_change
@@ -414,10 +412,10 @@ def _blacklist_nouveau(config, state: dict[str, Any]) -> None:
 def _services(config: FleetConfig, profile: dict[str, Any]) -> None:
     """nvidia-persistenced and, where wanted, the fabric manager: enabled, and running only
     where there are GPUs for them to serve."""
-    units = ["nvidia-persistenced"] if config.driver.persistence else []
-    units += ["nvidia-fabricmanager"] if fabric_manager_wanted(config, profile) else []
+    units = [PERSISTENCED] if config.driver.persistence else []
+    units += [FABRIC_MANAGER] if fabric_manager_wanted(config, profile) else []
     for unit in units:
-        systemd.service(name=unit, service=unit, enabled=True, running=config.host.has_gpus)
+        converged.service(unit, unit, running=config.host.has_gpus, enabled=True)
 
 
 def _reboot_if_needed(config: FleetConfig, state: dict[str, Any], install) -> None:

@@ -13,14 +13,15 @@ moves the installed set deliberately (downgrades allowed: the pin decides).
 from __future__ import annotations
 
 import fnmatch
-from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.rpm import RpmPackages
-from pyinfra.operations import apt, dnf, files, server
+from pyinfra.operations import apt, dnf, server
 
+from operations import converged
+from operations.apt_sources import AptSourceFiles
 from operations.preflight import EL_IDS
 
 APT_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # uname -m -> dpkg architecture
@@ -67,19 +68,25 @@ def signed_apt_repo(
 
     Returns the operations; a source whose entry changed needs an ``apt update``.
     """
-    key = apt.key(name=f"Add the {what} repository key", src=key_url, dest=keyring)
-    present = host.get_fact(KeyringFingerprints).get(keyring)
-    trusted = present is None or present == fingerprint.replace(" ", "").upper()
-    server.shell(
-        name=f"Check the {what} repository key's fingerprint",
-        commands=[fingerprint_check(keyring, fingerprint)],
-        **({"_if": key.did_change} if trusted else {}),
+    present = converged.planned(KeyringFingerprints).get(keyring)
+    expected = fingerprint.replace(" ", "").upper()
+    if present == expected:
+        key = converged.unchanged()  # the key is there and is the expected one
+    else:
+        key = apt.key(name=f"Add the {what} repository key", src=key_url, dest=keyring)
+        server.shell(
+            name=f"Check the {what} repository key's fingerprint",
+            commands=[fingerprint_check(keyring, fingerprint)],
+            **({"_if": key.did_change} if present is None else {}),
+        )
+    filename = keyring.rsplit("/", 1)[-1].removesuffix(".gpg")
+    line = f"deb [{f'arch={arch} ' if arch else ''}signed-by={keyring}] {entry}"
+    listed = (converged.planned(AptSourceFiles) or {}).get(
+        f"/etc/apt/sources.list.d/{filename}.list"
     )
-    repo = apt.repo(
-        name=f"Add the {what} repository",
-        filename=keyring.rsplit("/", 1)[-1].removesuffix(".gpg"),
-        src=f"deb [{f'arch={arch} ' if arch else ''}signed-by={keyring}] {entry}",
-    )
+    if listed is not None and line in listed.splitlines():
+        return [key, converged.unchanged()]
+    repo = apt.repo(name=f"Add the {what} repository", filename=filename, src=line)
     return [key, repo]
 
 
@@ -119,16 +126,16 @@ def pin_text(why: str, packages: tuple[str, ...], glob: str) -> str:
 def apt_pin(what: str, path: str, packages: tuple[str, ...], glob: str | None):
     """The pin file when a version is configured; none (removed) when it is not."""
     if glob is None:
-        return files.file(name=f"No {what} version pin", path=path, present=False)
+        return converged.absent(f"No {what} version pin", path)
     text = pin_text(f"keep {what} at its configured version.", packages, glob)
-    return files.put(name=f"Pin the {what} version", src=StringIO(text), dest=path, mode="644")
+    return converged.put(f"Pin the {what} version", text, path, mode="644")
 
 
 def drifted(packages: tuple[str, ...], glob: str | None) -> list[str]:
     """Installed packages of the set whose version does not match the pinned ``glob``."""
     if glob is None:
         return []
-    installed = host.get_fact(DebPackages)
+    installed = converged.planned(DebPackages)
     return [
         f"{name} {' '.join(installed[name])}"
         for name in packages
@@ -141,7 +148,7 @@ def apt_pinned_install(what: str, packages: tuple[str, ...], pinned: tuple[str, 
     pin, move them (the pin decides, downgrades allowed). Returns the operation."""
     moved = drifted(pinned, glob)
     if not moved:
-        return apt.packages(name=f"Install {what}", packages=list(packages), no_recommends=True)
+        return converged.apt_install(f"Install {what}", packages)
     install = "apt-get -y --allow-downgrades --no-install-recommends install"
     return server.shell(
         name=f"Move {what} to {glob} (installed: {', '.join(moved)})",
@@ -149,7 +156,7 @@ def apt_pinned_install(what: str, packages: tuple[str, ...], pinned: tuple[str, 
     )
 
 
-APT_LOCK_CONF = "/etc/apt/apt.conf.d/90gpufleet-lock-timeout"
+APT_LOCK_CONF = converged.managed("/etc/apt/apt.conf.d/90gpufleet-lock-timeout")
 # dpkg itself does not wait for its lock: retry while apt waits would (every 2 s)
 _FINISH_DPKG = (
     "deadline=$(( $(date +%s) + {timeout} )); "
@@ -158,7 +165,14 @@ _FINISH_DPKG = (
 )
 
 
-APT_PROXY_CONF = "/etc/apt/apt.conf.d/90gpufleet-proxy"
+APT_PROXY_CONF = converged.managed("/etc/apt/apt.conf.d/90gpufleet-proxy")
+
+
+def proxy_text(proxy: str, bypass: tuple[str, ...]) -> str:
+    """apt configuration: fetch through ``proxy``, straight from the ``bypass`` hosts."""
+    return f'Acquire::http::Proxy "{proxy}";\n' + "".join(
+        f'Acquire::http::Proxy::{name} "DIRECT";\n' for name in bypass
+    )
 
 
 @deploy("Package manager")
@@ -173,22 +187,15 @@ def package_manager_ready(
     apt fetches through it, so a fleet downloads each package once; without, the file goes."""
     if profile.get("os_id") in EL_IDS:
         return
-    files.put(
-        name="apt waits for a held lock",
-        src=StringIO(f'DPkg::Lock::Timeout "{timeout_s}";\n'),
-        dest=APT_LOCK_CONF,
+    converged.put(
+        "apt waits for a held lock", f'DPkg::Lock::Timeout "{timeout_s}";\n', APT_LOCK_CONF
     )
     if proxy:
-        files.put(
-            name="apt fetches through the shared proxy",
-            src=StringIO(
-                f'Acquire::http::Proxy "{proxy}";\n'
-                + "".join(f'Acquire::http::Proxy::{host} "DIRECT";\n' for host in bypass)
-            ),
-            dest=APT_PROXY_CONF,
+        converged.put(
+            "apt fetches through the shared proxy", proxy_text(proxy, bypass), APT_PROXY_CONF
         )
     else:
-        files.file(name="No apt proxy", path=APT_PROXY_CONF, present=False)
+        converged.absent("No apt proxy", APT_PROXY_CONF)
     if profile.get("dpkg_interrupted"):
         server.shell(
             name="Finish the interrupted dpkg run",

@@ -23,14 +23,13 @@ do not name the installed driver's version (after a driver upgrade).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from io import StringIO
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
-from pyinfra.operations import apt, dnf, files, server
+from pyinfra.operations import apt, dnf, server
 
-from operations import daemon_json
+from operations import converged, daemon_json
 from operations.config import FleetConfig, ToolkitConfig
 from operations.driver_facts import INSTALLED_VERSION_SH
 from operations.packages import (
@@ -47,14 +46,14 @@ TOOLKIT_REPO = "https://nvidia.github.io/libnvidia-container"
 FINGERPRINT = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
 KEYRING = "/etc/apt/keyrings/nvidia-container-toolkit.gpg"
 RPM_KEY = "/etc/pki/rpm-gpg/RPM-GPG-KEY-nvidia-container-toolkit"
-PIN_FILE = "/etc/apt/preferences.d/gpufleet-nvidia-container-toolkit"
+PIN_FILE = converged.managed("/etc/apt/preferences.d/gpufleet-nvidia-container-toolkit")
 PACKAGES = (
     "nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
     "libnvidia-container1",
 )  # fmt: skip
 CDI_SPEC = "/etc/cdi/nvidia.yaml"
 CDI_SINCE = (1, 12)  # nvidia-ctk cdi generate
-UDEV_RULE = "/etc/udev/rules.d/71-nvidia-dev-char.rules"
+UDEV_RULE = converged.managed("/etc/udev/rules.d/71-nvidia-dev-char.rules")
 DEV_CHAR_LINKS = "/usr/bin/nvidia-ctk system create-dev-char-symlinks --create-all"
 UDEV_TEXT = (
     "# Written by gpufleet: /dev/char links for the NVIDIA device nodes, so containers keep\n"
@@ -124,9 +123,7 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
         managed=daemon_keys(config.toolkit),
         restart_timeout_s=config.docker.restart_timeout_s,
     )
-    rule = files.put(
-        name="Install the /dev/char udev rule", src=StringIO(UDEV_TEXT), dest=UDEV_RULE
-    )
+    rule = converged.put("Install the /dev/char udev rule", UDEV_TEXT, UDEV_RULE)
     if not config.host.has_gpus:
         return  # no device nodes to link, no GPUs to describe
     server.shell(name="Create the /dev/char links", commands=[DEV_CHAR_LINKS], _if=rule.did_change)

@@ -38,13 +38,16 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
 from pyinfra.facts.docker import DockerImage
-from pyinfra.operations import apt, dnf, docker, files
+from pyinfra.operations import dnf, docker, files
 
+from operations import converged
 from operations.common import url_host
 from operations.config import FleetConfig, VllmInstance
 from operations.preflight import EL_IDS, platform_key
 from operations.secrets import Sealed, env_file, vllm_secrets
 from operations.vllm_facts import LABEL, SECRETS_DIR, SPEC_LABEL, VllmState
+
+converged.managed(SECRETS_DIR)
 
 CONTAINER_PORT = 8000
 CONTAINER_HF_HOME = "/root/.cache/huggingface"
@@ -52,7 +55,7 @@ SECRETS_IN_CONTAINER = "/run/gpufleet/secrets.env"
 # Loads the secrets into the server's environment, then becomes the server (PID 1 stays it).
 WRAPPER = f'set -a; . {SECRETS_IN_CONTAINER}; set +a; exec "$@"'
 # The one OS difference of this layer: how curl is installed (EL host? -> operation).
-PACKAGES = {False: apt.packages, True: dnf.packages}
+PACKAGES = {False: converged.apt_install, True: dnf.packages}  # EL host?
 LOG_LINES = 30  # of a failed container's log, quoted in the error
 
 
@@ -266,8 +269,8 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     install = PACKAGES[platform_key(profile)[0] in EL_IDS]
     install(name="Install curl (the readiness probe)", packages=["curl"])
     files.directory(name="vLLM model cache", path=config.vllm.hf_cache_dir, present=True)
-    files.directory(
-        name="vLLM secrets directory", path=SECRETS_DIR, user="root", group="root", mode="700"
+    converged.directory(
+        "vLLM secrets directory", SECRETS_DIR, mode="700", user="root", group="root"
     )
     image = config.vllm.image
     if config.vllm.image_archive:
