@@ -84,12 +84,12 @@ def package_seconds(timings: dict[str, float]) -> float:
     return sum(s for name, s in timings.items() if any(w in name for w in PACKAGE_OPS))
 
 
-def bench_size(count: int, runs: int, apt_cache: bool = False, log=print) -> dict:
+def bench_size(count: int, runs: int, apt_cache: bool = True, log=print) -> dict:
     """Every figure for one fleet size (fresh hosts)."""
     lab("down")
     if apt_cache:
         aptcache.remove()  # a fresh converge starts with nothing cached (`up` makes a new cache)
-    lab("up", "--hosts", str(count), *(["--apt-cache"] if apt_cache else []))
+    lab("up", "--hosts", str(count), "--apt-cache" if apt_cache else "--no-apt-cache")
     logs = OUT / "logs" / f"{count}-hosts"
     with tempfile.TemporaryDirectory() as tmp:
         timings_file = Path(tmp) / "timings.json"
@@ -204,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", default="1,4,8,16", help="fleet sizes (default 1,4,8,16)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each cheap measurement")
     parser.add_argument(
-        "--apt-cache", action="store_true", help="lab hosts fetch through a shared apt-cacher-ng"
-    )
+        "--apt-cache", action=argparse.BooleanOptionalAction, default=True,
+        help="lab hosts fetch through the lab's shared apt-cacher-ng, emptied before each size "
+        "(default; --no-apt-cache: each host from the mirror)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     sizes = [int(n) for n in args.hosts.split(",")]
     started = time.monotonic()

@@ -36,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--mirror", metavar="URL", help=mirror_help)
     up.add_argument(
         "--apt-cache",
-        action="store_true",
-        help="hosts fetch packages through a shared apt-cacher-ng (deploy_apt_proxy)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hosts fetch packages through the lab's shared apt-cacher-ng (deploy_apt_proxy); "
+        "on by default",
     )
     sub.add_parser("down", help="remove the hosts, the repository container, the state file")
     sub.add_parser("status", help="show the hosts, whether they answer SSH, and the repository")

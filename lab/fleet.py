@@ -381,7 +381,7 @@ def up(
     count: int = 3,
     mirror: str | None = None,
     log: Log = print,
-    apt_cache: bool = False,
+    apt_cache: bool = True,
 ) -> dict:
     """Engine, image, `count` hosts reachable over SSH, state file. Idempotent.
     Returns {"timings": {phase: seconds}, "hosts": {name: system state}}."""
