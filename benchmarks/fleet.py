@@ -28,7 +28,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -91,10 +90,10 @@ def bench_size(count: int, runs: int, apt_cache: bool = True, log=print) -> dict
         aptcache.remove()  # a fresh converge starts with nothing cached (`up` makes a new cache)
     lab("up", "--hosts", str(count), "--apt-cache" if apt_cache else "--no-apt-cache")
     logs = OUT / "logs" / f"{count}-hosts"
-    with tempfile.TemporaryDirectory() as tmp:
-        timings_file = Path(tmp) / "timings.json"
-        fresh = measure(DEPLOY, logs / "fresh.log", {"GPUFLEET_TIMINGS": str(timings_file)})
-        timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    timings_file = logs / "fresh-timings.json"  # per operation: where the fresh time went
+    timings_file.unlink(missing_ok=True)
+    fresh = measure(DEPLOY, logs / "fresh.log", {"GPUFLEET_TIMINGS": str(timings_file)})
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     assert fresh["rc"] == 0, f"fresh converge of {count} host(s) failed: see {logs}"
     nochange = [measure(DEPLOY, logs / f"nochange-{i}.log") for i in range(runs)]
     verify = [measure(VERIFY, logs / f"verify-{i}.log") for i in range(runs)]

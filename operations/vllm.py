@@ -204,24 +204,39 @@ def _upload_secrets(path: str, content: str):
     yield StringCommand("chmod", "600", temp, "&&", "mv", "-f", temp, path)
 
 
+def differences(
+    state: dict[str, Any], config: FleetConfig, server: VllmInstance, content: str
+) -> tuple[str, bool, bool]:
+    """(spec hash, whether the secrets file differs from ``content``, whether the container
+    is not running with that spec) of one instance, against a VllmState."""
+    spec = spec_hash(container_args(config, server))
+    digest = hashlib.sha256(content.encode()).hexdigest()
+    new_secrets = state["secrets"].get(secrets_path(server)) != digest
+    current = state["containers"].get(server.name, {})
+    labels = current.get("Config", {}).get("Labels") or {}
+    running = current.get("State", {}).get("Status") == "running"
+    return spec, new_secrets, not (running and labels.get(SPEC_LABEL) == spec)
+
+
+def retired_in(state: dict[str, Any], keep: list[str]) -> tuple[list[str], list[str]]:
+    """(instances whose containers are no longer configured, their secrets files)."""
+    gone = sorted(set(state["containers"]) - set(keep))
+    stale = [path for path in state["secrets"] if PurePosixPath(path).stem not in keep]
+    return gone, stale
+
+
 @operation()
 def container(config: FleetConfig, server: VllmInstance, secrets: Sealed):
     """Create or recreate one instance's container when its spec, its secrets or its state
     differ from the config, then wait until it serves (see the module doc)."""
-    state = host.get_fact(VllmState)
-    args = container_args(config, server)
-    spec = spec_hash(args)
-    path = secrets_path(server)
     content = secrets.reveal()
-    new_secrets = state["secrets"].get(path) != hashlib.sha256(content.encode()).hexdigest()
+    spec, new_secrets, stale = differences(host.get_fact(VllmState), config, server, content)
     if new_secrets:
-        yield from _upload_secrets(path, content)
-    current = state["containers"].get(server.name, {})
-    labels = current.get("Config", {}).get("Labels") or {}
-    running = current.get("State", {}).get("Status") == "running"
-    if running and labels.get(SPEC_LABEL) == spec and not new_secrets:
+        yield from _upload_secrets(secrets_path(server), content)
+    if not new_secrets and not stale:
         host.noop(f"{server.container} is running with spec {spec}")
         return
+    args = container_args(config, server)
     yield cache_space_guard(config, server)
     yield f"docker rm -f {server.container} >/dev/null 2>&1 || true"
     run = ["docker", "run", "--detach", "--label", f"{SPEC_LABEL}={spec}", *args]
@@ -250,11 +265,10 @@ def archived_image(image: str, archive: str):
 def retired(keep: list[str]):
     """Remove the containers (and secrets files) of instances no longer configured."""
     state = host.get_fact(VllmState)
-    gone = sorted(set(state["containers"]) - set(keep))
+    gone, stale = retired_in(state, keep)
     for name in gone:
         container_name = state["containers"][name]["Name"].lstrip("/")
         yield f"docker rm -f {shlex.quote(container_name)}"
-    stale = [path for path in state["secrets"] if PurePosixPath(path).stem not in keep]
     if stale:
         yield StringCommand("rm", "-f", *sorted(stale))
     if not gone and not stale:
@@ -273,14 +287,19 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
         "vLLM secrets directory", SECRETS_DIR, mode="700", user="root", group="root"
     )
     image = config.vllm.image
-    if config.vllm.image_archive:
+    if converged.planned(DockerImage, object_id=image):
+        pass  # on the host already (the image is pinned: a tag names one build)
+    elif config.vllm.image_archive:
         archived_image(name=f"Load {image}", image=image, archive=config.vllm.image_archive)
     else:
         docker.image(name=f"Pull {image}", image=image, present=True)
     servers = config.vllm.servers()
+    state = converged.planned(VllmState)  # operations below read it again as they execute
     # retired first: a new instance may take over a retired one's port or GPUs
-    retired(name="Remove retired vLLM instances", keep=[s.name for s in servers])
+    if any(retired_in(state, [s.name for s in servers])):
+        retired(name="Remove retired vLLM instances", keep=[s.name for s in servers])
     for instance in servers:
-        container(
-            name=f"vLLM {instance.container}", config=config, server=instance, secrets=secrets
-        )
+        if any(differences(state, config, instance, secrets.reveal())[1:]):
+            container(
+                name=f"vLLM {instance.container}", config=config, server=instance, secrets=secrets
+            )
