@@ -210,17 +210,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(n) for n in args.hosts.split(",")]
     started = time.monotonic()
-    results = [bench_size(n, args.runs, args.apt_cache) for n in sizes]
+    results = []
+    for count in sizes:  # written after each size: a size that fails keeps the ones before
+        results.append(bench_size(count, args.runs, args.apt_cache))
+        write(results, round(time.monotonic() - started))
+    print(markdown(results, machine()))
+    return 0
+
+
+def write(results: list[dict], took_s: int) -> None:
+    """results.json, results.md and results.png of the sizes measured so far."""
     host = machine()
     OUT.mkdir(parents=True, exist_ok=True)
     report = {"machine": host, "results": results,
               "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in targets(results)],
-              "took_s": round(time.monotonic() - started)}  # fmt: skip
+              "took_s": took_s}  # fmt: skip
     (OUT / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (OUT / "results.md").write_text(markdown(results, host))
     plot(results, OUT / "results.png")
-    print(markdown(results, host))
-    return 0
 
 
 if __name__ == "__main__":

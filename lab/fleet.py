@@ -324,6 +324,7 @@ def wait_ready(root: Path, ports: dict[int, int], timeout: float = READY_TIMEOUT
             names = ", ".join(f"{host_name(i)} ({why.get(i, '?')})" for i in sorted(pending))
             raise LabError(
                 f"not ready after {timeout:.0f}s: {names}; see `docker logs gpufleet-lab-N`"
+                + _exited_hint(pending)
             )
         time.sleep(1.0)
     for i in sorted(states):
@@ -334,6 +335,25 @@ def wait_ready(root: Path, ports: dict[int, int], timeout: float = READY_TIMEOUT
             units = " ".join(line.split()[0] for line in failed.splitlines() if line.strip())
             log(f"  {host_name(i)} is degraded; failed units: {units or '(none listed)'}")
     return states
+
+
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def _exited_hint(pending: dict[int, int]) -> str:
+    """Why hosts whose container exited at start may have: each host's systemd takes inotify
+    instances, and with the common default of 128 the 23rd host's systemd exits (status 255,
+    no output) on the lab machine; 512 ran 32 hosts."""
+    found = list_containers()
+    exited = [container_name(i) for i in pending if i in found and found[i].status == "exited"]
+    if not exited or not INOTIFY_INSTANCES.exists():
+        return ""
+    limit = INOTIFY_INSTANCES.read_text().strip()
+    return (
+        f"; {len(exited)} container(s) exited at start: with fs.inotify.max_user_instances = "
+        f"{limit}, systemd may have run out of inotify instances (128 ran 22 hosts here): "
+        "sysctl -w fs.inotify.max_user_instances=512"
+    )
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:

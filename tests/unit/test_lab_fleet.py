@@ -2,7 +2,7 @@
 
 import pytest
 
-from lab import LabError
+from lab import LabError, fleet
 from lab.fleet import (
     container_name,
     create_args,
@@ -107,3 +107,17 @@ def test_container_remembers_which_keys_it_was_given():
     assert parse_container(info).keys == "abc123"
     del info["Config"]
     assert parse_container(info).keys == ""
+
+
+def test_hosts_that_exited_at_start_get_the_inotify_hint(tmp_path, monkeypatch):
+    limit = tmp_path / "max_user_instances"
+    limit.write_text("128\n")
+    monkeypatch.setattr(fleet, "INOTIFY_INSTANCES", limit)
+    containers = {
+        22: fleet.Container(22, "gpufleet-lab-22", "running", 2242, "sha256:x"),
+        23: fleet.Container(23, "gpufleet-lab-23", "exited", 2243, "sha256:x"),
+    }
+    monkeypatch.setattr(fleet, "list_containers", lambda: containers)
+    hint = fleet._exited_hint({23: 2243})
+    assert "1 container(s) exited at start" in hint and "max_user_instances = 128" in hint
+    assert fleet._exited_hint({22: 2242}) == ""  # running, only slow: no such hint
