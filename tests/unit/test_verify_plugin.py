@@ -8,6 +8,9 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from operations.config import FleetConfig
+from tests.verify.fleet import BATCH_MARK, FleetHost, split_batch
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -81,3 +84,25 @@ def test_bad_config_is_a_usage_error_naming_host_and_key(tmp_path):
     assert code == 4  # pytest's usage error: nothing was checked
     assert "@local: vllm_port = -1: Input should be greater than or equal to 1" in output
     assert "Traceback" not in output and report == {}
+
+
+def test_prefetch_runs_every_script_in_one_round_trip_each_parsed_as_alone():
+    """A real shell (@local): outputs with and without a final newline, blank lines, an
+    `exit` inside a script; a failing script is not kept (its check runs it again)."""
+    host = FleetHost("@local", FleetConfig(), {})
+    scripts = ["printf 'a\\nb'", "echo x; echo; exit 0", "echo bad; exit 3", "true"]
+    runs = []
+    real_run = host.host.run
+    host.host.run = lambda command: runs.append(command) or real_run(command)
+    host.prefetch([lambda h, s=s: h.fact(s, list) for s in scripts])
+    assert len(runs) == 1
+    assert host._facts == {scripts[0]: ["a", "b"], scripts[1]: ["x", ""], scripts[3]: []}
+    assert host.fact(scripts[3], lambda lines: "not run again") == []
+
+
+def test_split_batch_keeps_lookalike_lines_and_drops_failed_and_unknown_scripts():
+    out = (
+        f"a\n{BATCH_MARK} 0 0\n{BATCH_MARK} 0\n{BATCH_MARK}x 0 1\nb\n\n{BATCH_MARK} 0 1\n"
+        f"c\n{BATCH_MARK} 2 2\n{BATCH_MARK} 0 7\n"
+    )
+    assert split_batch(out, 3) == {0: ["a"], 1: [f"{BATCH_MARK} 0", f"{BATCH_MARK}x 0 1", "b"]}

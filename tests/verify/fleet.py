@@ -30,6 +30,27 @@ from operations.settings import load_fleet
 ROOT = Path(__file__).resolve().parents[2]
 
 
+BATCH_MARK = "@@gpufleet-batch@@"  # ends each script's output in a prefetch: rc, index
+
+
+def split_batch(stdout: str, count: int) -> dict[int, list[str]]:
+    """{index: output lines} of the scripts of a batch that exited 0. Each end marker follows
+    a newline of its own, so one empty line before it is the batch's, not the script's."""
+    outputs: dict[int, list[str]] = {}
+    lines: list[str] = []
+    for line in stdout.splitlines():
+        fields = line.split(" ")
+        if len(fields) == 3 and fields[0] == BATCH_MARK and fields[2].isdigit():
+            if lines and lines[-1] == "":
+                lines.pop()
+            if fields[1] == "0" and int(fields[2]) < count:
+                outputs[int(fields[2])] = lines
+            lines = []
+        else:
+            lines.append(line)
+    return outputs
+
+
 class Unreachable(Exception):
     """The host did not answer over SSH."""
 
@@ -43,14 +64,39 @@ class FleetHost:
     data: dict[str, Any]
     ssh_config: Path | None = None
     _facts: dict[str, Any] = field(default_factory=dict, repr=False)
+    _pending: list[tuple[str, Callable]] | None = field(default=None, repr=False)
 
     def fact(self, command: str, parse: Callable[[list[str]], Any]) -> Any:
         """Run a deploy fact's script once per run and parse it the way the deploy does."""
         if command not in self._facts:
+            if self._pending is not None:  # prefetching: run with the others, in one script
+                self._pending.append((command, parse))
+                return None
             result = self.host.run(command)
             assert result.rc == 0, f"fact script failed (rc {result.rc}): {result.stderr}"
             self._facts[command] = parse(result.stdout.splitlines())
         return self._facts[command]
+
+    def prefetch(self, getters: list[FactGetter]) -> None:
+        """Run the scripts of ``getters`` in one round trip (each in its own subshell) and keep
+        each output parsed as if run alone. A script that fails is not kept: its check runs it
+        again and reports the failure."""
+        self._pending = []
+        try:
+            for getter in getters:
+                getter(self)
+        finally:
+            pending, self._pending = self._pending, None
+        if not pending:
+            return
+        script = "\n".join(
+            f"( {command}\n); printf '\\n{BATCH_MARK} %s {i}\\n' $?"
+            for i, (command, _) in enumerate(pending)
+        )
+        outputs = split_batch(self.host.run(script).stdout, len(pending))
+        for i, (command, parse) in enumerate(pending):
+            if i in outputs:
+                self._facts[command] = parse(outputs[i])
 
     @functools.cached_property
     def host(self) -> testinfra.host.Host:
@@ -133,17 +179,17 @@ def prefetched(getter: FactGetter) -> FactGetter:
 
 
 def prefetch(hosts: list[FleetHost], modules: set[str], workers: int = 32) -> None:
-    """Connect to every host and run the marked fact getters of ``modules``, hosts in
-    parallel (one thread each: testinfra runs ssh processes). Failures are left to the
+    """Connect to every host and run the marked fact getters of ``modules``, all of a host's
+    scripts in one round trip and hosts in parallel (one thread each: testinfra runs ssh
+    processes). Failures are left to the
     checks, which report them (an unreachable host fails its row)."""
     getters = [getter for getter in _PREFETCH if getter.__module__ in modules]
 
     def warm(host: FleetHost) -> None:
-        for getter in getters:
-            try:
-                getter(host)
-            except Exception:  # noqa: BLE001 - the check calling it again reports it
-                return
+        try:
+            host.prefetch(getters)
+        except Exception:  # noqa: BLE001 - the check calling it again reports it
+            return
 
     if hosts and getters:
         with ThreadPoolExecutor(max_workers=min(workers, len(hosts))) as pool:
