@@ -187,7 +187,7 @@ def service(name: str, unit: str, running: bool, enabled: bool):
 def apt_install(name: str, packages: list[str] | tuple[str, ...]):
     """``apt.packages`` (no recommends), unless every package is installed (``name=version``:
     at that version)."""
-    installed = planned(DebPackages) or {}
+    installed = planned(DebPackages)  # {} without dpkg (the fact's default)
     if all(_has(installed, spec) for spec in packages):
         return unchanged()
     return apt.packages(name=name, packages=list(packages), no_recommends=True)

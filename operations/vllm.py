@@ -55,7 +55,7 @@ SECRETS_IN_CONTAINER = "/run/gpufleet/secrets.env"
 # Loads the secrets into the server's environment, then becomes the server (PID 1 stays it).
 WRAPPER = f'set -a; . {SECRETS_IN_CONTAINER}; set +a; exec "$@"'
 # The one OS difference of this layer: how curl is installed (EL host? -> operation).
-PACKAGES = {False: converged.apt_install, True: dnf.packages}  # EL host?
+PACKAGES = {False: converged.apt_install, True: dnf.packages}
 LOG_LINES = 30  # of a failed container's log, quoted in the error
 
 
@@ -287,19 +287,21 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
         "vLLM secrets directory", SECRETS_DIR, mode="700", user="root", group="root"
     )
     image = config.vllm.image
-    if converged.planned(DockerImage, object_id=image):
-        pass  # on the host already (the image is pinned: a tag names one build)
-    elif config.vllm.image_archive:
-        archived_image(name=f"Load {image}", image=image, archive=config.vllm.image_archive)
-    else:
-        docker.image(name=f"Pull {image}", image=image, present=True)
+    # an image on the host already is the one wanted: the image is pinned (a tag, one build)
+    if not converged.planned(DockerImage, object_id=image):
+        if config.vllm.image_archive:
+            archived_image(name=f"Load {image}", image=image, archive=config.vllm.image_archive)
+        else:
+            docker.image(name=f"Pull {image}", image=image, present=True)
     servers = config.vllm.servers()
+    names = [server.name for server in servers]
     state = converged.planned(VllmState)  # operations below read it again as they execute
     # retired first: a new instance may take over a retired one's port or GPUs
-    if any(retired_in(state, [s.name for s in servers])):
-        retired(name="Remove retired vLLM instances", keep=[s.name for s in servers])
+    if any(retired_in(state, names)):
+        retired(name="Remove retired vLLM instances", keep=names)
+    content = secrets.reveal()
     for instance in servers:
-        if any(differences(state, config, instance, secrets.reveal())[1:]):
+        if any(differences(state, config, instance, content)[1:]):
             container(
                 name=f"vLLM {instance.container}", config=config, server=instance, secrets=secrets
             )

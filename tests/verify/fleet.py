@@ -70,7 +70,8 @@ class FleetHost:
         """Run a deploy fact's script once per run and parse it the way the deploy does."""
         if command not in self._facts:
             if self._pending is not None:  # prefetching: run with the others, in one script
-                self._pending.append((command, parse))
+                if command not in (queued for queued, _ in self._pending):
+                    self._pending.append((command, parse))
                 return None
             result = self.host.run(command)
             assert result.rc == 0, f"fact script failed (rc {result.rc}): {result.stderr}"
