@@ -6,7 +6,9 @@ echoed: a value whose key looks like a credential is shown as ``'***'``.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -29,10 +31,12 @@ class Problem:
     key: str
     value: Any
     allowed: str
+    source: str | None = None  # the file (or --data) the value came from, where known
 
     def __str__(self) -> str:
         shown = "'***'" if _SECRET_WORDS.search(self.key) else repr(self.value)
-        return f"{self.host}: {self.key} = {shown}: {self.allowed}"
+        where = f" (from {self.source})" if self.source else ""
+        return f"{self.host}: {self.key} = {shown}: {self.allowed}{where}"
 
 
 class ConfigError(PyinfraError):
@@ -191,12 +195,26 @@ def load_config(host: str, data: Mapping[str, Any]) -> tuple[FleetConfig | None,
     return (None if problems else config), problems
 
 
-def load_fleet(hosts: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, FleetConfig]:
-    """Validate every host; raise one ConfigError listing all problems of all hosts."""
+def _with_source(problem: Problem, sources: Mapping[str, str]) -> Problem:
+    """The problem, naming the file its top-level data key came from (when known)."""
+    if problem.source is not None:
+        return problem
+    key = re.split(r"[\[.]", problem.key, maxsplit=1)[0]
+    return dataclasses.replace(problem, source=sources.get(key))
+
+
+def load_fleet(
+    hosts: Iterable[tuple[str, Mapping[str, Any]]],
+    sources: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, FleetConfig]:
+    """Validate every host; raise one ConfigError listing all problems of all hosts.
+
+    ``sources`` ({host: {data key: file or '--data'}}) names where each value came from."""
     configs, problems = {}, []
     for name, data in hosts:
         config, host_problems = load_config(name, data)
-        problems += host_problems
+        where = (sources or {}).get(name, {})
+        problems += [_with_source(problem, where) for problem in host_problems]
         configs[name] = config
     if problems:
         raise ConfigError(problems)

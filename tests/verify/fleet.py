@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import re
 import shutil
 import subprocess
 import tempfile
@@ -134,14 +135,37 @@ def _ssh_block(name: str, data: dict[str, Any]) -> str:
         "ControlMaster": "auto",
         "ControlPersist": "30s",
     }
-    lines = [f"Host {name}"] + [f"  {k} {v}" for k, v in options.items() if v not in (None, "")]
+    lines = [f"Host {ssh_config_value(name)}"] + [
+        f"  {k} {ssh_config_value(v)}" for k, v in options.items() if v not in (None, "")
+    ]
     return "\n".join(lines)
+
+
+# What an ssh_config value may hold: printable, no quote, backslash, '%' (ssh's own tokens)
+# or '#'. Anything else (a newline above all: it would start a line such as ProxyCommand of
+# the inventory's choosing) is refused, never written.
+_SSH_CONFIG_VALUE = re.compile(r"[A-Za-z0-9_.,:@/+=~\[\]-][A-Za-z0-9_.,:@/+=~\[\] -]*")
+
+
+class UnsafeSshValue(ValueError):
+    """An inventory value that cannot be written into an ssh_config line as one value."""
+
+
+def ssh_config_value(value: Any) -> str:
+    """``value`` as one ssh_config argument: double-quoted when it has a blank; refused
+    (UnsafeSshValue) when it holds anything that could end the value or the line."""
+    text = str(value)
+    if not _SSH_CONFIG_VALUE.fullmatch(text) or text != text.strip():
+        raise UnsafeSshValue(f"{text!r} cannot be written into an ssh_config line")
+    return f'"{text}"' if " " in text else text
 
 
 def write_ssh_config(hosts: dict[str, dict[str, Any]]) -> Path:
     """One ssh_config file for all hosts (plus any ssh_config_file the data names), in a
     private directory that also holds the connection sockets; both go when the run ends."""
-    includes = sorted({d["ssh_config_file"] for d in hosts.values() if d.get("ssh_config_file")})
+    includes = sorted(
+        {ssh_config_value(d["ssh_config_file"]) for d in hosts.values() if d.get("ssh_config_file")}
+    )
     work = Path(tempfile.mkdtemp(prefix="gpufleet-ssh-"))  # 0700
     blocks = [_ssh_block(name, data) + f"\n  ControlPath {work}/%C" for name, data in hosts.items()]
     text = "\n\n".join(blocks) + "\n" + "".join(f"\nInclude {path}" for path in includes)
