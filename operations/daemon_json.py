@@ -33,6 +33,8 @@ from pyinfra.api import FactBase, operation
 from pyinfra.api.command import FileUploadCommand, StringCommand
 from pyinfra.context import ctx_host
 
+from operations.quoting import json_text
+
 DAEMON_JSON = "/etc/docker/daemon.json"
 STATE_DIR = "/etc/gpufleet"
 OWNED = f"{STATE_DIR}/daemon-json-owned.json"  # {layer: [key path, ...]}
@@ -72,20 +74,26 @@ def _joined(lines: list[str] | None) -> str | None:
     return None if lines is None else "\n".join(lines)
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def parse(text: str | None) -> dict[str, Any] | None:
-    """A daemon.json's object; {} for no file; None when it is not a JSON object."""
+    """A daemon.json's object; {} for no file; None when it is not a JSON object (Python's
+    NaN and Infinity extensions included: dockerd refuses them)."""
     if text is None or not text.strip():
         return {}
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
 
 
 def render(config: dict[str, Any]) -> str:
-    """The file's text: stable key order, so equal configs give equal files."""
-    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+    """The file's text: stable key order, so equal configs give equal files; strict JSON
+    (what JSON cannot say is refused, never written)."""
+    return json_text(config, "daemon.json", indent=2, sort_keys=True) + "\n"
 
 
 def _set(config: dict[str, Any], path: KeyPath, value: Any) -> None:
@@ -191,9 +199,10 @@ def merged(layer: str, managed: Managed, restart_timeout_s: int = 90):
             return
         host.noop(f"daemon.json already holds the {layer} keys")
         return
+    staged, staged_owned = render(new), render(new_owned)  # before anything is sent
     yield StringCommand(f"mkdir -p {STATE_DIR}")
-    yield _upload(render(new), STAGED)
-    yield _upload(json.dumps(new_owned, indent=2, sort_keys=True) + "\n", STAGED_OWNED)
+    yield _upload(staged, STAGED)
+    yield _upload(staged_owned, STAGED_OWNED)
     restart = new != base or corrupt is not None
     yield StringCommand(apply_script(restart, restart_timeout_s, corrupt is not None))
 

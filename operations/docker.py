@@ -36,6 +36,7 @@ from operations.packages import (
     version_glob,
 )
 from operations.preflight import platform_key
+from operations.quoting import json_text, package, shell
 
 DOCKER_REPO = "https://download.docker.com"
 KEYRING = "/etc/apt/keyrings/docker.gpg"
@@ -106,6 +107,8 @@ def daemon_keys(docker: DockerConfig) -> daemon_json.Managed:
     if docker.cgroup_driver:
         keys["exec-opts",] = [f"native.cgroupdriver={docker.cgroup_driver}"]
     keys.update({(key,): value for key, value in docker.daemon_options.items()})
+    for (key, *_), value in keys.items():  # refused now, while planning, if not JSON
+        json_text(value, f"docker_daemon_options.{key}" if key in docker.daemon_options else key)
     return keys
 
 
@@ -142,7 +145,7 @@ def _docker_group(users: list[str]) -> None:
         elif "docker" not in accounts[user]["groups"]:
             server.shell(
                 name=f"Add {user} to the docker group (root-equivalent)",
-                commands=[f"usermod -aG docker {user}"],
+                commands=[f"usermod -aG docker {shell(user, 'docker_users')}"],
             )
 
 
@@ -160,12 +163,14 @@ def _apt_engine(config: FleetConfig, profile: dict[str, Any], engine: Engine) ->
     if engine.repo_dir:
         base = f"{_repo_base(config)}/linux/{engine.repo_dir}"
         arch = APT_ARCH[profile["arch"]]
-        entry = f"{base} {profile['os_codename']} stable"
+        words = (base, profile["os_codename"], "stable")
         fingerprint = config.docker.repo_fingerprint or APT_FINGERPRINT
-        sources = signed_apt_repo("Docker", f"{base}/gpg", KEYRING, fingerprint, entry, arch)
+        sources = signed_apt_repo(
+            "Docker", f"{base}/gpg", KEYRING, fingerprint, words, arch, setting="docker_repo"
+        )
     version = config.docker.version
     glob = version_glob(version, engine.epoch) if version else None
-    apt_pin("Docker Engine", PIN_FILE, engine.pinned, glob)
+    apt_pin("Docker Engine", PIN_FILE, engine.pinned, glob, key="docker_version")
     if sources:
         apt.update(
             name="Update apt lists for Docker's repository",
@@ -183,6 +188,7 @@ def _dnf_engine(config: FleetConfig, profile: dict[str, Any], engine: Engine) ->
         f"{base}/gpg",
         RPM_KEY,
         config.docker.repo_fingerprint or RPM_FINGERPRINT,
+        setting="docker_repo",
         src="docker-ce-stable",
         baseurl=f"{base}/$releasever/$basearch/stable",
         description="Docker CE Stable",
@@ -191,7 +197,9 @@ def _dnf_engine(config: FleetConfig, profile: dict[str, Any], engine: Engine) ->
     if version and version.count(".") == 1:
         version += ".*"  # 27.5: any 27.5.x
     packages = [
-        f"{name}-{version}" if name in engine.pinned and version else name
+        package(f"{name}-{version}", "docker_version")
+        if name in engine.pinned and version
+        else name
         for name in engine.packages
     ]
     dnf.packages(name="Install Docker Engine", packages=packages)

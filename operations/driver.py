@@ -42,8 +42,9 @@ from operations.driver_facts import (
     installed_apt_packages,
     shell_globs,
 )
-from operations.packages import signed_apt_repo, signed_dnf_repo
+from operations.packages import apt_move, signed_apt_repo, signed_dnf_repo
 from operations.preflight import platform_key
+from operations.quoting import apt_field, package
 
 NOUVEAU_CONF = converged.managed("/etc/modprobe.d/gpufleet-blacklist-nouveau.conf")
 NOUVEAU_TEXT = "# Written by gpufleet: the NVIDIA driver needs nouveau out of the way.\n" + (
@@ -54,6 +55,8 @@ LOADED_IS_INSTALLED = (
     'test -n "$loaded" && test "$loaded" = "$installed" || '
     '{ echo "loaded nvidia module ${loaded:-none}, installed driver $installed" >&2; exit 1; }'
 )
+# What DriverState's initramfs= line may name: the host's tool, run as this command.
+INITRAMFS = {"update-initramfs -u": "update-initramfs -u", "dracut -f": "dracut -f"}
 # First PCI device id of Turing (open modules supported from here) and of Blackwell (required).
 TURING_FIRST, BLACKWELL_FIRST = 0x1E00, 0x2900
 
@@ -266,11 +269,13 @@ def _dnf_driver(config, profile, source: Source, flavour: str, state: dict[str, 
         f"{url}/{key_file}",
         RPM_KEY,
         config.driver.cuda_repo_fingerprint or fingerprint,
+        setting="driver_cuda_repo",
         src="nvidia-cuda",
         baseurl=f"{url}/",
         description="NVIDIA CUDA",
     )
     stream = f"{config.driver.branch}-{'open' if flavour == 'open' else 'dkms'}"
+    stream = package(stream, "driver_branch")  # pyinfra's dnf.module does not quote it
     dnf.module(name="Pin the driver branch (module stream)", module="nvidia-driver", stream=stream)
     packages = source.packages(config.driver, flavour)
     if config.driver.kernel_headers:
@@ -281,6 +286,7 @@ def _dnf_driver(config, profile, source: Source, flavour: str, state: dict[str, 
         ]
     if fabric_manager_wanted(config, profile):
         packages.append(source.fabric_manager(config.driver.branch))
+    packages = [package(name, "driver package name") for name in packages]
     install = dnf.packages(name="Install the NVIDIA driver", packages=packages)
     if config.driver.hold_packages:
         _versionlock(state, install)
@@ -330,7 +336,14 @@ def _cuda_repo(config, profile, os_dir: str, key_file: str, fingerprint: str) ->
     """NVIDIA's repository: key (fingerprint checked before use), source entry, branch pin."""
     url = _repo_url(config, profile, os_dir)
     expected = config.driver.cuda_repo_fingerprint or fingerprint
-    ops = signed_apt_repo("NVIDIA CUDA", f"{url}/{key_file}", CUDA_KEYRING, expected, f"{url}/ /")
+    ops = signed_apt_repo(
+        "NVIDIA CUDA",
+        f"{url}/{key_file}",
+        CUDA_KEYRING,
+        expected,
+        (f"{url}/", "/"),
+        setting="driver_cuda_repo",
+    )
     pin = converged.put("Pin the driver branch", pin_text(config.driver), PIN_FILE, mode="644")
     return [*ops, pin]
 
@@ -343,7 +356,8 @@ def _repo_url(config: FleetConfig, profile: dict[str, Any], os_dir: str) -> str:
 
 def pin_text(driver: DriverConfig) -> str:
     """apt preferences that keep the driver packages on the configured branch (or version)."""
-    version = f"{driver.version}-*" if driver.version else f"{driver.branch}.*"
+    key = "driver_version" if driver.version else "driver_branch"
+    version = apt_field(f"{driver.version}-*" if driver.version else f"{driver.branch}.*", key)
     globs = " ".join(APT_DRIVER_GLOBS)
     return (
         "# Written by gpufleet: keep the NVIDIA driver on its configured branch.\n"
@@ -373,16 +387,15 @@ def _install_apt(config, profile, source: Source, flavour: str, upgrading: str |
         packages = [f"linux-headers-{profile['kernel']}", *packages]
     if fabric_manager_wanted(config, profile):
         packages.append(source.fabric_manager(config.driver.branch))
+    packages = [package(name, "driver package name") for name in packages]
     if not upgrading:
         return converged.apt_install("Install the NVIDIA driver", packages)
     server.shell(
         name=f"Release the driver packages held at {upgrading}",
         commands=[f"apt-mark unhold $({INSTALLED_DRIVER_PACKAGES})"],
     )
-    install = "apt-get -y --allow-downgrades --no-install-recommends install"
     return server.shell(
-        name=f"Upgrade the NVIDIA driver from {upgrading}",
-        commands=[f"DEBIAN_FRONTEND=noninteractive {install} {' '.join(packages)}"],
+        name=f"Upgrade the NVIDIA driver from {upgrading}", commands=[apt_move(packages)]
     )
 
 
@@ -403,10 +416,9 @@ def _blacklist_nouveau(config, state: dict[str, Any]) -> None:
     if not config.driver.blacklist_nouveau:
         return
     put = converged.put("Blacklist nouveau", NOUVEAU_TEXT, NOUVEAU_CONF)
-    if state.get("initramfs"):
-        server.shell(
-            name="Regenerate the initramfs", commands=[state["initramfs"]], _if=put.did_change
-        )
+    regenerate = INITRAMFS.get(state.get("initramfs", ""))  # a known tool, never the text read
+    if regenerate:
+        server.shell(name="Regenerate the initramfs", commands=[regenerate], _if=put.did_change)
 
 
 def _services(config: FleetConfig, profile: dict[str, Any]) -> None:

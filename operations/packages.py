@@ -13,6 +13,7 @@ moves the installed set deliberately (downgrades allowed: the pin decides).
 from __future__ import annotations
 
 import fnmatch
+from urllib.parse import urlsplit, urlunsplit
 
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
@@ -23,19 +24,34 @@ from pyinfra.operations import apt, dnf, server
 from operations import converged
 from operations.apt_sources import AptSourceFiles
 from operations.preflight import EL_IDS
+from operations.quoting import (
+    apt_conf_name,
+    apt_conf_string,
+    apt_field,
+    ini_value,
+    package,
+    shell,
+    shell_join,
+    shell_say,
+)
 
 APT_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # uname -m -> dpkg architecture
 
 
-def fingerprint_check(keyring: str, expected: str) -> str:
-    """Shell that removes the keyring and fails unless its primary key has ``expected``."""
+def fingerprint_check(keyring: str, expected: str, key: str = "repo_fingerprint") -> str:
+    """Shell that removes the keyring and fails unless its primary key has ``expected``
+    (``key``: the setting it came from)."""
     expected = expected.replace(" ", "").upper()
+    path = shell(keyring)
+    said = shell_say(
+        shell("repository key fingerprint is "),
+        '"${fpr:-unreadable}"',
+        shell(f", expected {expected}: key removed", key),
+    )
     return (
-        f"fpr=$(gpg --show-keys --with-colons {keyring} 2>/dev/null "
+        f"fpr=$(gpg --show-keys --with-colons {path} 2>/dev/null "
         "| awk -F: '$1 == \"fpr\" { print $10; exit }'); "
-        f'[ "$fpr" = "{expected}" ] || {{ rm -f {keyring}; '
-        f'echo "repository key fingerprint is ${{fpr:-unreadable}}, expected {expected}: '
-        'key removed" >&2; exit 1; }'
+        f'[ "$fpr" = {shell(expected, key)} ] || {{ rm -f {path}; {said}; exit 1; }}'
     )
 
 
@@ -57,10 +73,26 @@ class KeyringFingerprints(FactBase):
         return dict((line.split(" ", 1) + [""])[:2] for line in output if line.strip())
 
 
+def source_line(keyring: str, words: tuple[str, ...], arch: str | None, setting: str) -> str:
+    """``deb [arch=… signed-by=keyring] URI SUITE [COMPONENT…]``, each word checked to stay one
+    word of the line (``setting``: where the URI came from, ``<setting>_url``)."""
+    uri, *rest = words
+    checked = [apt_field(uri, f"{setting}_url"), *(apt_field(w, "apt suite") for w in rest)]
+    options = f"{f'arch={arch} ' if arch else ''}signed-by={keyring}"
+    return f"deb [{options}] {' '.join(checked)}"
+
+
 def signed_apt_repo(
-    what: str, key_url: str, keyring: str, fingerprint: str, entry: str, arch: str | None = None
+    what: str,
+    key_url: str,
+    keyring: str,
+    fingerprint: str,
+    words: tuple[str, ...],
+    arch: str | None = None,
+    setting: str = "repo",
 ) -> list:
-    """apt: the key (fingerprint checked before use) and ``deb [signed-by=keyring] entry``.
+    """apt: the key (fingerprint checked before use) and ``deb [signed-by=keyring] URI SUITE
+    [COMPONENT…]`` (``words``). ``setting``: the settings' prefix (``docker_repo``), for errors.
 
     A key already on the host is checked again when its fingerprint is not the expected one
     (a changed ``*_repo_fingerprint``, a key swapped by hand): the check removes it and
@@ -76,11 +108,11 @@ def signed_apt_repo(
         key = apt.key(name=f"Add the {what} repository key", src=key_url, dest=keyring)
         server.shell(
             name=f"Check the {what} repository key's fingerprint",
-            commands=[fingerprint_check(keyring, fingerprint)],
+            commands=[fingerprint_check(keyring, fingerprint, f"{setting}_fingerprint")],
             **({"_if": key.did_change} if present is None else {}),
         )
     filename = keyring.rsplit("/", 1)[-1].removesuffix(".gpg")
-    line = f"deb [{f'arch={arch} ' if arch else ''}signed-by={keyring}] {entry}"
+    line = source_line(keyring, words, arch, setting)
     listed = (converged.planned(AptSourceFiles) or {}).get(
         f"/etc/apt/sources.list.d/{filename}.list"
     )
@@ -90,20 +122,29 @@ def signed_apt_repo(
     return [key, repo]
 
 
-def signed_dnf_repo(what: str, key_url: str, key_path: str, fingerprint: str, **repo) -> None:
-    """dnf: the key fetched, its fingerprint checked, imported (once), then the repository."""
+def signed_dnf_repo(
+    what: str, key_url: str, key_path: str, fingerprint: str, setting: str = "repo", **repo
+) -> None:
+    """dnf: the key fetched, its fingerprint checked, imported (once), then the repository.
+    ``setting``: the settings' prefix (``docker_repo``), for errors."""
     expected = fingerprint.replace(" ", "").upper()
     imported = host.get_fact(RpmPackages).get("gpg-pubkey", [])
     if not any(version.startswith(expected[-8:].lower()) for version in imported):
         server.shell(
             name=f"Import the {what} repository key, fingerprint checked",
             commands=[
-                f"curl -fsSL -o {key_path} {key_url}",
-                fingerprint_check(key_path, expected),
-                f"rpm --import {key_path}",
+                f"curl -fsSL -o {shell(key_path)} {shell(key_url, f'{setting}_url')}",
+                fingerprint_check(key_path, expected, f"{setting}_fingerprint"),
+                f"rpm --import {shell(key_path)}",
             ],
         )
-    dnf.repo(name=f"Add the {what} repository", gpgcheck=True, gpgkey=f"file://{key_path}", **repo)
+    fields = {
+        name: ini_value(value, f"{setting}_url" if name == "baseurl" else name)
+        for name, value in repo.items()
+    }
+    dnf.repo(
+        name=f"Add the {what} repository", gpgcheck=True, gpgkey=f"file://{key_path}", **fields
+    )
 
 
 def version_glob(version: str, epoch: str = "") -> str:
@@ -115,19 +156,20 @@ def version_glob(version: str, epoch: str = "") -> str:
     return f"{epoch}{version}[-+~.]*"
 
 
-def pin_text(why: str, packages: tuple[str, ...], glob: str) -> str:
-    """apt preferences that keep ``packages`` at versions matching ``glob``."""
+def pin_text(why: str, packages: tuple[str, ...], glob: str, key: str = "version") -> str:
+    """apt preferences that keep ``packages`` at versions matching ``glob`` (from ``key``)."""
+    names = " ".join(apt_field(name, "package name") for name in packages)
     return (
         f"# Written by gpufleet: {why}\n"
-        f"Package: {' '.join(packages)}\nPin: version {glob}\nPin-Priority: 1001\n"
+        f"Package: {names}\nPin: version {apt_field(glob, key)}\nPin-Priority: 1001\n"
     )
 
 
-def apt_pin(what: str, path: str, packages: tuple[str, ...], glob: str | None):
-    """The pin file when a version is configured; none (removed) when it is not."""
+def apt_pin(what: str, path: str, packages: tuple[str, ...], glob: str | None, key="version"):
+    """The pin file when a version (setting ``key``) is configured; none (removed) when not."""
     if glob is None:
         return converged.absent(f"No {what} version pin", path)
-    text = pin_text(f"keep {what} at its configured version.", packages, glob)
+    text = pin_text(f"keep {what} at its configured version.", packages, glob, key)
     return converged.put(f"Pin the {what} version", text, path, mode="644")
 
 
@@ -146,14 +188,20 @@ def drifted(packages: tuple[str, ...], glob: str | None) -> list[str]:
 def apt_pinned_install(what: str, packages: tuple[str, ...], pinned: tuple[str, ...], glob):
     """Install ``packages``; when installed ``pinned`` ones are at another version than the
     pin, move them (the pin decides, downgrades allowed). Returns the operation."""
+    packages = tuple(package(name, "package name") for name in packages)
     moved = drifted(pinned, glob)
     if not moved:
         return converged.apt_install(f"Install {what}", packages)
-    install = "apt-get -y --allow-downgrades --no-install-recommends install"
     return server.shell(
         name=f"Move {what} to {glob} (installed: {', '.join(moved)})",
-        commands=[f"DEBIAN_FRONTEND=noninteractive {install} {' '.join(packages)}"],
+        commands=[apt_move(packages)],
     )
+
+
+def apt_move(packages: tuple[str, ...] | list[str]) -> str:
+    """Shell that installs ``packages`` with downgrades allowed (the pin decides the version)."""
+    install = "apt-get -y --allow-downgrades --no-install-recommends install"
+    return f"DEBIAN_FRONTEND=noninteractive {install} {shell_join(packages, 'package name')}"
 
 
 APT_LOCK_CONF = converged.managed("/etc/apt/apt.conf.d/90gpufleet-lock-timeout")
@@ -168,10 +216,22 @@ _FINISH_DPKG = (
 APT_PROXY_CONF = converged.managed("/etc/apt/apt.conf.d/90gpufleet-proxy")
 
 
+def redacted(url: str) -> str:
+    """``url`` with any password in it replaced by ``***`` (for error messages)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.netloc.rsplit('@', 1)[1]}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def proxy_text(proxy: str, bypass: tuple[str, ...]) -> str:
-    """apt configuration: fetch through ``proxy``, straight from the ``bypass`` hosts."""
-    return f'Acquire::http::Proxy "{proxy}";\n' + "".join(
-        f'Acquire::http::Proxy::{name} "DIRECT";\n' for name in bypass
+    """apt configuration: fetch through ``proxy``, straight from the ``bypass`` hosts (each
+    value refused where apt.conf cannot hold it)."""
+    quoted = apt_conf_string(proxy, "deploy_apt_proxy", shown=redacted(proxy))
+    return f"Acquire::http::Proxy {quoted};\n" + "".join(
+        f'Acquire::http::Proxy::{apt_conf_name(name, "deploy_apt_proxy_bypass")} "DIRECT";\n'
+        for name in bypass
     )
 
 
@@ -187,9 +247,8 @@ def package_manager_ready(
     apt fetches through it, so a fleet downloads each package once; without, the file goes."""
     if profile.get("os_id") in EL_IDS:
         return
-    converged.put(
-        "apt waits for a held lock", f'DPkg::Lock::Timeout "{timeout_s}";\n', APT_LOCK_CONF
-    )
+    timeout = apt_conf_string(int(timeout_s), "deploy_lock_timeout_s")
+    converged.put("apt waits for a held lock", f"DPkg::Lock::Timeout {timeout};\n", APT_LOCK_CONF)
     if proxy:
         converged.put(
             "apt fetches through the shared proxy", proxy_text(proxy, bypass), APT_PROXY_CONF
@@ -199,5 +258,5 @@ def package_manager_ready(
     if profile.get("dpkg_interrupted"):
         server.shell(
             name="Finish the interrupted dpkg run",
-            commands=[_FINISH_DPKG.format(timeout=timeout_s)],
+            commands=[_FINISH_DPKG.format(timeout=int(timeout_s))],  # a number: no quoting
         )

@@ -40,6 +40,7 @@ from operations.packages import (
     version_glob,
 )
 from operations.preflight import platform_key
+from operations.quoting import package
 
 TOOLKIT_REPO = "https://nvidia.github.io/libnvidia-container"
 # NVIDIA's container toolkit repository key (its gpgkey file; docs/driver-sources.md)
@@ -71,7 +72,7 @@ class Repo:
     family: str  # a key of FAMILIES
 
 
-_APT = Repo("stable/deb/$(ARCH) /", "apt")  # a flat repository; apt substitutes $(ARCH)
+_APT = Repo("stable/deb/$(ARCH)", "apt")  # a flat repository (suite /); apt substitutes $(ARCH)
 _DNF = Repo("stable/rpm/$basearch", "dnf")
 PLATFORMS: dict[tuple[str, str], Repo] = {
     ("ubuntu", "22.04"): _APT,
@@ -145,11 +146,16 @@ def _apt_toolkit(config: FleetConfig, repo: Repo):
     base = _base(config)
     fingerprint = config.toolkit.repo_fingerprint or FINGERPRINT
     sources = signed_apt_repo(
-        "NVIDIA Container Toolkit", f"{base}/gpgkey", KEYRING, fingerprint, f"{base}/{repo.path}"
+        "NVIDIA Container Toolkit",
+        f"{base}/gpgkey",
+        KEYRING,
+        fingerprint,
+        (f"{base}/{repo.path}", "/"),
+        setting="toolkit_repo",
     )
     version = config.toolkit.version
     glob = version_glob(version) if version else None
-    apt_pin("NVIDIA Container Toolkit", PIN_FILE, PACKAGES, glob)
+    apt_pin("NVIDIA Container Toolkit", PIN_FILE, PACKAGES, glob, key="toolkit_version")
     apt.update(
         name="Update apt lists for the toolkit's repository",
         _if=lambda: any(op.did_change() for op in sources),
@@ -165,12 +171,15 @@ def _dnf_toolkit(config: FleetConfig, repo: Repo):
         f"{base}/gpgkey",
         RPM_KEY,
         config.toolkit.repo_fingerprint or FINGERPRINT,
+        setting="toolkit_repo",
         src="nvidia-container-toolkit",
         baseurl=f"{base}/{repo.path}",
         description="NVIDIA Container Toolkit",
     )
     version = config.toolkit.version
-    packages = [f"{name}-{version}" if version else name for name in PACKAGES]
+    packages = [
+        package(f"{name}-{version}", "toolkit_version") if version else name for name in PACKAGES
+    ]
     return dnf.packages(name="Install NVIDIA Container Toolkit", packages=packages)
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import shlex
 from io import StringIO
 from pathlib import PurePosixPath
 from typing import Any
@@ -44,6 +43,14 @@ from operations import converged
 from operations.common import url_host
 from operations.config import FleetConfig, VllmInstance
 from operations.preflight import EL_IDS, platform_key
+from operations.quoting import (
+    container_value,
+    image_reference,
+    shell,
+    shell_join,
+    shell_say,
+    volume_source,
+)
 from operations.secrets import Sealed, env_file, vllm_secrets
 from operations.vllm_facts import LABEL, SECRETS_DIR, SPEC_LABEL, VllmState
 
@@ -60,17 +67,26 @@ LOG_LINES = 30  # of a failed container's log, quoted in the error
 
 
 def engine_args(server: VllmInstance) -> list[str]:
-    """``vllm serve`` and its arguments for one instance (in the container)."""
-    args = ["vllm", "serve", server.model, "--host", "0.0.0.0", "--port", str(CONTAINER_PORT)]
-    args += ["--served-model-name", server.served_name]
+    """``vllm serve`` and its arguments for one instance (in the container). Each value is one
+    argument (the wrapper passes them on as "$@"); one that would read as an option is refused.
+    ``extra_args`` are options by design and go last."""
+    model = container_value(server.model, "vllm_model")
+    args = ["vllm", "serve", model, "--host", "0.0.0.0", "--port", str(CONTAINER_PORT)]
+    args += ["--served-model-name", container_value(server.served_name, "vllm_served_model_name")]
     args += ["--tensor-parallel-size", str(server.tensor_parallel_size)]
     args += ["--gpu-memory-utilization", str(server.gpu_memory_utilization)]
-    args += ["--dtype", server.dtype]
+    args += ["--dtype", container_value(server.dtype, "vllm_dtype")]
     if server.max_model_len:
         args += ["--max-model-len", str(server.max_model_len)]
     if server.quantization:
-        args += ["--quantization", server.quantization]
-    return args + list(server.extra_args)
+        args += ["--quantization", container_value(server.quantization, "vllm_quantization")]
+    return args + [shell_checked(arg, "vllm_extra_args") for arg in server.extra_args]
+
+
+def shell_checked(value: str, key: str) -> str:
+    """``value`` unchanged once it is known to fit on a command line (no NUL)."""
+    shell(value, key)
+    return value
 
 
 def _publish(address: Any, port: int) -> str:
@@ -90,22 +106,25 @@ def container_args(config: FleetConfig, server: VllmInstance) -> list[str]:
     """Everything ``docker run`` gets for one instance, but the spec label (whose value is
     this list's hash)."""
     vllm, docker_config = config.vllm, config.docker
-    ipc = ["--ipc", "host"] if vllm.ipc_host else ["--shm-size", vllm.shm_size]
+    shm = container_value(vllm.shm_size, "vllm_shm_size")
+    ipc = ["--ipc", "host"] if vllm.ipc_host else ["--shm-size", shm]
+    cache = volume_source(vllm.hf_cache_dir, "vllm_hf_cache_dir")
+    image = image_reference(vllm.image, "vllm_image")
     return [
-        "--name", server.container,
+        "--name", container_value(server.container, "vllm_instances.name"),
         "--label", f"{LABEL}={server.name}",
-        "--restart", vllm.restart_policy,
+        "--restart", container_value(vllm.restart_policy, "vllm_restart_policy"),
         "--log-driver", "json-file",
         "--log-opt", f"max-size={docker_config.log_max_size}",
         "--log-opt", f"max-file={docker_config.log_max_file}",
         *_gpu_flags(config, server),
         *ipc,
         "--publish", _publish(vllm.bind_address, server.port),
-        "--volume", f"{vllm.hf_cache_dir}:{CONTAINER_HF_HOME}",
+        "--volume", f"{cache}:{CONTAINER_HF_HOME}",
         "--volume", f"{secrets_path(server)}:{SECRETS_IN_CONTAINER}:ro",
         "--env", f"HF_HOME={CONTAINER_HF_HOME}",
         "--entrypoint", "/bin/sh",
-        vllm.image,
+        image,
         "-c", WRAPPER, "gpufleet-vllm",
         *engine_args(server),
     ]  # fmt: skip
@@ -176,8 +195,11 @@ def ready_script(config: FleetConfig, server: VllmInstance) -> str:
     }
     script = _READY.replace("@KEY_TO_CURL@", key_to_curl('"$secrets"'))
     for key, value in values.items():
-        script = script.replace(f"@{key}@", shlex.quote(value))
+        script = script.replace(f"@{key}@", shell(value, _READY_KEYS.get(key, key)))
     return script
+
+
+_READY_KEYS = {"NAME": "vllm_instances.name", "SERVED": "vllm_served_model_name"}
 
 
 def cache_space_guard(config: FleetConfig, server: VllmInstance) -> str:
@@ -185,14 +207,19 @@ def cache_space_guard(config: FleetConfig, server: VllmInstance) -> str:
     filesystem has less than vllm_min_free_cache_gib free (a download would fill it)."""
     vllm = config.vllm
     need_kib = int(vllm.min_free_cache_gib * 1024**2)
-    message = (
-        f"{server.container}: only $((free / 1024)) MiB free for the model cache at "
-        f"{vllm.hf_cache_dir}; vllm_min_free_cache_gib needs {vllm.min_free_cache_gib:g} GiB: "
-        "the running server was left as it was"
+    cache = shell(vllm.hf_cache_dir, "vllm_hf_cache_dir")
+    said = shell_say(
+        shell(f"{server.container}: only "),
+        '"$((free / 1024))"',
+        shell(
+            f" MiB free for the model cache at {vllm.hf_cache_dir}; vllm_min_free_cache_gib "
+            f"needs {vllm.min_free_cache_gib:g} GiB: the running server was left as it was",
+            "vllm_hf_cache_dir",
+        ),
     )
     return (
-        f"free=$(df -Pk {shlex.quote(vllm.hf_cache_dir)} | awk 'NR == 2 {{ print $4 }}'); "
-        f'[ "${{free:-0}}" -ge {need_kib} ] || {{ echo "{message}" >&2; exit 1; }}'
+        f"free=$(df -Pk {cache} | awk 'NR == 2 {{ print $4 }}'); "
+        f'[ "${{free:-0}}" -ge {need_kib} ] || {{ {said}; exit 1; }}'
     )
 
 
@@ -201,7 +228,7 @@ def _upload_secrets(path: str, content: str):
     content is never readable by another user, and never printed (files.put's --diff would)."""
     temp = f"{path}.new"
     yield FileUploadCommand(StringIO(content), temp, remote_temp_filename=temp)
-    yield StringCommand("chmod", "600", temp, "&&", "mv", "-f", temp, path)
+    yield StringCommand(f"chmod 600 {shell(temp)} && mv -f {shell(temp)} {shell(path)}")
 
 
 def differences(
@@ -225,39 +252,55 @@ def retired_in(state: dict[str, Any], keep: list[str]) -> tuple[list[str], list[
     return gone, stale
 
 
+def replace_commands(config: FleetConfig, server: VllmInstance) -> list[str]:
+    """Shell that (re)creates one instance: the cache space guard, the old container removed,
+    ``docker run`` (every argument one shell word), the readiness gate. Built while planning
+    too (``apply``), so a value that cannot be written stops the run before any host changes."""
+    args = container_args(config, server)
+    run = ["docker", "run", "--detach", "--label", f"{SPEC_LABEL}={spec_hash(args)}", *args]
+    return [
+        cache_space_guard(config, server),
+        f"docker rm -f {shell(server.container)} >/dev/null 2>&1 || true",
+        shell_join(run, "vllm container argument") + " >/dev/null",
+        ready_script(config, server),
+    ]
+
+
 @operation()
 def container(config: FleetConfig, server: VllmInstance, secrets: Sealed):
     """Create or recreate one instance's container when its spec, its secrets or its state
     differ from the config, then wait until it serves (see the module doc)."""
     content = secrets.reveal()
     spec, new_secrets, stale = differences(host.get_fact(VllmState), config, server, content)
+    commands = replace_commands(config, server)
     if new_secrets:
         yield from _upload_secrets(secrets_path(server), content)
     if not new_secrets and not stale:
         host.noop(f"{server.container} is running with spec {spec}")
         return
-    args = container_args(config, server)
-    yield cache_space_guard(config, server)
-    yield f"docker rm -f {server.container} >/dev/null 2>&1 || true"
-    run = ["docker", "run", "--detach", "--label", f"{SPEC_LABEL}={spec}", *args]
-    yield " ".join(shlex.quote(arg) for arg in run) + " >/dev/null"
-    yield ready_script(config, server)
+    yield from commands
 
 
 @operation()
 def archived_image(image: str, archive: str):
     """Load the image from a ``docker save`` archive on the controller when the host lacks it
     (air-gapped fleets, and the lab, which has no registry); pyinfra's docker.image only pulls."""
-    if host.get_fact(DockerImage, object_id=image):
+    if host.get_fact(DockerImage, object_id=shell(image)):
         host.noop(f"{image} is present")
         return
-    temp = f"/var/tmp/gpufleet-image-{hashlib.sha256(image.encode()).hexdigest()[:12]}.tar"
+    temp, load = image_load(image, archive)
     yield FileUploadCommand(archive, temp, remote_temp_filename=temp)
-    quoted = shlex.quote(image)
-    yield (
-        f"docker load -q -i {temp} >/dev/null; rm -f {temp}; docker image inspect {quoted} "
-        f">/dev/null 2>&1 || {{ echo {shlex.quote(f'{archive} does not hold {image}')} >&2; "
-        "exit 1; }"
+    yield load
+
+
+def image_load(image: str, archive: str) -> tuple[str, str]:
+    """(host path the archive is uploaded to, shell that loads it and checks it held ``image``)."""
+    temp = f"/var/tmp/gpufleet-image-{hashlib.sha256(image.encode()).hexdigest()[:12]}.tar"
+    said = shell_say(shell(f"{archive} does not hold {image}", "vllm_image_archive"))
+    inspect = f"docker image inspect {shell(image, 'vllm_image')} >/dev/null 2>&1"
+    return (
+        temp,
+        f"docker load -q -i {temp} >/dev/null; rm -f {temp}; {inspect} || {{ {said}; exit 1; }}",
     )
 
 
@@ -268,9 +311,9 @@ def retired(keep: list[str]):
     gone, stale = retired_in(state, keep)
     for name in gone:
         container_name = state["containers"][name]["Name"].lstrip("/")
-        yield f"docker rm -f {shlex.quote(container_name)}"
+        yield f"docker rm -f {shell(container_name)}"
     if stale:
-        yield StringCommand("rm", "-f", *sorted(stale))
+        yield f"rm -f {shell_join(sorted(stale))}"
     if not gone and not stale:
         host.noop("no retired vLLM instance")
 
@@ -286,10 +329,11 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     converged.directory(
         "vLLM secrets directory", SECRETS_DIR, mode="700", user="root", group="root"
     )
-    image = config.vllm.image
+    image = image_reference(config.vllm.image, "vllm_image")  # pyinfra's facts do not quote it
     # an image on the host already is the one wanted: the image is pinned (a tag, one build)
-    if not converged.planned(DockerImage, object_id=image):
+    if not converged.planned(DockerImage, object_id=shell(image)):
         if config.vllm.image_archive:
+            image_load(image, config.vllm.image_archive)  # refused now if it cannot be written
             archived_image(name=f"Load {image}", image=image, archive=config.vllm.image_archive)
         else:
             docker.image(name=f"Pull {image}", image=image, present=True)
@@ -301,6 +345,7 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
         retired(name="Remove retired vLLM instances", keep=names)
     content = secrets.reveal()
     for instance in servers:
+        replace_commands(config, instance)  # refused now, while planning, if unwritable
         if any(differences(state, config, instance, content)[1:]):
             container(
                 name=f"vLLM {instance.container}", config=config, server=instance, secrets=secrets

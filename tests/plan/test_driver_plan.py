@@ -200,7 +200,7 @@ def test_cuda_repo_key_checked_then_repo_pin_and_package(
     key = " ".join(commands["Add the NVIDIA CUDA repository key"])
     assert f"{CUDA}/{os_dir}/x86_64/3bf863cc.pub" in key
     (check,) = commands["Check the NVIDIA CUDA repository key's fingerprint [if changed]"]
-    assert '[ "$fpr" = "EB693B3035CD5710E231E123A4B469963BF863CC" ]' in check
+    assert '[ "$fpr" = EB693B3035CD5710E231E123A4B469963BF863CC ]' in check
     assert "rm -f /etc/apt/keyrings/nvidia-cuda.gpg" in check
     source = f"deb [signed-by=/etc/apt/keyrings/nvidia-cuda.gpg] {CUDA}/{os_dir}/x86_64/ /"
     assert any(source in c for c in commands["Add the NVIDIA CUDA repository"])
@@ -224,7 +224,7 @@ def test_cuda_repo_mirror_url_exact_version_and_own_fingerprint(tmp_path):
         commands["Add the NVIDIA CUDA repository key"]
     )
     (check,) = commands["Check the NVIDIA CUDA repository key's fingerprint [if changed]"]
-    assert '"0123456789ABCDEF0123456789ABCDEF01234567"' in check
+    assert '= 0123456789ABCDEF0123456789ABCDEF01234567 ]' in check
     (_, upload, _) = commands["Pin the driver branch"]
     assert "Pin: version 580.95.05-*" in upload
 
@@ -301,7 +301,7 @@ def test_rocky_cuda_repo_key_repo_stream_packages_lock(tmp_path, gpu, stream, pa
     assert (
         fetch == f"curl -fsSL -o /etc/pki/rpm-gpg/RPM-GPG-KEY-nvidia-cuda {RPM_CUDA}/D42D0685.pub"
     )
-    assert '"610C7B14E068A878070DA4E99CD0A493D42D0685"' in check
+    assert '= 610C7B14E068A878070DA4E99CD0A493D42D0685 ]' in check
     assert trust == "rpm --import /etc/pki/rpm-gpg/RPM-GPG-KEY-nvidia-cuda"
     repo = " ".join(commands["Add the NVIDIA CUDA repository"])
     assert f"baseurl={RPM_CUDA}/" in repo and "gpgcheck=1" in repo
