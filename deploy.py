@@ -6,13 +6,19 @@
 
 Before anything is planned on any host, the config of every targeted host is validated
 (operations.fleet); one bad value stops the run with an error naming host, key and value.
-Preflight always runs and gates the other layers; they run in stack order, after the package
-manager is made ready (apt waits for a held lock; an interrupted dpkg run is finished).
+Every command, transfer and fact read on a host is bounded (operations.bounds): a host that
+stops answering, or whose facts cannot be read, fails alone with the reason while the
+others go on. Preflight always runs and gates the other layers; they run in stack order,
+after the package manager is made ready (apt waits for a held lock; an interrupted dpkg run
+is finished).
 """
 
-from pyinfra import host, state
+from contextlib import suppress
 
-from operations import docker, driver, preflight, toolkit, vllm
+from pyinfra import host, state
+from pyinfra.context import ctx_host, ctx_state
+
+from operations import bounds, docker, driver, preflight, toolkit, vllm
 from operations.fleet import host_config, summarise_at_exit
 from operations.packages import package_manager_ready
 
@@ -23,10 +29,12 @@ LAYERS = {
     "vllm": vllm.apply,
 }
 
-config = host_config(state, host)
-summarise_at_exit(state)
-profile = preflight.run(config)
-if profile is not None:
+
+def plan() -> None:
+    """Plan this host's layers: preflight, then the configured layers it lets through."""
+    profile = preflight.run(config)
+    if profile is None:
+        return
     if set(LAYERS) & set(config.deploy.layers):  # every layer installs packages
         proxy = str(config.deploy.apt_proxy) if config.deploy.apt_proxy else None
         bypass = tuple(config.deploy.apt_proxy_bypass)
@@ -34,3 +42,10 @@ if profile is not None:
     for layer, apply in LAYERS.items():
         if layer in config.deploy.layers:
             apply(config, profile)
+
+
+config = host_config(state, host)
+summarise_at_exit(state)
+bounds.install(ctx_state.get(), ctx_host.get())
+with suppress(bounds.HostStopped):  # a fact could not be read: failed, the reason logged
+    plan()

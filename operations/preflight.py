@@ -14,7 +14,8 @@ from pyinfra.api import deploy
 
 from operations.common import fail_host
 from operations.config import FleetConfig
-from operations.preflight_facts import HostProfile
+from operations.preflight_facts import REQUIRED as REQUIRED_WORDS
+from operations.preflight_facts import HostProfile, missing
 
 # Operating systems this tool supports: os-release ID -> VERSION_ID (major only for EL).
 SUPPORTED_OS: dict[str, tuple[str, ...]] = {
@@ -57,8 +58,10 @@ def problems(config: FleetConfig, profile: dict[str, Any]) -> list[str]:
     if profile["arch"] not in SUPPORTED_ARCH:
         found.append(f"unsupported CPU architecture {profile['arch']} (supported: x86_64, aarch64)")
     found += gpu_problems(config, len(profile["nvidia_gpus"]))
-    free, needed = profile.get("disk_free_gib", 0.0), config.preflight.min_free_disk_gib
-    if free < needed:
+    free, needed = profile.get("disk_free_gib"), config.preflight.min_free_disk_gib
+    if free is None:
+        found.append(f"the free space on {config.preflight.disk_path} could not be read")
+    elif free < needed:
         found.append(
             f"only {free} GiB free on {config.preflight.disk_path}, "
             f"preflight_min_free_disk_gib is {needed}"
@@ -87,18 +90,30 @@ def summary(profile: dict[str, Any]) -> str:
     return (
         f"{profile['os_id']} {profile['os_version']} {profile['arch']}, "
         f"kernel {profile['kernel']}, {gpus} NVIDIA GPU(s){switches}, "
-        f"Secure Boot {profile['secure_boot']}, {profile.get('disk_free_gib', '?')} GiB free"
+        f"Secure Boot {profile.get('secure_boot', '?')}, "
+        f"{profile.get('disk_free_gib', '?')} GiB free"
     )
+
+
+def unreadable(lacking: list[str]) -> str:
+    """Why a host whose profile script answered too little cannot go on."""
+    if len(lacking) == len(REQUIRED_WORDS):
+        return "the host could not be read: the profile script printed nothing"
+    return f"the host could not be read: the profile script printed no {', '.join(lacking)}"
 
 
 @deploy("Preflight")
 def run(config: FleetConfig) -> dict[str, Any] | None:
     """Check the host; return its profile when the next layers may run, else None."""
     profile = host.get_fact(HostProfile, path=config.preflight.disk_path)
-    logger.info(f"{host.print_prefix}preflight: {summary(profile)}")
-    found = problems(config, profile)
-    if not found:
-        return profile
+    lacking = missing(profile)
+    if lacking:
+        found = [unreadable(lacking)]
+    else:
+        logger.info(f"{host.print_prefix}preflight: {summary(profile)}")
+        found = problems(config, profile)
+        if not found:
+            return profile
     for problem in found:
         logger.warning(f"{host.print_prefix}preflight: {problem}")
     fail_host("Preflight failed", "preflight failed: " + "; ".join(found))

@@ -54,13 +54,22 @@ def profile_command(path: str = "/") -> str:
     )
 
 
+# What every profile must hold; a host whose script printed less could not be read.
+REQUIRED = ("os_id", "os_version", "arch", "kernel")
+
+
 def parse_profile(lines: list[str]) -> dict[str, Any]:
-    """Turn the script's ``key=value`` lines into the profile dict."""
+    """Turn the script's ``key=value`` lines into the profile dict. A line that is not what
+    the script prints (garbled output, a shell's banner) is left out, never a crash: what is
+    then missing is reported by ``missing``."""
     profile: dict[str, Any] = {"nvidia_gpus": [], "nvswitches": []}
     for line in lines:
         key, _, value = line.partition("=")
         if key == "pci":
-            slot, pci_class, device = value.split()
+            fields = value.split()
+            if len(fields) != 3:
+                continue
+            slot, pci_class, device = fields
             kind = (
                 "nvidia_gpus"
                 if pci_class.startswith(GPU_CLASSES)
@@ -69,10 +78,18 @@ def parse_profile(lines: list[str]) -> dict[str, Any]:
             if kind:
                 profile[kind].append({"slot": slot, "class": pci_class, "device": device})
         elif key == "disk_free_kib":
-            profile["disk_free_gib"] = round(int(value) / 1024**2, 1)
+            if value.strip().isdigit():
+                profile["disk_free_gib"] = round(int(value) / 1024**2, 1)
         elif key:
             profile[key] = value
     return profile
+
+
+def missing(profile: dict[str, Any] | None) -> list[str]:
+    """The REQUIRED keys a profile lacks (all of them for no profile: nothing was printed)."""
+    if not isinstance(profile, dict):
+        return list(REQUIRED)
+    return [key for key in REQUIRED if not profile.get(key)]
 
 
 class HostProfile(FactBase):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -177,3 +178,73 @@ def test_apt_fetches_through_the_configured_proxy_or_not_at_all(tmp_path):
     (tmp_path / "2").mkdir()
     none = FakeFleet(tmp_path / "2", {"h": host(profile(H100), deploy_layers="vllm")})
     assert "Package manager | No apt proxy" in dict(none.plan(base=True)["h"])
+
+
+# --- a host whose facts cannot be read fails alone, with the reason ----------------------
+
+
+def test_host_without_a_preflight_answer_fails_alone_with_the_reason(tmp_path):
+    fleet = FakeFleet(tmp_path, {"good": host(profile(H100)), "silent": host({})})
+    planned = fleet.plan()
+    assert planned["good"] == []
+    assert fails_with(planned["silent"], "could not be read: the profile script printed nothing")
+
+
+def test_partial_preflight_answer_names_what_is_missing(tmp_path):
+    partial = {"os-release": ["os_id=debian", "os_version=12"]}
+    planned = FakeFleet(tmp_path, {"good": host(profile(H100)), "h": host(partial)}).plan()
+    assert fails_with(planned["h"], "the profile script printed no arch, kernel")
+    assert planned["good"] == []
+
+
+def test_garbled_preflight_lines_are_left_out_not_a_crash(tmp_path):
+    garbled = profile(H100, "pci=0000:1b:00.0", free_kib="lots")
+    planned = FakeFleet(tmp_path, {"h": host(garbled), "good": host(profile(H100))}).plan()
+    assert fails_with(planned["h"], "the free space on / could not be read")
+    assert planned["good"] == []
+
+
+def test_preflight_fact_that_fails_fails_that_host_and_the_others_go_on(tmp_path, caplog):
+    failing = {"os-release": {"success": False, "stderr": "sh: 1: cannot fork"}}
+    fleet = FakeFleet(
+        tmp_path,
+        {
+            "good": host(profile(H100), deploy_layers="docker"),
+            "bad": host(failing, deploy_layers="docker"),
+        },
+    )
+    planned = fleet.plan()
+    assert planned["bad"] == []  # nothing planned after the fact that failed
+    assert [h.name for h in fleet.state.failed_hosts] == ["@fake/bad"]
+    assert {name.split(" | ")[0] for name, _ in planned["good"]} == {"Docker Engine"}
+    assert "cannot fork" in caplog.text
+
+
+def test_preflight_fact_that_never_answers_fails_that_host_within_its_bound(tmp_path, caplog):
+    fleet = FakeFleet(
+        tmp_path,
+        {
+            "good": host(profile(H100)),
+            "hung": host(profile(H100), fake_delay=30, _deploy_fact_timeout_s=1),
+        },
+    )
+    started = time.monotonic()
+    planned = fleet.plan()
+    took = time.monotonic() - started
+    assert took < 1 + 2 + 5, took  # the fact bound, the grace, and the run itself
+    assert planned == {"good": [], "hung": []}
+    assert [h.name for h in fleet.state.failed_hosts] == ["@fake/hung"]
+    assert (
+        "stopped answering" in caplog.text and "within 1 s (deploy_fact_timeout_s)" in caplog.text
+    )
+
+
+def test_bad_bound_setting_stops_the_run_before_any_command(tmp_path):
+    fleet = FakeFleet(
+        tmp_path,
+        {"good": host(profile(H100)), "bad": host(profile(H100), _deploy_fact_timeout_s=True)},
+    )
+    with pytest.raises(ConfigError) as error:
+        fleet.plan()
+    assert "bad: deploy_fact_timeout_s = True: a whole number from 1 to 86400" in str(error.value)
+    assert fleet.sent() == {"good": [], "bad": []}

@@ -1,0 +1,290 @@
+"""How long a run waits on a host: one home for every bound, so a host that stops answering
+fails alone, within a bound, while the others go on.
+
+A host can stop answering rather than refuse: a frozen VM, a network path that drops packets
+(``docker pause`` of a lab host), or a daemon that never returns (a frozen dockerd makes every
+``docker`` command hang). The kernel of a paused host still ACKs TCP, so neither a socket
+timeout nor paramiko's keepalive (it sends, it never waits for a reply) notices. pyinfra's
+``_timeout`` bounds only the reading of a command's output: opening the channel and starting
+the command wait without a bound (paramiko's ``open_session`` waits an hour, ``exec_command``
+forever). So ``install(state, host)`` (deploy.py, once per host) wraps the host's connector:
+
+- every command and file transfer runs under a wall-clock bound chosen by what it does
+  (``timeout_for``): a fact read is short, a package install or an image transfer long, the
+  vLLM readiness wait ``vllm_ready_timeout_s`` + margin, a Docker restart (with its rollback)
+  twice ``docker_restart_timeout_s`` + margin; an operation's own ``_timeout`` wins;
+- while a command runs, a keepalive that needs a reply (OpenSSH's ``ServerAliveInterval``:
+  ``keepalive@openssh.com``, want-reply) goes every ``deploy_keepalive_interval_s``; no reply
+  for ``deploy_keepalive_count`` of them and the host stopped answering;
+- a host that stopped answering is logged once with the reason, its connection is closed (so
+  nothing waits on it: the readers end, the remote command gets a hang-up), and every later
+  command on it fails at once; a fact that could not be read stops that host's planning
+  (``HostStopped``, caught in deploy.py) or its operation (at execution), never the run;
+- a connection lost mid-command (paramiko's EOFError, which pyinfra does not handle:
+  pyinfra-dev/pyinfra#1220) fails that command, not the whole run.
+
+Connecting is bounded by pyinfra itself: ``CONNECT_TIMEOUT`` (10 s) for TCP, paramiko's banner
+(15 s) and auth (30 s) timeouts. The verify suite reads the same settings (tests/verify/fleet).
+
+The settings are data keys with the defaults in ``DEFAULTS``; until the config model has them,
+write them with a leading ``_`` (own data): ``--data _deploy_fact_timeout_s=20``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import gevent
+from gevent import GreenletExit
+from paramiko import SSHException
+from pyinfra import logger
+from pyinfra.api import Host, State
+from pyinfra.connectors.util import CommandOutput, OutputLine
+
+from operations.settings import ConfigError, Problem
+
+DEFAULTS: dict[str, int] = {
+    "deploy_fact_timeout_s": 60,  # a fact read (planning, and facts operations read)
+    "deploy_command_timeout_s": 600,  # an operation's command of no other kind
+    "deploy_install_timeout_s": 1800,  # packages, image pulls and loads, file transfers
+    "deploy_timeout_margin_s": 60,  # added to the waits that have a deadline of their own
+    "deploy_keepalive_interval_s": 10,  # a reply-wanted keepalive this often while waiting
+    "deploy_keepalive_count": 3,  # this many unanswered in a row: stopped answering
+}
+LIMITS = (1, 86400)
+GRACE_S = 2  # the hard bound is pyinfra's own _timeout (it bounds reading output) plus this
+
+# What a command does, by its text: (kind, pattern). First match wins.
+_READY = re.compile(r"deadline=.*/health", re.S)  # the vLLM readiness wait
+_RESTART = re.compile(r"systemctl\s+(?:\S+\s+)*(?:re)?start\s+docker\b")
+_INSTALL = re.compile(
+    r"\b(?:apt-get|apt|dnf|yum|dpkg|rpm|dkms|curl|wget)\b|\bdocker\s+(?:pull|load)\b"
+)
+
+
+class HostStopped(Exception):
+    """This host failed while its deploy was planned (a fact could not be read): stop
+    planning it. Raised by the host's get_fact, caught by deploy.py."""
+
+
+def _raw(data: Mapping[str, Any], key: str) -> Any:
+    for name in (key, f"_{key}"):
+        if name in data and data[name] is not None:
+            return data[name]
+    return DEFAULTS[key]
+
+
+def _as_seconds(value: Any) -> int | None:
+    """A whole number within LIMITS (a bool is not one), or None."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if LIMITS[0] <= value <= LIMITS[1] else None
+
+
+def problems(host: str, data: Mapping[str, Any]) -> list[Problem]:
+    """The bound settings of one host that are not whole seconds within LIMITS."""
+    found = []
+    for key in DEFAULTS:
+        value = _raw(data, key)
+        if _as_seconds(value) is None:
+            allowed = f"a whole number from {LIMITS[0]} to {LIMITS[1]}"
+            found.append(Problem(host, key, value, allowed))
+    return found
+
+
+def setting(data: Mapping[str, Any], key: str) -> int:
+    """The value of one bound setting for a host's data (its default when unset)."""
+    value = _as_seconds(_raw(data, key))
+    return DEFAULTS[key] if value is None else value
+
+
+def keepalive_s(data: Mapping[str, Any]) -> tuple[int, int]:
+    """(interval, count) of the reply-wanted keepalive."""
+    return setting(data, "deploy_keepalive_interval_s"), setting(data, "deploy_keepalive_count")
+
+
+def timeout_for(
+    command: str, data: Mapping[str, Any], reading_fact: bool, explicit: int | None = None
+) -> tuple[int, str]:
+    """(seconds, the setting behind them) for one command of a host with ``data``."""
+    if explicit:
+        return int(explicit), "the operation's _timeout"
+    if reading_fact:
+        return setting(data, "deploy_fact_timeout_s"), "deploy_fact_timeout_s"
+    margin = setting(data, "deploy_timeout_margin_s")
+    if _READY.search(command):
+        ready = int(data.get("vllm_ready_timeout_s") or 1800)
+        return ready + margin, "vllm_ready_timeout_s + deploy_timeout_margin_s"
+    if _RESTART.search(command):  # a restart, and a rollback's restart after it
+        restart = int(data.get("docker_restart_timeout_s") or 90)
+        return 2 * restart + margin, "2 x docker_restart_timeout_s + deploy_timeout_margin_s"
+    if _INSTALL.search(command):
+        return setting(data, "deploy_install_timeout_s"), "deploy_install_timeout_s"
+    return setting(data, "deploy_command_timeout_s"), "deploy_command_timeout_s"
+
+
+def _head(command: Any) -> str:
+    """The start of a command, for a message (masked: no secret in it)."""
+    text = command.get_masked_value() if hasattr(command, "get_masked_value") else str(command)
+    line = " ".join(text.split())
+    return line if len(line) <= 60 else line[:57] + "..."
+
+
+class Watch:
+    """The bounds of one host's connection: its commands, its keepalive, why it stopped."""
+
+    def __init__(self, state: State, host: Host):
+        self.state, self.host = state, host
+        self.stopped: str | None = None  # why the host stopped answering
+        self.in_flight = 0
+        self.reading_fact = 0
+        self.keepalive: gevent.Greenlet | None = None
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        return self.host.data.dict()
+
+    def stop(self, reason: str) -> None:
+        """Record that the host stopped answering (once), and close its connection."""
+        if self.stopped is None:
+            self.stopped = reason
+            logger.error(
+                f"{self.host.print_prefix}stopped answering: {reason}; "
+                "this host fails, the others go on"
+            )
+        client = getattr(self.host.connector, "client", None)
+        if client is not None:
+            client.close()  # the readers end, the remote command gets a hang-up
+
+    def failure(self) -> tuple[bool, CommandOutput]:
+        line = f"{self.host.name} stopped answering: {self.stopped}"
+        return False, CommandOutput([OutputLine("stderr", line)])
+
+    def call(self, method, command: Any, args: tuple, kwargs: dict, transfer: bool):
+        """Run one connector call (a command or a transfer) under its bound."""
+        if self.stopped is not None:
+            return self.failure() if not transfer else False
+        explicit = kwargs.get("_timeout")
+        if transfer:  # an upload or download: an image archive can take long
+            seconds, why = timeout_for("docker load", self.data, False, explicit)
+        else:
+            text = _head_text(command)
+            seconds, why = timeout_for(text, self.data, bool(self.reading_fact), explicit)
+            kwargs["_timeout"] = seconds
+        self.in_flight += 1
+        self._keepalive()
+        try:
+            with gevent.Timeout(seconds + GRACE_S, TimeoutError):
+                result = method(command, *args, **kwargs)
+        except TimeoutError:
+            self.stop(f"`{_head(command)}` gave no answer within {seconds} s ({why})")
+            raise
+        except EOFError as error:  # not handled by pyinfra: it would end the whole run
+            raise ConnectionResetError(f"connection lost: {error or 'EOF'}") from None
+        except (SSHException, OSError):
+            if self.stopped is not None:
+                return self.failure() if not transfer else False
+            raise
+        finally:
+            self.in_flight -= 1
+        if self.stopped is not None:  # the keepalive gave up while this command ran
+            return self.failure() if not transfer else False
+        return result
+
+    def _keepalive(self) -> None:
+        if getattr(self.host.connector, "client", None) is None:
+            return  # not an SSH connection (@local, @docker, @fake)
+        if self.keepalive is None or self.keepalive.dead:
+            self.keepalive = gevent.spawn(self._keepalive_loop)
+
+    def _keepalive_loop(self) -> None:
+        """While a command is in flight, a keepalive that wants a reply; none for ``count``
+        intervals: the host stopped answering. Ends when the host is idle."""
+        interval, count = keepalive_s(self.data)
+        while self.in_flight and self.stopped is None:
+            gevent.sleep(interval)
+            client = getattr(self.host.connector, "client", None)
+            transport = client.get_transport() if client is not None else None
+            if transport is None or not transport.is_active() or not self.in_flight:
+                continue
+            answered = False
+            with gevent.Timeout(interval * count, False):
+                transport.global_request("keepalive@openssh.com", wait=True)
+                answered = True
+            if not answered and self.in_flight and transport.is_active():
+                self.stop(f"no reply to {count} SSH keepalives in {interval * count} s")
+
+
+def _head_text(command: Any) -> str:
+    return command.get_raw_value() if hasattr(command, "get_raw_value") else str(command)
+
+
+_WATCHES: WeakKeyDictionary[Host, Watch] = WeakKeyDictionary()
+
+
+def watch(host: Host) -> Watch | None:
+    return _WATCHES.get(host)
+
+
+_CHECKED: WeakKeyDictionary[State, list[Problem]] = WeakKeyDictionary()
+
+
+def check_fleet(state: State) -> None:
+    """Refuse (ConfigError) a bound setting that is not whole seconds on any targeted host,
+    once per run, before any host is touched."""
+    if state not in _CHECKED:
+        _CHECKED[state] = [
+            problem
+            for host in state.inventory
+            if state.is_host_in_limit(host)
+            for problem in problems(host.name, host.data.dict())
+        ]
+    if _CHECKED[state]:
+        raise ConfigError(_CHECKED[state])
+
+
+def install(state: State, host: Host) -> Watch:
+    """Bound every command, transfer and fact of ``host`` (once per host and run)."""
+    check_fleet(state)
+    if host in _WATCHES:
+        return _WATCHES[host]
+    bounds = _WATCHES[host] = Watch(state, host)
+    connector = host.connector
+    for name, transfer in (("run_shell_command", False), ("put_file", True), ("get_file", True)):
+        method = getattr(connector, name)
+
+        def bounded(command, *args, _method=method, _transfer=transfer, **kwargs):
+            return bounds.call(_method, command, args, kwargs, _transfer)
+
+        setattr(connector, name, bounded)
+    get_fact = host.get_fact
+
+    def read_fact(cls, *args, **kwargs):
+        bounds.reading_fact += 1
+        try:
+            value = get_fact(cls, *args, **kwargs)
+        finally:
+            bounds.reading_fact -= 1
+        if host in state.failed_hosts or bounds.stopped is not None:
+            _host_cannot_go_on(state, host, bounds)
+        return value
+
+    host.get_fact = read_fact
+    return bounds
+
+
+def _host_cannot_go_on(state: State, host: Host, bounds: Watch) -> None:
+    """A fact of this host could not be read: it is failed, and its deploy code must not go
+    on with a missing fact. Planning: HostStopped (deploy.py ends that host's planning).
+    Executing: GreenletExit ends that host's operation and nothing else (gevent counts it
+    as the greenlet's result; pyinfra already counts the host failed)."""
+    if host not in state.failed_hosts:
+        state.fail_hosts({host})
+    if state.is_executing:
+        raise GreenletExit(f"{host.name}: {bounds.stopped or 'a fact could not be read'}")
+    raise HostStopped(host.name)
