@@ -6,14 +6,22 @@ same model as the deploy. testinfra reaches a host over OpenSSH with an ssh_conf
 from the host's pyinfra ``ssh_*`` data (same address, port, user, key and host-key policy);
 ``ControlPersist`` keeps one connection per host for the whole run. ``@local`` is checked in
 place (``local://``), e.g. on a GPU machine itself.
+
+Every command is bounded like a deploy's fact read (operations.bounds): the connection sends
+reply-wanted keepalives (``ServerAliveInterval``/``ServerAliveCountMax``: a paused host still
+ACKs TCP, only an unanswered keepalive shows it is gone) and each command gets
+``deploy_fact_timeout_s``. A host that stops answering fails its checks with the reason,
+at once after the first, while the other hosts' checks go on.
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterable
@@ -24,6 +32,7 @@ from typing import Any
 
 import testinfra
 
+from operations import bounds
 from operations.config import FleetConfig
 from operations.fleet import inventory_data
 from operations.settings import load_fleet
@@ -100,21 +109,59 @@ class FleetHost:
             if i in outputs:
                 self._facts[command] = parse(outputs[i])
 
+    stopped: str | None = field(default=None, repr=False)  # why it stopped answering
+
     @functools.cached_property
     def host(self) -> testinfra.host.Host:
         """testinfra Host, after one reachability probe; raises Unreachable when it fails."""
+        if self.stopped:
+            raise Unreachable(self.stopped)
         if self.name == "@local":
             return testinfra.get_host("local://", sudo=bool(self.data.get("_sudo")))
         host = testinfra.get_host(
             f"ssh://{self.name}", ssh_config=str(self.ssh_config), sudo=bool(self.data.get("_sudo"))
         )
+        host.backend.run_local = functools.partial(self.run_bounded, host.backend)
         try:
             result = host.run("true")
+        except Unreachable:
+            raise
         except Exception as error:  # testinfra raises plain RuntimeError/OSError on ssh failure
             raise Unreachable(f"{self.name}: {error}") from None
         if result.rc != 0:
             raise Unreachable(f"{self.name}: ssh exited {result.rc}: {result.stderr.strip()}")
         return host
+
+    def run_bounded(self, backend, command: str, *args: str):
+        """testinfra's ``run_local`` (one ssh process per command) within the host's fact
+        bound; Unreachable, for this and every later command, once the host stopped
+        answering: the command did not end in time, or ssh lost the connection (exit 255:
+        no reply to the keepalives)."""
+        if self.stopped:
+            raise Unreachable(self.stopped)
+        seconds = bounds.setting(self.data, "deploy_fact_timeout_s")
+        cmd = backend.encode(backend.quote(command, *args))
+        proc = subprocess.Popen(
+            cmd, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        try:
+            stdout, stderr = proc.communicate(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            self.stopped = (
+                f"{self.name} stopped answering: no result within {seconds} s "
+                "(deploy_fact_timeout_s)"
+            )
+            raise Unreachable(self.stopped) from None
+        if proc.returncode == 255 and self.name != "@local":
+            said = stderr.decode(errors="replace").strip().splitlines()
+            self.stopped = f"{self.name} stopped answering: ssh lost the connection" + (
+                f" ({said[-1]})" if said else ""
+            )
+            raise Unreachable(self.stopped)
+        return backend.result(proc.returncode, cmd, stdout, stderr)
 
 
 def _ssh_block(name: str, data: dict[str, Any]) -> str:
@@ -130,6 +177,9 @@ def _ssh_block(name: str, data: dict[str, Any]) -> str:
         "StrictHostKeyChecking": data.get("ssh_strict_host_key_checking") or "accept-new",
         "BatchMode": "yes",
         "ConnectTimeout": 10,
+        # a paused host ACKs TCP: only a keepalive that wants a reply notices it is gone
+        "ServerAliveInterval": bounds.keepalive_s(data)[0],
+        "ServerAliveCountMax": bounds.keepalive_s(data)[1],
         # one connection per host for the whole run (testinfra asks for a master, but
         # without a ControlPath ssh opens a new connection for every command)
         "ControlMaster": "auto",
@@ -178,9 +228,13 @@ def write_ssh_config(hosts: dict[str, dict[str, Any]]) -> Path:
 def _close_connections(config: Path, hosts: list[str]) -> None:
     """Stop the run's ssh master connections and remove their directory."""
     for name in hosts:
-        subprocess.run(
-            ["ssh", "-F", str(config), "-O", "exit", name], capture_output=True, check=False
-        )
+        try:
+            subprocess.run(
+                ["ssh", "-F", str(config), "-O", "exit", name],
+                capture_output=True, check=False, timeout=10,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            continue
     shutil.rmtree(config.parent, ignore_errors=True)
 
 

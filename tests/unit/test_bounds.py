@@ -1,0 +1,230 @@
+"""Unit tests of operations.bounds (the bound of every remote command) and of the verify
+suite's bounded commands: a host that stops answering fails within its bound, once, with
+the reason, and every later command on it fails at once."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import gevent
+import pytest
+import testinfra
+
+from operations import bounds
+from operations.bounds import DEFAULTS, Watch, problems, setting, timeout_for
+from tests.verify.fleet import FleetHost, Unreachable, _ssh_block
+
+# --- the policy ---------------------------------------------------------------------------
+
+
+def test_defaults_apply_when_unset_and_a_leading_underscore_is_read_too():
+    assert setting({}, "deploy_fact_timeout_s") == DEFAULTS["deploy_fact_timeout_s"] == 60
+    assert setting({"deploy_fact_timeout_s": 7}, "deploy_fact_timeout_s") == 7
+    assert setting({"_deploy_fact_timeout_s": 8}, "deploy_fact_timeout_s") == 8
+    assert setting({"_deploy_keepalive_count": "4"}, "deploy_keepalive_count") == 4  # --data
+
+
+@pytest.mark.parametrize("value", [True, False, 0, -1, 86401, 1.5, "soon", "", [5], None])
+def test_a_bound_that_is_not_whole_seconds_is_refused_with_what_is_allowed(value):
+    data = {"deploy_command_timeout_s": value}
+    found = problems("gpu-1", data) if value is not None else []
+    if value is None:  # unset: the default
+        assert setting(data, "deploy_command_timeout_s") == 600
+        return
+    (problem,) = found
+    assert str(problem) == (
+        f"gpu-1: deploy_command_timeout_s = {value!r}: a whole number from 1 to 86400"
+    )
+
+
+def test_every_default_is_valid():
+    assert problems("h", {}) == []
+
+
+@pytest.mark.parametrize(
+    ("command", "fact", "seconds", "why"),
+    [
+        ("cat /etc/os-release", True, 60, "deploy_fact_timeout_s"),
+        ("docker inspect vllm-main", True, 60, "deploy_fact_timeout_s"),
+        ("apt-get install -y curl", True, 60, "deploy_fact_timeout_s"),  # a fact is a fact
+        ("DEBIAN_FRONTEND=noninteractive apt-get -y install curl", False, 1800, "deploy_install"),
+        ("dnf install -y docker-ce", False, 1800, "deploy_install_timeout_s"),
+        ("docker pull vllm/vllm-openai:v0.11.0", False, 1800, "deploy_install_timeout_s"),
+        ("docker load -q -i /var/tmp/x.tar", False, 1800, "deploy_install_timeout_s"),
+        ("systemctl restart docker.service && up", False, 2 * 90 + 60, "2 x docker_restart"),
+        ("systemctl reset-failed docker.service; systemctl start docker", False, 240, "2 x"),
+        (
+            "deadline=$(( $(date +%s) + timeout ))\nwhile :; do curl $url/health",
+            False,
+            1860,
+            "vllm",
+        ),
+        ("docker rm -f vllm-main", False, 600, "deploy_command_timeout_s"),
+        ("chmod 600 /x && mv -f /x /y", False, 600, "deploy_command_timeout_s"),
+    ],
+)
+def test_each_kind_of_command_gets_its_own_bound(command, fact, seconds, why):
+    got_seconds, got_why = timeout_for(command, {}, fact)
+    assert got_seconds == seconds and got_why.startswith(why)
+
+
+def test_the_waits_follow_their_own_settings_and_an_operations_timeout_wins():
+    data = {
+        "vllm_ready_timeout_s": 30,
+        "docker_restart_timeout_s": 10,
+        "_deploy_timeout_margin_s": 5,
+    }
+    assert timeout_for("deadline=1; curl /health", data, False)[0] == 35
+    assert timeout_for("systemctl restart docker", data, False)[0] == 25
+    assert timeout_for("apt-get install x", data, False, explicit=7) == (
+        7,
+        "the operation's _timeout",
+    )
+
+
+# --- one host's watch ---------------------------------------------------------------------
+
+
+class FakeTransport:
+    def __init__(self, answers: bool):
+        self.answers, self.active = answers, True
+
+    def is_active(self) -> bool:
+        return self.active
+
+    def global_request(self, kind: str, wait: bool = True):
+        assert kind == "keepalive@openssh.com" and wait
+        if not self.answers:
+            gevent.sleep(3600)  # a paused host: the request is never answered
+
+
+class FakeClient:
+    def __init__(self, answers: bool = True):
+        self.transport = FakeTransport(answers)
+        self.closed = gevent.event.Event()
+
+    def get_transport(self):
+        return self.transport
+
+    def close(self) -> None:
+        self.transport.active = False
+        self.closed.set()
+
+
+def watch_of(data: dict, client: FakeClient | None = None) -> Watch:
+    host = SimpleNamespace(
+        name="gpu-3",
+        print_prefix="[gpu-3] ",
+        data=SimpleNamespace(dict=lambda: data),
+        connector=SimpleNamespace(client=client),
+    )
+    state = SimpleNamespace(failed_hosts=set(), is_executing=True)
+    return Watch(state, host)
+
+
+def test_a_command_past_its_bound_stops_the_host_once_and_later_commands_fail_at_once(caplog):
+    client = FakeClient()
+    watch = watch_of({"_deploy_command_timeout_s": 1}, client)
+
+    def hangs(command, **kwargs):
+        assert kwargs["_timeout"] == 1  # pyinfra's own read bound is set too
+        gevent.sleep(3600)
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        watch.call(hangs, "docker rm -f vllm-main", (), {}, False)
+    assert time.monotonic() - started < 1 + bounds.GRACE_S + 1
+    assert watch.stopped == "`docker rm -f vllm-main` gave no answer within 1 s " + (
+        "(deploy_command_timeout_s)"
+    )
+    assert client.closed.is_set()  # nothing is left waiting on it
+    assert "[gpu-3] stopped answering: `docker rm -f vllm-main`" in caplog.text
+
+    def never_called(command, **kwargs):
+        raise AssertionError("a stopped host gets no more commands")
+
+    status, output = watch.call(never_called, "true", (), {}, False)
+    assert status is False and "gpu-3 stopped answering: `docker rm" in output.stderr
+    assert watch.call(never_called, "/src", ("/dest",), {}, True) is False  # a transfer too
+    assert caplog.text.count("stopped answering") == 1  # logged once
+
+
+def test_no_reply_to_keepalives_stops_the_host_while_a_command_waits():
+    client = FakeClient(answers=False)
+    watch = watch_of({"_deploy_keepalive_interval_s": 1, "_deploy_keepalive_count": 2}, client)
+
+    def waits_for_the_host(command, **kwargs):
+        client.closed.wait()  # what paramiko's readers do until the connection is closed
+        raise OSError("Channel closed.")
+
+    started = time.monotonic()
+    status, output = watch.call(waits_for_the_host, "apt-get install -y x", (), {}, False)
+    took = time.monotonic() - started
+    assert status is False and 2 < took < 5, took  # one interval, then two unanswered
+    assert watch.stopped == "no reply to 2 SSH keepalives in 2 s"
+    assert "gpu-3 stopped answering: no reply to 2 SSH keepalives" in output.stderr
+
+
+def test_answered_keepalives_let_a_long_command_finish():
+    client = FakeClient(answers=True)
+    watch = watch_of({"_deploy_keepalive_interval_s": 1, "_deploy_keepalive_count": 1}, client)
+
+    def slow(command, **kwargs):
+        gevent.sleep(2.5)
+        return True, "done"
+
+    assert watch.call(slow, "apt-get install -y x", (), {}, False) == (True, "done")
+    assert watch.stopped is None and not client.closed.is_set()
+
+
+def test_a_connection_lost_mid_command_fails_that_command_not_the_run():
+    watch = watch_of({}, FakeClient())
+
+    def eof(command, **kwargs):
+        raise EOFError()
+
+    with pytest.raises(ConnectionResetError, match="connection lost"):  # an OSError: handled
+        watch.call(eof, "true", (), {}, False)
+    assert watch.stopped is None  # lost, not hung: pyinfra reports it as an SSH error
+
+
+def test_no_keepalive_without_an_ssh_client():
+    watch = watch_of({"_deploy_keepalive_interval_s": 1})
+    assert watch.call(lambda command, **kw: (True, "ok"), "true", (), {}, False) == (True, "ok")
+    assert watch.keepalive is None
+
+
+# --- verify -------------------------------------------------------------------------------
+
+
+def test_verify_ssh_config_sends_keepalives_that_want_a_reply():
+    block = _ssh_block("gpu-1", {"ssh_hostname": "10.0.0.1"})
+    assert "  ServerAliveInterval 10\n  ServerAliveCountMax 3" in block
+    tuned = _ssh_block("gpu-1", {"_deploy_keepalive_interval_s": 2, "deploy_keepalive_count": 5})
+    assert "  ServerAliveInterval 2\n  ServerAliveCountMax 5" in tuned
+
+
+def test_verify_command_past_its_bound_fails_that_host_at_once_afterwards():
+    host = FleetHost("gpu-2", None, {"_deploy_fact_timeout_s": 1})
+    backend = testinfra.get_host("local://").backend
+    assert host.run_bounded(backend, "echo %s", "ok").stdout == "ok\n"
+    started = time.monotonic()
+    with pytest.raises(Unreachable, match=r"gpu-2 stopped answering: no result within 1 s"):
+        host.run_bounded(backend, "sleep 30")
+    assert time.monotonic() - started < 3
+    started = time.monotonic()
+    with pytest.raises(Unreachable, match="gpu-2 stopped answering"):
+        host.run_bounded(backend, "echo never")
+    with pytest.raises(Unreachable, match="gpu-2 stopped answering"):
+        _ = host.host  # a check asking for the host fails at once too
+    assert time.monotonic() - started < 0.5
+
+
+def test_verify_ssh_exit_255_is_a_host_that_stopped_answering():
+    host = FleetHost("gpu-4", None, {})
+    backend = testinfra.get_host("local://").backend
+    with pytest.raises(Unreachable, match=r"gpu-4 stopped answering: ssh lost the connection"):
+        host.run_bounded(backend, "echo 'Timeout, server not responding.' >&2; exit 255")
+    with pytest.raises(Unreachable):
+        host.run_bounded(backend, "true")
