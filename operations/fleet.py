@@ -11,20 +11,21 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
 
 from pyinfra import logger
-from pyinfra.api import Host, Inventory, State
-from pyinfra.api.exceptions import NoGroupError
+from pyinfra.api import Host, State
 from pyinfra.api.state import BaseStateCallback
 from pyinfra.context import ContextObject, ctx_state
-from pyinfra_cli.inventory import make_inventory
 
+from operations import inventory_guard
 from operations.config import FleetConfig
-from operations.settings import load_fleet
+from operations.inventory_guard import cli_error, host_sources
+from operations.settings import ConfigError, load_fleet
 
 _VALIDATED: WeakKeyDictionary[State, dict[str, FleetConfig]] = WeakKeyDictionary()
 
@@ -37,11 +38,16 @@ def _run_state(state: State) -> State:
 
 
 def fleet_config(state: State) -> dict[str, FleetConfig]:
-    """Config of every targeted host, validated once per run (raises ConfigError)."""
+    """Config of every targeted host, validated once per run (raises ConfigError, each
+    problem naming the file its value came from, printed by pyinfra's CLI as one message)."""
     state = _run_state(state)
     if state not in _VALIDATED:
         targeted = [h for h in state.inventory if state.is_host_in_limit(h)]
-        _VALIDATED[state] = load_fleet((h.name, h.data.dict()) for h in targeted)
+        sources = {h.name: host_sources(h) for h in targeted}
+        try:
+            _VALIDATED[state] = load_fleet(((h.name, h.data.dict()) for h in targeted), sources)
+        except ConfigError as error:
+            raise cli_error(error) from None
     return _VALIDATED[state]
 
 
@@ -108,35 +114,70 @@ def host_config(state: State, host: Host) -> FleetConfig:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def select_hosts(inventory: Inventory, patterns: Iterable[str]) -> list[Host]:
-    """Hosts matching --limit patterns (group names or host names), like pyinfra's --limit."""
-    patterns = [p for pattern in patterns for p in pattern.split(",") if p]
-    if not patterns:
-        return list(inventory)
-    selected = []
-    for pattern in patterns:
-        try:
-            selected += inventory.get_group(pattern)
-        except NoGroupError:
-            selected += [host for host in inventory if host.name == pattern]
-    return list(dict.fromkeys(selected))
+def _patterns(patterns: Iterable[str]) -> list[str]:
+    """--limit/--exclude values, each repeatable or comma-separated (a,b)."""
+    return [p for pattern in patterns for p in pattern.split(",") if p]
 
 
-def inventory_data(inventory_path: str, limit: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
-    """Effective data of the selected hosts of an inventory, in inventory order, loaded by
-    pyinfra's own loader (group_data included) outside a deploy: for verify and the
-    controller-side commands."""
-    with ctx_state.use(State()):  # pyinfra's loader records the file it execs on a state
-        inventory = make_inventory(inventory_path, cwd=str(ROOT))
-    return {host.name: host.data.dict() for host in select_hosts(inventory, limit)}
+@dataclass
+class Selection:
+    """The hosts a controller-side command targets: each one's effective data (group_data,
+    inventory and ``--data`` merged the way a deploy merges them) in target order, where each
+    value came from, and what loading noticed that is no reason to stop."""
+
+    hosts: dict[str, dict[str, Any]]
+    sources: dict[str, dict[str, str]]
+    warnings: list[str]
+
+    def configs(self) -> dict[str, FleetConfig]:
+        """Every host's validated config (ConfigError naming host, key, value and file)."""
+        return load_fleet(self.hosts.items(), self.sources)
+
+
+def select(
+    inventory_path: str,
+    limit: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> Selection:
+    """The selected hosts of an inventory, loaded by pyinfra's own loader outside a deploy,
+    like pyinfra's --limit/--exclude; InventoryError (one line) for a mistake in the
+    inventory or group_data, or when no host is left."""
+    limit, exclude = _patterns(limit), _patterns(exclude)
+    inventory, hosts = inventory_guard.load(inventory_path, limit, exclude, overrides, str(ROOT))
+    warnings = [
+        *inventory_guard.warnings_of(inventory),
+        *inventory_guard.unmatched(inventory, limit, "--limit"),
+        *inventory_guard.unmatched(inventory, exclude, "--exclude"),
+    ]
+    return Selection(
+        {host.name: host.data.dict() for host in hosts},
+        {host.name: host_sources(host) for host in hosts},
+        warnings,
+    )
+
+
+def inventory_data(
+    inventory_path: str, limit: Iterable[str] = (), exclude: Iterable[str] = ()
+) -> dict[str, dict[str, Any]]:
+    """Effective data of the selected hosts of an inventory, in target order (see select)."""
+    return select(inventory_path, limit, exclude).hosts
 
 
 def add_limit_option(parser: argparse.ArgumentParser) -> None:
-    """``--limit HOST_OR_GROUP`` (repeatable, or a,b) for the controller-side commands."""
+    """``--limit`` and ``--exclude HOST_OR_GROUP`` (repeatable, or a,b) for the
+    controller-side commands, matched like pyinfra's (a group, else a host name pattern)."""
     parser.add_argument(
         "--limit",
         action="append",
         default=[],
         metavar="HOST_OR_GROUP",
         help="only these hosts or groups, like pyinfra's --limit (repeatable, or a,b)",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="HOST_OR_GROUP",
+        help="not these hosts or groups, like pyinfra's --exclude (repeatable, or a,b)",
     )

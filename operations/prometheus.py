@@ -16,13 +16,16 @@ selected host whose ``deploy_layers`` include ``vllm``, labelled with the invent
 The address is where the server listens: ``vllm_bind_address`` when it is one specific
 address, else ``host_address``, else the host's ``ssh_hostname``, else its inventory name.
 Config is validated like a deploy validates it (operations.settings): a bad value is reported
-and nothing is written. The file is replaced atomically, so Prometheus never reads half of it.
+and nothing is written, as for an inventory that cannot be read, a selection of no host or an
+output that cannot be written. The file is replaced atomically, so Prometheus never reads half
+of it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -35,8 +38,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 from operations.common import url_host
 from operations.config import FleetConfig
-from operations.fleet import add_limit_option, inventory_data
-from operations.settings import load_fleet
+from operations.fleet import add_limit_option, select
 
 DEFAULT_OUTPUT = Path("reports/prometheus/vllm-targets.json")
 
@@ -93,12 +95,26 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def load_hosts(
-    inventory: str, limit: Sequence[str]
+    inventory: str, limit: Sequence[str], exclude: Sequence[str] = (), warn: bool = False
 ) -> dict[str, tuple[dict[str, Any], FleetConfig]]:
-    """Data and validated config of the selected hosts (raises ConfigError)."""
-    data = inventory_data(inventory, limit)
-    configs = load_fleet(data.items())
-    return {name: (data[name], configs[name]) for name in data}
+    """Data and validated config of the selected hosts (raises ConfigError, or
+    InventoryError when the inventory cannot be read or no host is selected)."""
+    selection = select(inventory, limit, exclude)
+    for line in selection.warnings if warn else ():
+        print(f"warning: {line}", file=sys.stderr)
+    configs = selection.configs()
+    return {name: (data, configs[name]) for name, data in selection.hosts.items()}
+
+
+def check_output(path: Path) -> None:
+    """Refuse a targets file that cannot be written, before the inventory is read."""
+    if path.is_dir():
+        raise OSError(errno.EISDIR, "is a directory, not a file", str(path))
+    parent = next((p for p in path.absolute().parents if p.exists()), Path("/"))
+    if not parent.is_dir():
+        raise OSError(errno.ENOTDIR, f"{parent} is not a directory", str(path))
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OSError(errno.EACCES, "permission denied", str(path))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,15 +135,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Write the targets file; 0 when written, 2 when the config (or inventory) is refused."""
+    """Write the targets file; 0 when written, 2 when the config, the inventory or the output
+    is refused (nothing is written then: no host selected never gives an empty file)."""
     args = _parser().parse_args(argv)
     try:
-        hosts = load_hosts(args.inventory, args.limit)
-    except PyinfraError as error:  # ConfigError among them: its message names host and key
+        check_output(args.output)
+        hosts = load_hosts(args.inventory, args.limit, args.exclude, warn=True)
+        entries = file_sd(hosts)
+        write_atomic(args.output, json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    except PyinfraError as error:  # ConfigError, InventoryError: one line each, no file written
         print(error, file=sys.stderr)
         return 2
-    entries = file_sd(hosts)
-    write_atomic(args.output, json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    except OSError as error:  # the targets file: a directory, no permission, a full disk
+        print(f"cannot write {args.output}: {error.strerror or error}", file=sys.stderr)
+        return 2
     served = len({entry["labels"]["gpufleet_host"] for entry in entries})
     print(f"wrote {len(entries)} vLLM target(s) of {served} host(s) to {args.output}")
     return 0

@@ -15,9 +15,11 @@ to be ready and fails the host otherwise, so pyinfra's exit code is the batch's 
 
 On a failing batch the rollout stops at once and lists the hosts it never touched: they still
 serve the previous version. Before any batch, the config of every selected host is validated
-(with the ``--data`` given after ``--``), so a bad value stops the rollout with nothing run.
+(with the ``--data`` given after ``--``), so a bad value stops the rollout with nothing run,
+as does an inventory that cannot be read or a ``--limit``/``--exclude`` that selects no host.
 Arguments after ``--`` go to every pyinfra run; ``--limit``/``--exclude`` are not allowed
-there (the batches set the limit). pyinfra runs from the repository root, as deploy.py needs.
+there (the batches set the limit: give them before ``--``). pyinfra runs from the repository
+root, as deploy.py needs.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from typing import Any
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra_cli.util import parse_cli_arg
 
-from operations.fleet import ROOT, add_limit_option, inventory_data
-from operations.settings import load_fleet
+from operations.fleet import ROOT, add_limit_option, select
+from operations.inventory_guard import check_data_args
 
 Runner = Callable[..., int]
 """Runs a command (a list of arguments) with ``cwd=``; returns its exit code."""
@@ -63,16 +65,21 @@ def data_overrides(extra: Sequence[str]) -> dict[str, Any]:
             values.append(extra[index + 1])
         elif arg.startswith("--data="):
             values.append(arg.removeprefix("--data="))
-    pairs = [value.split("=", 1) for value in values if "=" in value]
+    check_data_args(values)  # pyinfra would stop each batch with a traceback
+    pairs = [value.split("=", 1) for value in values]
     return {key: parse_cli_arg(value) for key, value in pairs}
 
 
-def validate(inventory: str, limit: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
-    """The selected hosts, in order, once every one's config is valid (raises ConfigError)."""
-    data = inventory_data(inventory, limit)
-    overrides = data_overrides(extra)
-    load_fleet((name, {**values, **overrides}) for name, values in data.items())
-    return list(data)
+def validate(
+    inventory: str, limit: Sequence[str], extra: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[str]:
+    """The selected hosts, in order, once every one's config is valid (raises ConfigError,
+    or InventoryError when the inventory cannot be read or no host is selected)."""
+    selection = select(inventory, limit, exclude, data_overrides(extra))
+    for line in selection.warnings:
+        _say(f"warning: {line}", error=True)
+    selection.configs()
+    return list(selection.hosts)
 
 
 def _say(message: str, error: bool = False) -> None:
@@ -164,12 +171,9 @@ def main(argv: Sequence[str] | None = None, run: Runner = subprocess.call) -> in
     if any(arg.split("=", 1)[0] in _RESERVED for arg in extra):
         parser.error("--limit and --exclude go before --: the rollout sets each batch's limit")
     try:
-        hosts = validate(args.inventory, args.limit, extra)
-    except PyinfraError as error:  # ConfigError among them: its message names host and key
+        hosts = validate(args.inventory, args.limit, extra, args.exclude)
+    except PyinfraError as error:  # ConfigError, InventoryError: one line per problem
         _say(str(error), error=True)
-        return 2
-    if not hosts:
-        _say("no host selected: check the inventory and --limit", error=True)
         return 2
     inventory = str(Path(args.inventory).resolve()) if Path(args.inventory).exists() else None
     return roll(inventory or args.inventory, hosts, args.batch, extra, run)

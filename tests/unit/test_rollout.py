@@ -167,7 +167,7 @@ def test_no_selected_host_is_refused(inventory, capsys):
     run = Runner()
     assert main([inventory, "--limit", "nosuchhost"], run=run) == 2
     assert run.commands == []
-    assert "no host selected" in capsys.readouterr().err
+    assert "--limit nosuchhost matches no host or group of" in capsys.readouterr().err
 
 
 def test_data_overrides_are_parsed_like_pyinfra():

@@ -1,6 +1,6 @@
 """pytest plugin of the verify suite: hosts from a pyinfra inventory, a fleet report at the end.
 
-    pytest tests/verify --inventory inventory/prod.py [--limit gpu_servers] [-m driver]
+    pytest tests/verify --inventory inventory/prod.py [--limit gpu] [--exclude host] [-m driver]
 
 Every check in ``tests/verify/test_<layer>.py`` takes a ``fleet_host`` argument and carries its
 layer's marker; it runs once per selected host. At the end a host × layer table is printed and
@@ -14,6 +14,7 @@ runs them only through its lab end-to-end test.
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,8 +22,15 @@ import pytest
 from pyinfra.api.exceptions import PyinfraError
 
 from operations.config import LAYERS
-from operations.settings import ConfigError
-from tests.verify.fleet import ROOT, FleetHost, Unreachable, load_hosts, prefetch
+from operations.fleet import select
+from tests.verify.fleet import (
+    ROOT,
+    FleetHost,
+    Unreachable,
+    UnsafeSshValue,
+    prefetch,
+    write_ssh_config,
+)
 
 VERIFY_DIR = Path(__file__).resolve().parent
 NOT_APPLICABLE = "not applicable"
@@ -38,6 +46,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="only these hosts or groups (comma-separated or repeated), like pyinfra's --limit",
     )
     group.addoption(
+        "--exclude",
+        action="append",
+        default=[],
+        help="not these hosts or groups (comma-separated or repeated), like pyinfra's --exclude",
+    )
+    group.addoption(
         "--fleet-report",
         default=str(ROOT / "reports" / "fleet-report.json"),
         help="where the host × layer report is written as JSON",
@@ -49,16 +63,30 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("inventory"):
         return
     try:
-        hosts = load_hosts(config.getoption("inventory"), config.getoption("limit"))
-    except (ConfigError, PyinfraError) as error:  # bad settings, or an inventory that says no
+        hosts = fleet_hosts(
+            config.getoption("inventory"), config.getoption("limit"), config.getoption("exclude")
+        )
+    except (PyinfraError, UnsafeSshValue) as error:  # bad settings, inventory or selection
         raise pytest.UsageError(str(error)) from None
-    if not hosts:
-        raise pytest.UsageError("no host of the inventory matches --limit")
     if not config.option.xmlpath:
         config.option.xmlpath = str(ROOT / "reports" / "verify-junit.xml")
     config.stash[HOSTS] = hosts
     report = FleetReport([host.name for host in hosts], Path(config.getoption("fleet_report")))
     config.pluginmanager.register(report, "fleet-report")
+
+
+def fleet_hosts(inventory: str, limit: list[str], exclude: list[str]) -> list[FleetHost]:
+    """The selected hosts with their validated config, reached through one ssh_config.
+    Raises ConfigError or InventoryError (one line each, naming the file a value came from),
+    InventoryError also when no host is selected; prints what loading warned about."""
+    selection = select(inventory, limit, exclude)
+    for line in selection.warnings:
+        sys.stderr.write(f"warning: {line}\n")
+    configs = selection.configs()
+    ssh_config = write_ssh_config(selection.hosts)
+    return [
+        FleetHost(name, configs[name], data, ssh_config) for name, data in selection.hosts.items()
+    ]
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

@@ -1,0 +1,11 @@
+"""pyinfra's project config: pyinfra execs this file from the working directory before it
+reads the inventory, on every run (even one that targets no host, where deploy.py never runs).
+
+It guards the run (operations.inventory_guard): a mistyped inventory path, ``--data`` without
+``=``, an error in the inventory or group_data, and a run that targets no host each stop it
+with one line naming the file and the problem, instead of a traceback or a silent exit 0.
+"""
+
+from operations.inventory_guard import install
+
+install()
