@@ -14,7 +14,8 @@ what is allowed) while the deploy is planned, before anything runs on any host:
   are refused; ``apt_conf_name``: a part of an option name (a host in
   ``Acquire::http::Proxy::<host>``): host-name characters only, ``::`` would open a scope.
 - ``apt_field``: one blank-free word of an apt sources line or preferences field (``deb URL
-  suite``, ``Pin: version GLOB``): no blanks, control characters or ``#``.
+  suite``, ``Pin: version GLOB``): no blanks, control characters, ``#``, ``"`` or brackets
+  (apt groups words with quotes and brackets), but an IPv6 host's.
 - ``ini_value``: a value of a dnf ``.repo`` file: one line.
 - ``package``: a package name (or ``name=version``, ``name-version*``) handed to pyinfra's
   apt/dnf operations, which put it on the command line unquoted: package-name characters only.
@@ -47,6 +48,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _APT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _PACKAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~:=*-]*")
 _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
+_IPV6_HOST = re.compile(r"^[a-z][a-z0-9+.-]*://\[[0-9A-Fa-f:.]+\]")
 
 
 class Unrepresentable(ConfigError):
@@ -107,14 +109,20 @@ def apt_conf_name(value: Any, key: str) -> str:
 
 
 def apt_field(value: Any, key: str) -> str:
-    """``value`` as one word of an apt sources line or an apt preferences field."""
+    """``value`` as one word of an apt sources line or an apt preferences field. apt reads
+    ``"…"`` and ``[…]`` in a sources line as grouping (brackets are kept only around an IPv6
+    host) and ``#`` as a comment."""
     text = str(value)
+    rest = _IPV6_HOST.sub("", text, count=1)
     _refuse_if(
-        text == "" or bool(_CONTROL.search(text)) or any(c.isspace() or c == "#" for c in text),
+        text == ""
+        or bool(_CONTROL.search(text))
+        or any(c.isspace() or c in '#"' for c in text)
+        or any(c in "[]" for c in rest),
         key,
         value,
-        "cannot be written in an apt source or preferences file: one word, no '#', blanks or "
-        "control characters",
+        "cannot be written in an apt source or preferences file: one word, no '#', '\"', "
+        "brackets (but around an IPv6 host), blanks or control characters",
     )
     return text
 
