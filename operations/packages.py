@@ -28,6 +28,7 @@ from operations.quoting import (
     apt_conf_name,
     apt_conf_string,
     apt_field,
+    apt_source_word,
     ini_value,
     package,
     shell,
@@ -77,7 +78,8 @@ def source_line(keyring: str, words: tuple[str, ...], arch: str | None, setting:
     """``deb [arch=… signed-by=keyring] URI SUITE [COMPONENT…]``, each word checked to stay one
     word of the line (``setting``: where the URI came from, ``<setting>_url``)."""
     uri, *rest = words
-    checked = [apt_field(uri, f"{setting}_url"), *(apt_field(w, "apt suite") for w in rest)]
+    checked = [apt_source_word(uri, f"{setting}_url")]
+    checked += [apt_source_word(word, "apt suite") for word in rest]
     options = f"{f'arch={arch} ' if arch else ''}signed-by={keyring}"
     return f"deb [{options}] {' '.join(checked)}"
 

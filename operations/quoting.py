@@ -13,9 +13,10 @@ what is allowed) while the deploy is planned, before anything runs on any host:
   not include backslashes or extra quotation marks"), so ``"``, ``\\`` and control characters
   are refused; ``apt_conf_name``: a part of an option name (a host in
   ``Acquire::http::Proxy::<host>``): host-name characters only, ``::`` would open a scope.
-- ``apt_field``: one blank-free word of an apt sources line or preferences field (``deb URL
-  suite``, ``Pin: version GLOB``): no blanks, control characters, ``#``, ``"`` or brackets
-  (apt groups words with quotes and brackets), but an IPv6 host's.
+- ``apt_field``: the one-word value of an apt preferences field (``Pin: version GLOB``): no
+  blanks, control characters or ``#``; ``apt_source_word``: one word of a sources line (``deb
+  [options] URI SUITE``): that, and no ``"`` or brackets but an IPv6 host's (apt groups words
+  with quotes and brackets there).
 - ``ini_value``: a value of a dnf ``.repo`` file: one line.
 - ``package``: a package name (or ``name=version``, ``name-version*``) handed to pyinfra's
   apt/dnf operations, which put it on the command line unquoted: package-name characters only.
@@ -109,9 +110,22 @@ def apt_conf_name(value: Any, key: str) -> str:
 
 
 def apt_field(value: Any, key: str) -> str:
-    """``value`` as one word of an apt sources line or an apt preferences field. apt reads
-    ``"…"`` and ``[…]`` in a sources line as grouping (brackets are kept only around an IPv6
-    host) and ``#`` as a comment."""
+    """``value`` as the one-word value of an apt preferences field (``Pin: version GLOB``)."""
+    text = str(value)
+    _refuse_if(
+        text == "" or bool(_CONTROL.search(text)) or any(c.isspace() or c == "#" for c in text),
+        key,
+        value,
+        "cannot be written in an apt preferences file: one word, no '#', blanks or control "
+        "characters",
+    )
+    return text
+
+
+def apt_source_word(value: Any, key: str) -> str:
+    """``value`` as one word of a one-line apt source (``deb [options] URI SUITE``). apt reads
+    ``"…"`` and ``[…]`` there as grouping (brackets are kept only around an IPv6 host) and
+    ``#`` as a comment."""
     text = str(value)
     rest = _IPV6_HOST.sub("", text, count=1)
     _refuse_if(
@@ -121,8 +135,8 @@ def apt_field(value: Any, key: str) -> str:
         or any(c in "[]" for c in rest),
         key,
         value,
-        "cannot be written in an apt source or preferences file: one word, no '#', '\"', "
-        "brackets (but around an IPv6 host), blanks or control characters",
+        "cannot be written in an apt source line: one word, no '#', '\"', brackets (but "
+        "around an IPv6 host), blanks or control characters",
     )
     return text
 
