@@ -83,6 +83,8 @@ class Loaded:
     files: list[tuple[Path, frozenset[str]]] = field(default_factory=list)
     not_groups: list[str] = field(default_factory=list)  # public names that add no host
     empty_groups: list[str] = field(default_factory=list)
+    tuple_data: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
+    """{group: (where, keys)} of the inventory's (hosts, data) groups"""
 
 
 LOADED: WeakKeyDictionary[Inventory, Loaded] = WeakKeyDictionary()
@@ -212,6 +214,8 @@ def check_groups(path: Path, attrs: Mapping[str, Any], loaded: Loaded) -> None:
                 raise InventoryError(f"{where}: group {name!r} {problem} ({GROUP_HINT})")
             if not (value[0] if isinstance(value, tuple) else value):
                 loaded.empty_groups.append(f"{where}: group {name!r} is empty")
+            if isinstance(value, tuple):
+                loaded.tuple_data[name] = (where, frozenset(value[1]))
         elif isinstance(value, NOT_A_GROUP):
             loaded.not_groups.append(
                 f"{where}: {name!r} is a {type(value).__name__}, not a group, so it adds no host"
@@ -397,6 +401,22 @@ def unknown_group_data(inventory: Inventory) -> list[str]:
     return warnings
 
 
+def overridden_tuple_data(loaded: Loaded) -> list[str]:
+    """A warning per key of an inventory's (hosts, data) group that a group_data file of the
+    same group sets too: pyinfra lets the file win, so the inventory's value is never used
+    (group_data/all.py sets every setting, so all of an ``all`` group's data)."""
+    warnings = []
+    for group, (where, keys) in loaded.tuple_data.items():
+        for key in sorted(keys):
+            path = _group_file(loaded, group, key)
+            if path:
+                warnings.append(
+                    f"{where}: {key} of group {group!r} is never used: {shown(path)} sets it"
+                    " and group_data wins over an inventory's group data"
+                )
+    return warnings
+
+
 def warnings_of(inventory: Inventory) -> list[str]:
     """Everything loading noticed that adds no host but is no reason to stop."""
     loaded = LOADED.get(inventory)
@@ -404,7 +424,7 @@ def warnings_of(inventory: Inventory) -> list[str]:
         return unknown_group_data(inventory)
     hint = f" ({GROUP_HINT}; start a helper's name with _)"
     notes = [line + hint for line in loaded.not_groups] + loaded.empty_groups
-    return notes + unknown_group_data(inventory)
+    return notes + overridden_tuple_data(loaded) + unknown_group_data(inventory)
 
 
 # --- where each value came from ---------------------------------------------------------
