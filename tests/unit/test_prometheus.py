@@ -154,3 +154,41 @@ def test_write_atomic_replaces_whole_files_and_keeps_the_old_one_on_failure(tmp_
         write_atomic(path, "[3]\n")
     assert path.read_text() == "[2]\n"
     assert os.listdir(tmp_path) == ["targets.json"]
+
+
+def test_exclude_leaves_the_other_hosts(inventory):
+    entries = file_sd(load_hosts(inventory, ["gpu"], ["h2,h3", "h5"]))
+    assert {entry["labels"]["gpufleet_host"] for entry in entries} == {"h1", "h4", "h6"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--limit", "nosuch"], "--limit nosuch matches no host or group"),
+        (["--exclude", "gpu,cpu"], "--exclude gpu, cpu excludes all 7 host(s)"),
+        (["--limit", "cpu", "--exclude", "c1"], "excludes the 1 host(s) --limit cpu selects"),
+    ],
+)
+def test_no_host_selected_leaves_the_targets_file(inventory, tmp_path, capsys, args, message):
+    output = tmp_path / "targets.json"
+    output.write_text("[previous]\n")
+    assert main([inventory, *args, "-o", str(output)]) == 2
+    assert message in capsys.readouterr().err
+    assert output.read_text() == "[previous]\n"  # Prometheus keeps scraping the fleet
+
+
+def test_an_output_that_is_a_directory_is_refused_before_reading(tmp_path, capsys):
+    assert main([str(tmp_path / "no-inventory.py"), "-o", str(tmp_path)]) == 2
+    assert f"cannot write {tmp_path}: is a directory" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_refused_values_name_their_file(tmp_path, capsys):
+    (tmp_path / "group_data").mkdir()
+    (tmp_path / "group_data" / "gpu.py").write_text("vllm_port = 'eighty'\n")
+    (tmp_path / "fleet.py").write_text("gpu = [('h1', {'vllm_dtype': 'fp7'})]\n")
+    assert main([str(tmp_path / "fleet.py"), "-o", str(tmp_path / "t.json")]) == 2
+    err = capsys.readouterr().err
+    assert "h1: vllm_port = 'eighty'" in err and f"(from {tmp_path}/group_data/gpu.py)" in err
+    assert "h1: vllm_dtype = 'fp7'" in err and f"(from {tmp_path}/fleet.py)" in err
+    assert not (tmp_path / "t.json").exists()

@@ -173,3 +173,32 @@ def test_no_selected_host_is_refused(inventory, capsys):
 def test_data_overrides_are_parsed_like_pyinfra():
     extra = ["--data", "vllm_port=8001", "--data=deploy_layers=vllm", "--dry", "--data", "x=true"]
     assert data_overrides(extra) == {"vllm_port": 8001, "deploy_layers": "vllm", "x": True}
+
+
+def test_exclude_leaves_the_other_hosts_in_order(inventory):
+    run = Runner()
+    assert main([inventory, "--batch", "2", "--exclude", "h2", "--exclude", "canary"], run=run) == 0
+    assert run.limits == [["h1", "h3"]]
+
+
+def test_excluding_every_host_is_refused_saying_so(inventory, capsys):
+    run = Runner()
+    assert main([inventory, "--limit", "canary", "--exclude", "h4,h5"], run=run) == 2
+    assert run.commands == []
+    err = capsys.readouterr().err
+    assert "--exclude h4, h5 excludes the 2 host(s) --limit canary selects" in err
+
+
+def test_data_without_a_value_is_refused_before_any_batch(inventory, capsys):
+    run = Runner()
+    assert main([inventory, "--", "--data", "vllm_port"], run=run) == 2
+    assert run.commands == []
+    assert "--data 'vllm_port': write it as --data key=value" in capsys.readouterr().err
+
+
+def test_a_refused_override_names_the_command_line(inventory, capsys):
+    run = Runner()
+    assert main([inventory, "--", "--data", "vllm_port=eighty"], run=run) == 2
+    assert run.commands == []
+    err = capsys.readouterr().err
+    assert "h1: vllm_port = 'eighty'" in err and "(from --data)" in err

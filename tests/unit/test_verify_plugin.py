@@ -79,10 +79,27 @@ def test_limit_selects_hosts_like_pyinfra(tmp_path):
     assert list(report["hosts"]) == ["@local"]
 
 
+def test_exclude_selects_like_pyinfra(tmp_path):
+    inventory = (
+        'gpu = [("@local", {"host_has_gpus": False, "preflight_min_free_disk_gib": 0})]\n'
+        'other = [("nohost.invalid", {"host_has_gpus": False})]'
+    )
+    _, _, report = run_verify(tmp_path, inventory, "--exclude", "other")
+    assert list(report["hosts"]) == ["@local"]
+
+
+def test_excluding_every_host_says_so_and_blames_no_limit(tmp_path):
+    code, output, report = run_verify(tmp_path, 'hosts = ["nohost.invalid"]', "--exclude=hosts")
+    assert code == 4 and report == {}
+    assert f"no host to run on: --exclude hosts excludes all 1 host(s) of {tmp_path}" in output
+    assert "--limit" not in output
+
+
 def test_bad_config_is_a_usage_error_naming_host_and_key(tmp_path):
     code, output, report = run_verify(tmp_path, 'hosts = [("@local", {"vllm_port": -1})]')
     assert code == 4  # pytest's usage error: nothing was checked
     assert "@local: vllm_port = -1: Input should be greater than or equal to 1" in output
+    assert f"(from {tmp_path / 'fleet.py'})" in output  # the file the value came from
     assert "Traceback" not in output and report == {}
 
 
