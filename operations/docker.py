@@ -140,6 +140,7 @@ def _docker_group(users: list[str]) -> None:
     missing account (with a home), where a typo should be an error."""
     accounts = host.get_fact(Users) if users else {}
     for user in users:
+        shell(user, "docker_users")  # refused now if no command can name it
         if user not in accounts:
             fail_host("Docker failed", f"docker: docker_users names {user}: no such user here")
         elif "docker" not in accounts[user]["groups"]:

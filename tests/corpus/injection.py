@@ -16,8 +16,9 @@ value arrived as data, unchanged. Contexts:
   controller.
 
 ``Sandbox`` runs generated shell as it runs on a host (``dash -c``) but as ``nobody``, with
-every external command replaced by a stub that records its arguments (``touch`` excepted, so
-a payload that runs does create its canary): nothing the command names is touched.
+every external command replaced by a stub that records its arguments, but ``touch`` (so a
+payload that runs does create its canary) and the text tools scripts compute with: nothing
+the command names is changed.
 """
 
 from __future__ import annotations
@@ -156,7 +157,12 @@ _STUB = """#!/bin/dash
 # gpufleet test stub: records its arguments (NUL-separated), does nothing, succeeds
 printf '%s\\0' "${0##*/}" "$@" > "$(/usr/bin/mktemp "$STUB_CALLS/call.XXXXXXXX")"
 """
-_REAL = ("touch",)  # what a payload uses to make its canary
+# Real: what a payload uses to make its canary, and the text tools the generated scripts
+# compute with (a stub dirname never reaches "/"); none of them changes anything by itself.
+_REAL = (
+    "touch", "dirname", "basename", "cat", "head", "tail", "cut", "tr", "sed", "awk", "grep",
+    "sort", "uniq", "wc", "date", "expr", "seq", "env", "readlink", "od", "sha256sum", "sha1sum",
+)  # fmt: skip
 _NOBODY = 65534
 
 
