@@ -184,11 +184,11 @@ class Watch:
         except TimeoutError:
             self.stop(f"`{_head(command)}` gave no answer within {seconds} s ({why})")
             raise
-        except EOFError as error:  # not handled by pyinfra: it would end the whole run
-            raise ConnectionResetError(f"connection lost: {error or 'EOF'}") from None
-        except (SSHException, OSError):
-            if self.stopped is not None:
+        except (EOFError, SSHException, OSError) as error:
+            if self.stopped is not None:  # closed by stop(): say why, not how it ended
                 return self.failure() if not transfer else False
+            if isinstance(error, EOFError):  # pyinfra does not handle it: the run would end
+                raise ConnectionResetError("connection lost (EOF)") from None
             raise
         finally:
             self.in_flight -= 1
