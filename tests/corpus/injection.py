@@ -138,6 +138,7 @@ SSH = _p(
     ("option", f"-oProxyCommand=touch {MARK}"),
     ("quote", f'lab" ProxyCommand "touch {MARK}'),
     ("subst", f"$(touch {MARK})"),
+    ("match-exec", f'lab\nMatch exec "touch {MARK}"'),
     ("nul", f"lab\0ProxyCommand touch {MARK}"),
     ("unicode-separator", f"lab\u2028ProxyCommand touch {MARK}"),
 )

@@ -7,7 +7,10 @@ import configparser
 import functools
 import json
 import re
+import secrets
+import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,10 +24,11 @@ from operations.packages import proxy_text
 from operations.secrets import Sealed, env_file, vllm_secrets
 from operations.settings import ConfigError, Problem, load_config
 from operations.vllm import cache_space_guard, container_args
-from tests.corpus.injection import MARK, SHELL, Payload, Sandbox
+from tests.corpus.injection import MARK, SHELL, SSH, Payload, Sandbox
 from tests.plan.harness import FakeFleet
 from tests.plan.test_docker_plan import profile
 from tests.unit.test_quoting import APT_CONFIG
+from tests.verify import fleet as verify_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 SHELL_PIPE = re.compile(r"\|\s*(sudo\s+)?(ba|da|z)?sh\b")
@@ -451,3 +455,77 @@ def test_a_proxy_url_apt_conf_cannot_hold_is_refused_without_its_password():
     with pytest.raises(ConfigError) as refused:
         proxy_text('http://user:s3cret@proxy:3142/x";APT::Injected "1', ())
     assert "deploy_apt_proxy" in str(refused.value) and "s3cret" not in str(refused.value)
+
+
+# --- ssh_config on the controller (the verify suite's, tests/verify/fleet.py) --------------
+
+SSH_BIN = shutil.which("ssh")
+
+
+@pytest.mark.skipif(SSH_BIN is None, reason="no ssh client here")
+@pytest.mark.parametrize("field", ["ssh_hostname", "ssh_user", "ssh_known_hosts_file", "name"])
+@pytest.mark.parametrize("payload", SSH, ids=[p.id for p in SSH])
+def test_an_inventory_value_never_adds_an_ssh_config_line(box, field, payload):
+    """ssh -G reads the block as ssh would (it runs a Match exec while parsing): a value is
+    refused, or is the one option's value, with no ProxyCommand and no canary."""
+    value = payload.at(box.canary)
+    name, data = (value, {}) if field == "name" else ("lab-1", {field: value})
+    try:
+        block = verify_fleet._ssh_block(name, data)
+    except verify_fleet.UnsafeSshValue:
+        return
+    config = box.root / "ssh_config"
+    config.write_text(block + "\n")
+    host = "lab-1" if field != "name" else value.split()[0]
+    done = subprocess.run([SSH_BIN, "-G", "-F", str(config), host], capture_output=True,
+                          text=True, check=False, timeout=20)  # fmt: skip
+    assert not box.canary.exists()
+    assert done.returncode == 0, done.stderr
+    options = dict((line.split(" ", 1) + [""])[:2] for line in done.stdout.splitlines())
+    assert options.get("proxycommand", "none") == "none" and "localcommand" not in options
+    if field in SSH_OPTION:  # the value is that one option's, whole (ssh lowercases host names)
+        assert options[SSH_OPTION[field]].casefold() == value.casefold()
+
+
+SSH_OPTION = {"ssh_hostname": "hostname", "ssh_user": "user",
+              "ssh_known_hosts_file": "userknownhostsfile"}  # fmt: skip
+
+
+# verify on the controller: an inventory (from cloud tags, say) whose SSH values would make
+# ssh run a command there. The hosts point at a closed port: nothing needs to answer.
+CONTROLLER_CANARY = f"gpufleet-canary-{secrets.token_hex(6)}"  # relative: created in ROOT
+CONTROLLER_CASES = [
+    pytest.param("name", f"-oProxyCommand=touch {CONTROLLER_CANARY}", {}, id="name-option",
+                 marks=pytest.mark.xfail(reason="tests/verify/fleet.py passes the inventory's "
+                                         "host name to ssh's command line: a leading '-' is "
+                                         "read as an option (reported)")),
+    pytest.param("name", f"lab-1\nProxyCommand touch {CONTROLLER_CANARY}", {}, id="name-newline"),
+    pytest.param("ssh_hostname", "lab-1",
+                 {"ssh_hostname": f"127.0.0.1\nProxyCommand touch {CONTROLLER_CANARY}"},
+                 id="hostname-newline"),
+    pytest.param("ssh_user", "lab-1",
+                 {"ssh_user": f'root\nMatch exec "touch {CONTROLLER_CANARY}"'}, id="user-match"),
+    pytest.param("ssh_user", "lab-1", {"ssh_user": f"-oProxyCommand=touch {CONTROLLER_CANARY}"},
+                 id="user-option"),
+    pytest.param("ssh_known_hosts_file", "lab-1",
+                 {"ssh_known_hosts_file": f"/x\nProxyCommand touch {CONTROLLER_CANARY}"},
+                 id="known-hosts-newline"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "name", "data"), CONTROLLER_CASES)
+def test_verify_runs_nothing_on_the_controller_for_hostile_ssh_values(tmp_path, key, name, data):
+    inventory = tmp_path / "hostile.py"
+    host = {"ssh_hostname": "127.0.0.1", "ssh_port": 1, "ssh_user": "root", **data}
+    inventory.write_text(f"lab_hosts = {[(name, host)]!r}\n")
+    canary = ROOT / CONTROLLER_CANARY
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "tests/verify", "--inventory", str(inventory),
+             "-p", "no:cacheprovider", "-x", "-q"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert not canary.exists(), "an inventory value ran a command on the controller"
+    finally:
+        canary.unlink(missing_ok=True)
+    assert done.returncode != 0
