@@ -248,3 +248,22 @@ def test_bad_bound_setting_stops_the_run_before_any_command(tmp_path):
         fleet.plan()
     assert "bad: deploy_fact_timeout_s = True: a whole number from 1 to 86400" in str(error.value)
     assert fleet.sent() == {"good": [], "bad": []}
+
+
+def test_a_later_layers_fact_that_fails_fails_that_host_and_the_others_go_on(tmp_path):
+    unreadable = {
+        "@@gpufleet-state@@": {"success": False, "stderr": "Input/output error"},
+        **profile(H100),
+    }
+    fleet = FakeFleet(
+        tmp_path,
+        {
+            "good": host(profile(H100), deploy_layers="docker,vllm"),
+            "bad": host(unreadable, deploy_layers="docker,vllm"),
+        },
+    )
+    planned = fleet.plan()  # no TypeError from a missing fact: that host stops planning
+    assert [h.name for h in fleet.state.failed_hosts] == ["@fake/bad"]
+    layers = {name.split(" | ")[0] for name, _ in planned["good"]}
+    assert layers == {"Docker Engine", "vLLM server"}
+    assert not any(name.startswith("vLLM server") for name, _ in planned["bad"])

@@ -184,7 +184,8 @@ def test_a_connection_lost_mid_command_fails_that_command_not_the_run():
     def eof(command, **kwargs):
         raise EOFError()
 
-    with pytest.raises(ConnectionResetError, match=r"connection lost \(EOF\)"):  # an OSError: handled
+    # an OSError, which pyinfra handles
+    with pytest.raises(ConnectionResetError, match=r"connection lost \(EOF\)"):
         watch.call(eof, "true", (), {}, False)
     assert watch.stopped is None  # lost, not hung: pyinfra reports it as an SSH error
 
@@ -228,3 +229,59 @@ def test_verify_ssh_exit_255_is_a_host_that_stopped_answering():
         host.run_bounded(backend, "echo 'Timeout, server not responding.' >&2; exit 255")
     with pytest.raises(Unreachable):
         host.run_bounded(backend, "true")
+
+
+# --- a fact that cannot be read as an operation executes ----------------------------------
+
+_READS_AT_EXECUTE = """
+from pyinfra import host, state
+from pyinfra.api import FactBase, operation
+from pyinfra.context import ctx_host, ctx_state
+
+from operations import bounds
+
+
+class Probe(FactBase):
+    def command(self, stage):
+        return f"probe-{stage}"
+
+    def process(self, output):
+        return {"said": output[0]}
+
+
+@operation()
+def reads_a_fact_as_it_executes():
+    found = host.get_fact(Probe, stage="execute" if state.is_executing else "plan")
+    yield f"echo {found['said']}"  # a missing fact (None) would raise here: TypeError
+
+
+bounds.install(ctx_state.get(), ctx_host.get())
+reads_a_fact_as_it_executes(name="Reads a fact as it executes")
+"""
+
+
+def test_a_fact_that_fails_as_an_operation_executes_fails_that_host_not_the_run(
+    tmp_path, monkeypatch
+):
+    from pyinfra.api.operations import run_ops
+    from pyinfra.api.state import StateStage
+    from pyinfra.context import ctx_config, ctx_inventory, ctx_state
+
+    from tests.plan import harness
+
+    deploy_file = tmp_path / "reads_at_execute.py"
+    deploy_file.write_text(_READS_AT_EXECUTE)
+    monkeypatch.setattr(harness, "DEPLOY", str(deploy_file))
+    answers = {"probe-plan": ["planned"], "probe-execute": ["executed"]}
+    gone = {"probe-plan": ["planned"], "probe-execute": {"success": False, "stderr": "gone"}}
+    fleet = harness.FakeFleet(
+        tmp_path, {"good": {"fake_responses": answers}, "bad": {"fake_responses": gone}}
+    )
+    fleet.plan()
+    state = fleet.state
+    with ctx_state.use(state), ctx_inventory.use(fleet.inventory), ctx_config.use(state.config):
+        state.set_stage(StateStage.Execute)
+        run_ops(state)  # raises nothing: the run goes on
+    assert [h.name for h in state.failed_hosts] == ["@fake/bad"]
+    assert "echo executed" in fleet.sent()["good"]
+    assert not any(command.startswith("echo") for command in fleet.sent()["bad"])
