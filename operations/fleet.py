@@ -27,7 +27,7 @@ from operations.config import FleetConfig
 from operations.inventory_guard import cli_error, host_sources
 from operations.settings import ConfigError, load_fleet
 
-_VALIDATED: WeakKeyDictionary[State, dict[str, FleetConfig]] = WeakKeyDictionary()
+_VALIDATED: WeakKeyDictionary[State, dict[str, FleetConfig] | ConfigError] = WeakKeyDictionary()
 
 
 def _run_state(state: State) -> State:
@@ -39,7 +39,9 @@ def _run_state(state: State) -> State:
 
 def fleet_config(state: State) -> dict[str, FleetConfig]:
     """Config of every targeted host, validated once per run (raises ConfigError, each
-    problem naming the file its value came from, printed by pyinfra's CLI as one message)."""
+    problem naming the file its value came from, printed by pyinfra's CLI as one message).
+    A refusal is kept too: every host's deploy.py asks, and 200 hosts would otherwise
+    validate the fleet 200 times."""
     state = _run_state(state)
     if state not in _VALIDATED:
         targeted = [h for h in state.inventory if state.is_host_in_limit(h)]
@@ -47,8 +49,11 @@ def fleet_config(state: State) -> dict[str, FleetConfig]:
         try:
             _VALIDATED[state] = load_fleet(((h.name, h.data.dict()) for h in targeted), sources)
         except ConfigError as error:
-            raise cli_error(error) from None
-    return _VALIDATED[state]
+            _VALIDATED[state] = cli_error(error)
+    found = _VALIDATED[state]
+    if isinstance(found, ConfigError):
+        raise found
+    return found
 
 
 class FleetSummary(BaseStateCallback):

@@ -43,7 +43,14 @@ from pyinfra_cli.exceptions import CliError, UnexpectedExternalError
 
 from operations.settings import ConfigError
 
-OVERRIDE_SOURCE = "--data"  # where a value given on the command line comes from
+# pyinfra's CLI options that set host data, by the data key they set; other keys: --data
+CLI_OPTIONS = {
+    "ssh_user": "--user",
+    "ssh_port": "--port",
+    "ssh_key": "--key",
+    "ssh_key_password": "--key-password",
+    "ssh_password": "--password",
+}
 
 
 class InventoryError(CliError, PyinfraError):
@@ -85,6 +92,8 @@ class Loaded:
     empty_groups: list[str] = field(default_factory=list)
     tuple_data: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
     """{group: (where, keys)} of the inventory's (hosts, data) groups"""
+    data_args: frozenset[str] = frozenset()  # the override keys given as --data key=value
+    setters: dict[tuple[str, str], Path] | None = None  # (group, key) -> its group_data file
 
 
 LOADED: WeakKeyDictionary[Inventory, Loaded] = WeakKeyDictionary()
@@ -267,11 +276,14 @@ def load_inventory(
     cwd: str | None = None,
     group_data_directories: Sequence[str] | None = None,
     make: Callable[..., Inventory] = pyinfra_cli.inventory.make_inventory,
+    data_args: Iterable[str] | None = None,
 ) -> Inventory:
-    """pyinfra's inventory of ``inventory`` (``make``: its CLI loader), or InventoryError."""
+    """pyinfra's inventory of ``inventory`` (``make``: its CLI loader), or InventoryError.
+    ``data_args``: the override keys given with --data (default: every override key)."""
     check_inventory_arg(inventory)
     path = Path(inventory).resolve() if Path(inventory).is_file() else None
-    loaded = Loaded(inventory, path)
+    given = override_data if data_args is None else data_args
+    loaded = Loaded(inventory, path, data_args=frozenset(given or ()))
     with _guarded_exec(loaded):
         try:
             made = make(
@@ -301,7 +313,9 @@ def _matches(inventory: Inventory, pattern: str) -> list[Host]:
     return [host for host in inventory if fnmatch(host.name, pattern)]
 
 
-def select(inventory: Inventory, limit: Sequence[str] = (), exclude: Sequence[str] = ()) -> list:
+def targeted_hosts(
+    inventory: Inventory, limit: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[Host]:
     """The hosts a run with these --limit and --exclude patterns targets, in --limit order
     (inventory order without a limit); InventoryError when that is none."""
     hosts = list(inventory)
@@ -352,9 +366,12 @@ def no_host_message(inventory: Inventory, limit, exclude, limited: int) -> str:
     name, total = _name(inventory), len(inventory)
     groups = sorted(group for group, hosts in inventory.groups.items() if hosts)
     if limit and not limited:
+        names = [*groups, *(host.name for host in inventory)]
+        close = [m for p in limit for m in difflib.get_close_matches(p, names, n=1, cutoff=0.75)]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
         return (
             f"no host to run on: --limit {', '.join(limit)} matches no host or group of {name}"
-            f" ({total} host(s); groups: {', '.join(groups)})"
+            f" ({total} host(s); groups: {', '.join(groups)}){hint}"
         )
     chosen = (
         f"the {limited} host(s) --limit {', '.join(limit)} selects"
@@ -432,20 +449,29 @@ def warnings_of(inventory: Inventory) -> list[str]:
 
 def _group_file(loaded: Loaded, group: str, key: str) -> Path | None:
     """The group_data file that set ``key`` for ``group`` (the last one read wins)."""
-    found = None
-    for path, names in loaded.files:
-        if path != loaded.path and path.stem == group and key in names:
-            found = path
-    return found
+    if loaded.setters is None:  # indexed once: every host of a run asks for every key
+        loaded.setters = {
+            (path.stem, name): path
+            for path, names in loaded.files
+            if path != loaded.path
+            for name in names
+        }
+    return loaded.setters.get((group, key))
 
 
-def host_sources(host: Host, override: str = OVERRIDE_SOURCE) -> dict[str, str]:
+def _option(key: str, data_args: frozenset[str]) -> str:
+    """The command-line option that gave an override: --data, or pyinfra's --user etc."""
+    return "--data" if key in data_args or key not in CLI_OPTIONS else CLI_OPTIONS[key]
+
+
+def host_sources(host: Host) -> dict[str, str]:
     """{data key: the file (or --data) that gave the host's effective value}, following
     pyinfra's precedence: override data, host data, groups in order, then 'all'."""
     inventory = host.inventory
     loaded = LOADED.get(inventory)
+    overrides = inventory.get_override_data()
     if loaded is None:
-        return dict.fromkeys(inventory.get_override_data(), override)
+        return {key: _option(key, frozenset(overrides)) for key in overrides}
     file = shown(loaded.path) if loaded.path else f"inventory {loaded.inventory!r}"
 
     def origin(group: str, key: str) -> str:
@@ -456,7 +482,7 @@ def host_sources(host: Host, override: str = OVERRIDE_SOURCE) -> dict[str, str]:
     for group in host.groups:
         where |= {key: origin(group, key) for key in inventory.get_group_data(group)}
     where |= dict.fromkeys(inventory.get_host_data(host.name), file)
-    return where | dict.fromkeys(inventory.get_override_data(), override)
+    return where | {key: _option(key, loaded.data_args) for key in overrides}
 
 
 # --- the two entry points ---------------------------------------------------------------
@@ -474,7 +500,7 @@ def load(
     InventoryError."""
     with ctx_state.use(State()):  # pyinfra's loader records the file it execs on a state
         made = load_inventory(inventory, override_data, cwd)
-    return made, select(made, limit, exclude)
+    return made, targeted_hosts(made, limit, exclude)
 
 
 _INSTALLED: set[int] = set()
@@ -486,6 +512,9 @@ def install() -> None:
     the inventory or group_data are one line, and a run that targets no host stops."""
     context = click.get_current_context(silent=True)
     if context is None or "inventory" not in context.params or id(context) in _INSTALLED:
+        return  # not pyinfra's CLI (the API, a test harness), or guarded already
+    if not callable(getattr(pyinfra_cli.cli, "make_inventory", None)):
+        logger.warning("gpufleet: this pyinfra has no CLI inventory loader to guard")
         return
     _INSTALLED.add(id(context))
     params = context.params
@@ -494,10 +523,13 @@ def install() -> None:
     original = pyinfra_cli.cli.make_inventory
 
     def make_inventory(inventory, override_data=None, cwd=None, group_data_directories=None):
-        made = load_inventory(inventory, override_data, cwd, group_data_directories, original)
+        data_args = [arg.split("=", 1)[0] for arg in params.get("data") or ()]
+        made = load_inventory(
+            inventory, override_data, cwd, group_data_directories, original, data_args
+        )
         for line in warnings_of(made):
             logger.warning(line)
-        select(made, params.get("limit") or (), params.get("exclude") or ())
+        targeted_hosts(made, params.get("limit") or (), params.get("exclude") or ())
         return made
 
     pyinfra_cli.cli.make_inventory = make_inventory
