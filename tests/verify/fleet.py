@@ -193,8 +193,10 @@ def _ssh_block(name: str, data: dict[str, Any]) -> str:
 
 # What an ssh_config value may hold: printable, no quote, backslash, '%' (ssh's own tokens)
 # or '#'. Anything else (a newline above all: it would start a line such as ProxyCommand of
-# the inventory's choosing) is refused, never written.
-_SSH_CONFIG_VALUE = re.compile(r"[A-Za-z0-9_.,:@/+=~\[\]-][A-Za-z0-9_.,:@/+=~\[\] -]*")
+# the inventory's choosing) is refused, never written. No leading '-' either: the host name
+# also reaches ssh's command line (testinfra runs `ssh ... NAME COMMAND`), where
+# '-oProxyCommand=…' would be an option.
+_SSH_CONFIG_VALUE = re.compile(r"[A-Za-z0-9_.,:@/+=~\[\]][A-Za-z0-9_.,:@/+=~\[\] -]*")
 
 
 class UnsafeSshValue(ValueError):
@@ -203,7 +205,8 @@ class UnsafeSshValue(ValueError):
 
 def ssh_config_value(value: Any) -> str:
     """``value`` as one ssh_config argument: double-quoted when it has a blank; refused
-    (UnsafeSshValue) when it holds anything that could end the value or the line."""
+    (UnsafeSshValue) when it holds anything that could end the value or the line, or when it
+    starts with '-' (an option on ssh's command line)."""
     text = str(value)
     if not _SSH_CONFIG_VALUE.fullmatch(text) or text != text.strip():
         raise UnsafeSshValue(f"{text!r} cannot be written into an ssh_config line")
