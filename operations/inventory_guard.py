@@ -23,6 +23,7 @@ import ast
 import dataclasses
 import difflib
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -104,11 +105,14 @@ LOADED: WeakKeyDictionary[Inventory, Loaded] = WeakKeyDictionary()
 
 def check_data_args(data: Iterable[str]) -> None:
     """Every ``--data`` argument is ``key=value`` (pyinfra's CLI fails on one without ``=``
-    with an internal-error traceback)."""
+    with an internal-error traceback). An argument is echoed only when it looks like a
+    setting's name: a token pasted without its key must not end up in a log."""
     for arg in data:
-        key = arg.split("=", 1)[0]
-        if "=" not in arg or not key.strip():
-            raise InventoryError(f"--data {arg!r}: write it as --data key=value")
+        if "=" not in arg:
+            shown = repr(arg) if re.fullmatch(r"[a-z][a-z_]*", arg) else "(value not shown)"
+            raise InventoryError(f"--data {shown}: no '='; write it as --data key=value")
+        if not arg.split("=", 1)[0].strip():
+            raise InventoryError("--data with no key before '=': write it as --data key=value")
 
 
 def looks_like_a_file(inventory: str) -> bool:

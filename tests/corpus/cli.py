@@ -51,6 +51,7 @@ class CliCase:
     group_data: Mapping[str, str | bytes | None] = field(default_factory=dict)  # None: a dir
     output: str = "{dir}/targets.json"  # prometheus -o
     tools: frozenset[str] = TOOLS
+    secret: str | None = None  # a value the output must never show
 
 
 def _nothing(id: str, expect: str, **kwargs) -> CliCase:
@@ -171,10 +172,12 @@ CASES = [
            group_data={"gpu": None}),
     _trace("group-data-of-file-group-error", "group_data/fleet.py line 1: TypeError",
            group_data={"fleet": "vllm_port = 8000 + '1'\n"}),
-    _trace("data-without-equals", "--data 'vllm_port': write it as --data key=value",
+    _trace("data-without-equals", "--data 'vllm_port': no '='; write it as --data key=value",
            data=("vllm_port",), tools=WITH_DATA),
-    _trace("data-empty-key", "--data '=8001': write it as --data key=value",
-           data=("=8001",), tools=WITH_DATA),
+    _trace("data-empty-key", "--data with no key before '='", data=("=hf_Secret0Value1",),
+           tools=WITH_DATA, secret="hf_Secret0Value1"),
+    _trace("data-token-without-key", "--data (value not shown): no '='",
+           data=("hf_Secret0Value1",), tools=WITH_DATA, secret="hf_Secret0Value1"),
     _trace("output-is-a-directory", "is a directory", output="{dir}", tools={"prometheus"}),
     _trace("output-under-a-file", "is not a directory", output="{dir}/fleet.py/targets.json",
            tools={"prometheus"}),

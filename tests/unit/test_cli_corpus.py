@@ -71,6 +71,7 @@ def test_case_is_refused_in_one_line(results, tool: str, case: CliCase):
     assert "Traceback" not in output and "internal exception" not in output, output
     assert "pyinfra error in" not in output and "operations/settings.py" not in output, output
     assert "--limit" in case.args or "--limit" not in output, output  # not blamed on a limit
+    assert case.secret is None or case.secret not in output, output
     assert not (directory / "targets.json").exists()  # prometheus: nothing written
     assert "--> Starting operation" not in output  # the deploy planned nothing
 

@@ -193,7 +193,7 @@ def test_data_without_a_value_is_refused_before_any_batch(inventory, capsys):
     run = Runner()
     assert main([inventory, "--", "--data", "vllm_port"], run=run) == 2
     assert run.commands == []
-    assert "--data 'vllm_port': write it as --data key=value" in capsys.readouterr().err
+    assert "--data 'vllm_port': no '='; write it as --data key=value" in capsys.readouterr().err
 
 
 def test_a_refused_override_names_the_command_line(inventory, capsys):
