@@ -12,11 +12,17 @@ host data in the inventory > ``group_data/<group>.py`` > ``group_data/all.py``.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
+import math
 import re
+import typing
+import unicodedata
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -27,6 +33,8 @@ from pydantic import (
     create_model,
     field_validator,
 )
+
+from operations.secrets import SECRET_FLAG, looks_secret
 
 LAYERS = ("preflight", "driver", "docker", "toolkit", "vllm")
 Layer = Literal["preflight", "driver", "docker", "toolkit", "vllm"]
@@ -49,33 +57,222 @@ def _pattern(regex: str, allowed: str) -> Any:
     return Field(pattern=regex, json_schema_extra={"x-allowed": allowed})
 
 
+# --- Text: no setting may hold a control or invisible character ---------------------------
+# A newline in a path or URL could end a line of a generated file (apt.conf, ssh_config, a
+# unit) and start another; pydantic's URL type even drops it silently. Zero-width and bidi
+# characters make a value read differently from what it is. So every string of every
+# setting, however deeply nested (lists, dicts, their keys), is refused if it holds one.
+_HIDDEN = {"Cc", "Cf", "Cs", "Co", "Zl", "Zp"}  # control, format (zero-width, bidi), ...
+
+
+def hidden_character(text: str) -> str | None:
+    """The first control or invisible character of ``text``, as ``U+000A``; else None."""
+    for char in text:
+        if unicodedata.category(char) in _HIDDEN:
+            return f"U+{ord(char):04X}"
+    return None
+
+
+def _refuse_hidden(value: Any) -> Any:
+    """``value`` unchanged, or ValueError naming the first control character anywhere in it."""
+    texts = [value] if isinstance(value, str) else []
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _refuse_hidden(key)
+            _refuse_hidden(item)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            _refuse_hidden(item)
+    for text in texts:
+        found = hidden_character(text)
+        if found:
+            raise ValueError(f"must not contain control or invisible characters (found {found})")
+    return value
+
+
+# --- Numbers: a bool is not a number, NaN and infinity are not a quantity ------------------
+def _whole(value: Any) -> Any:
+    """Before int validation: refuse True/False (``vllm_port = True`` was port 1) and NaN;
+    text of digits (``--data`` values, when passed raw) is left to pydantic, which reads it."""
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not true/false")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite whole number")
+    return value
+
+
+def _finite(value: Any) -> Any:
+    """Before float validation: refuse True/False, and NaN and infinity in any spelling."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) else 0.0
+    except ValueError:
+        return value  # not a number at all: pydantic says so
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_whole)]
+Number = Annotated[float, BeforeValidator(_finite), Field(allow_inf_nan=False)]
+
+
 def _version_text(value: Any) -> Any:
-    """Versions are strings; an int (``--data driver_branch=570``) is taken as its digits."""
+    """Versions are strings; an int (``--data driver_branch=570``) is taken as its digits.
+
+    A float is refused: pyinfra reads ``--data docker_version=27.10`` as the number 27.1, so
+    what the operator wrote cannot be known. The message says how to write it as a string
+    (pyinfra_cli.util.parse_cli_arg reads a JSON string, quotes included, as a string);
+    ``<key>`` is filled in with the data key by operations.settings."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        raise ValueError(f"write the version as a string ('{value}' as a number may lose zeros)")
+        text = repr(value) if math.isfinite(value) else "1.2"
+        raise ValueError(
+            f'write the version as a string: <key> = "{text}" in a file, '
+            f"--data '<key>=\"{text}\"' on the command line "
+            "(as a number, 27.10 would be read as 27.1)"
+        )
     return value
 
 
+def _gpu_index(item: Any, position: int) -> int:
+    """One GPU index of a list: a whole number from 0 to 63 (digits as text are read)."""
+    if isinstance(item, str) and item.strip().isdigit():
+        item = int(item)
+    if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= 63:
+        raise ValueError(f"must be 'all' or GPU indices from 0 to 63 (item {position} is {item!r})")
+    return item
+
+
 def _gpu_set(value: Any) -> Any:
-    """'all', or GPU indices given as a list or as '0,1,2'."""
-    if value == "all" or isinstance(value, list):
+    """'all', or GPU indices given as a list or as '0,1,2': each index once, at least one."""
+    if value == "all":
         return value
     if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+(\s*,\s*[0-9]+)*\s*", value):
-        return _split_csv(value)
-    raise ValueError("must be 'all' or GPU indices such as [0, 1] or '0,1'")
+        value = _split_csv(value)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("must be 'all' or GPU indices such as [0, 1] or '0,1'")
+    if not value:
+        raise ValueError("must be at least one GPU index or 'all'")
+    indices = [_gpu_index(item, position) for position, item in enumerate(value)]
+    twice = sorted({index for index in indices if indices.count(index) > 1})
+    if twice:
+        raise ValueError(f"must list each GPU index once (GPU {twice[0]} is given twice)")
+    return indices
 
 
-AbsPath = Annotated[str, _pattern(r"^/\S*$", "an absolute path")]
+def _no_dot_dot(path: str) -> str:
+    if ".." in path.split("/"):
+        raise ValueError("must be an absolute path without '..' components")
+    return path
+
+
+# Paths of the servers (the HF cache, data-root, …) and of the controller (archives, secret
+# files). Letters, digits and . _ - + @ ~ only, besides '/': such a path means the same in a
+# shell, a unit file, daemon.json and docker's --volume src:dst (which a ':' or ',' would
+# split), so none of those needs to trust a quoting step. Blanks, quotes, $ ` ; & | < > \ *
+# and control characters have no place in a server path that a deploy manages.
+AbsPath = Annotated[
+    str,
+    _pattern(
+        r"^/[A-Za-z0-9._+@~/-]*$",
+        "an absolute path of letters, digits and . _ - + @ ~ / "
+        "(no blanks, quotes, shell characters or '..')",
+    ),
+    AfterValidator(_no_dot_dot),
+]
 Size = Annotated[str, _pattern(r"^[1-9][0-9]*[kmg]$", "a size such as 512m or 10g")]
-Word = Annotated[str, _pattern(r"^\S+$", "one word (no spaces)")]
 EnvName = Annotated[str, _pattern(r"^[A-Za-z_][A-Za-z0-9_]*$", "an environment variable name")]
 UnixUser = Annotated[
     str,
     _pattern(r"^[a-z_][a-z0-9_-]{0,31}$", "a Unix user name"),
+]
+
+# RFC 1123 host names: labels of letters, digits and inner '-', dot-separated, 253 at most.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
+
+
+def is_host_name(value: Any) -> bool:
+    """An RFC 1123 host name (``gpu-01.example.internal``): ASCII labels only."""
+    return isinstance(value, str) and _HOST_NAME.fullmatch(value) is not None
+
+
+def is_ip_address(value: Any) -> bool:
+    """An IPv4 or IPv6 address, without brackets, zone (``%eth0``) or port."""
+    if not isinstance(value, str) or "%" in value:
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_name(value: str) -> str:
+    if not is_host_name(value):
+        raise ValueError("must be a host name (RFC 1123: letters, digits, '-' and '.')")
+    return value
+
+
+def _host(value: str) -> str:
+    if not (is_host_name(value) or is_ip_address(value)):
+        raise ValueError(
+            "must be a host name (letters, digits, '-' and '.') or an IPv4/IPv6 address"
+        )
+    return value
+
+
+def _text_only(value: Any) -> Any:
+    """Refuse a non-string where an address must be written as text (True read as 0.0.0.1),
+    and an IPv6 zone (``%eth0``), which Docker's --publish cannot take."""
+    if not isinstance(value, str) or "%" in value:
+        raise ValueError("must be an IPv4 or IPv6 address written as a string (no %zone)")
+    return value
+
+
+HostName = Annotated[
+    str,
+    AfterValidator(_host_name),
+    Field(json_schema_extra={"x-allowed": "a host name (RFC 1123)"}),
+]
+Host = Annotated[
+    str,
+    AfterValidator(_host),
+    Field(json_schema_extra={"x-allowed": "a host name or an IPv4/IPv6 address"}),
+]
+IpAddress = Annotated[IPvAnyAddress, BeforeValidator(_text_only)]
+
+# RFC 3986 characters only: pydantic's URL type would percent-encode quotes and silently
+# drop tabs and newlines; the operator should see the URL that is used, as written.
+_URL_TEXT = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+")
+
+
+def _url_text(value: Any) -> Any:
+    if isinstance(value, str) and not _URL_TEXT.fullmatch(value):
+        raise ValueError(
+            "must be an http(s) URL of plain ASCII: no blanks, quotes, backslashes, "
+            "or characters that are not percent-encoded"
+        )
+    return value
+
+
+Url = Annotated[HttpUrl, BeforeValidator(_url_text)]
+
+# Hugging Face repository ids (org/name) in their ASCII character set, or a path in the
+# cache: look-alike or zero-width Unicode letters would name another model than the one read.
+ModelId = Annotated[
+    str,
+    _pattern(
+        r"^([A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?|/[A-Za-z0-9._/-]+)$",
+        "a Hugging Face id such as Qwen/Qwen2.5-1.5B-Instruct (ASCII letters, digits, "
+        "'.', '_', '-' and one '/') or an absolute path",
+    ),
+    AfterValidator(_no_dot_dot),
 ]
 
 
@@ -116,10 +313,190 @@ PinnedImage = Annotated[
 ]
 
 
+MAX_MODEL_LEN = 2**24  # tokens; the longest contexts of today's models are about 10 M
+
+# --- docker_daemon_options --------------------------------------------------------------
+# Keys the deploy writes itself (operations/docker.py, toolkit.py): a second value for one of
+# them would fight the setting that owns it on every run.
+DAEMON_KEYS_OWNED = {
+    "data-root": "set docker_data_root instead",
+    "live-restore": "set docker_live_restore instead",
+    "log-driver": "the deploy uses json-file: set docker_log_max_size and docker_log_max_file",
+    "log-opts": "set docker_log_max_size and docker_log_max_file instead",
+    "registry-mirrors": "set docker_registry_mirrors instead",
+    "exec-opts": "set docker_cgroup_driver instead (native.cgroupdriver)",
+    "default-runtime": "set toolkit_default_runtime instead",
+    "runtimes": "the toolkit layer registers the nvidia runtime; add other runtimes to "
+    "daemon.json by hand (keys the deploy does not own are kept)",
+}
+# The JSON type of each key Docker documents for daemon.json on Linux (dockerd reference,
+# "Daemon configuration file"); keys not listed are left to `dockerd --validate`.
+_DAEMON_KINDS: list[tuple[type, str, str]] = [
+    (
+        bool,
+        "true or false",
+        "debug experimental icc init ip-forward ip-masq ip6tables iptables ipv6 "
+        "no-new-privileges raw-logs selinux-enabled tls tlsverify userland-proxy",
+    ),
+    (
+        int,
+        "a whole number",
+        "max-concurrent-downloads max-concurrent-uploads max-download-attempts mtu "
+        "oom-score-adjust shutdown-timeout",
+    ),
+    (
+        str,
+        "a string",
+        "api-cors-header bip bridge cgroup-parent containerd containerd-namespace "
+        "default-cgroupns-mode default-gateway default-gateway-v6 default-ipc-mode "
+        "default-shm-size exec-root fixed-cidr fixed-cidr-v6 group init-path ip "
+        "log-format log-level metrics-addr pidfile seccomp-profile storage-driver "
+        "swarm-default-advertise-addr tlscacert tlscert tlskey userland-proxy-path "
+        "userns-remap",
+    ),
+    (
+        list,
+        "a list of strings",
+        "allow-nondistributable-artifacts authorization-plugins cdi-spec-dirs dns "
+        "dns-opts dns-search hosts insecure-registries labels node-generic-resources "
+        "storage-opts",
+    ),
+    (dict, "an object", "builder default-ulimits features"),
+    (list, "a list of objects", "default-address-pools"),
+]
+_DAEMON_TYPES = {key: (kind, words) for kind, words, keys in _DAEMON_KINDS for key in keys.split()}
+
+
+def _json_problem(value: Any) -> str | None:
+    """Why ``value`` is not plain JSON (a NaN, a set, a non-string key), else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a JSON number (no NaN or infinity)"
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"the key {key!r} is not a string"
+            found = _json_problem(item)
+            if found:
+                return found
+        return None
+    if isinstance(value, list):
+        return next(filter(None, map(_json_problem, value)), None)
+    if value is None or isinstance(value, (str, int, float)):
+        return None
+    return f"{type(value).__name__} {value!r} is not JSON"
+
+
+def _daemon_type_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` is not of the type Docker documents for ``key``, else None."""
+    wanted, words = _DAEMON_TYPES.get(key, (object, ""))
+    ok = isinstance(value, wanted) and not (wanted is int and isinstance(value, bool))
+    if ok and words == "a list of strings":
+        ok = all(isinstance(item, str) for item in value)
+    if ok and key == "features":
+        ok = all(isinstance(item, bool) for item in value.values())
+        words = "an object of true/false values"
+    return None if ok else f"'{key}' must be {words}, as Docker's daemon.json reference says"
+
+
+def daemon_options_checked(options: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Extra daemon.json keys: plain JSON (``json.dumps`` would write NaN, which dockerd
+    cannot read), not a key a setting owns, and of the type Docker documents."""
+    found = _json_problem(options)
+    if found is None:
+        try:
+            json.dumps(options, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            found = str(error)
+    if found:
+        raise ValueError(f"must be JSON-serialisable: {found}")
+    for key, value in options.items():
+        if key in DAEMON_KEYS_OWNED:
+            raise ValueError(f"'{key}' is the deploy's own key: {DAEMON_KEYS_OWNED[key]}")
+        found = _daemon_type_problem(key, value)
+        if found:
+            raise ValueError(found)
+    return options
+
+
+# --- vllm_extra_args ------------------------------------------------------------------------
+# Flags operations/vllm.py (engine_args) sets from a setting: a second one would override it
+# unseen (or, for --host/--port, break the published port).
+ENGINE_FLAGS_OWNED = {
+    "--model": "vllm_model",
+    "--host": "vllm_bind_address (the host address; the server listens on all in its container)",
+    "--port": "vllm_port (the host port)",
+    "--served-model-name": "vllm_served_model_name",
+    "--tensor-parallel-size": "vllm_tensor_parallel_size",
+    "-tp": "vllm_tensor_parallel_size",
+    "--gpu-memory-utilization": "vllm_gpu_memory_utilization",
+    "--dtype": "vllm_dtype",
+    "--max-model-len": "vllm_max_model_len",
+    "--quantization": "vllm_quantization",
+    "-q": "vllm_quantization",
+}
+_SECRET_HINT = (
+    "a secret on the command line shows in ps and docker inspect: give the API key with "
+    "vllm_api_key_env or vllm_api_key_file, the HF token with vllm_hf_token_env or "
+    "vllm_hf_token_file"
+)
+
+
+def _flag_name(arg: str) -> str | None:
+    """The flag an argument sets, as vLLM reads it (``--Tensor_Parallel_Size=2`` is
+    ``--tensor-parallel-size``); None for a value."""
+    if not arg.startswith("-") or re.fullmatch(r"-[0-9.]+", arg):
+        return None
+    name = arg.split("=", 1)[0].lower()
+    return name[:2] + name[2:].replace("_", "-") if name.startswith("--") else name
+
+
+def _owner_of(flag: str) -> str | None:
+    """The setting that owns ``flag``, also for a unique abbreviation (argparse takes
+    ``--max-model`` for ``--max-model-len``)."""
+    if flag in ENGINE_FLAGS_OWNED:
+        return ENGINE_FLAGS_OWNED[flag]
+    if flag.startswith("--") and len(flag) >= 5:
+        owners = [owner for name, owner in ENGINE_FLAGS_OWNED.items() if name.startswith(flag)]
+        return owners[0] if len(set(owners)) == 1 else None
+    return None
+
+
+def extra_args_checked(args: list[str]) -> list[str]:
+    """Extra engine arguments: no secret (flag or value) and no flag a setting owns."""
+    for arg in args:
+        flag = _flag_name(arg)
+        if (flag and SECRET_FLAG.match(flag)) or looks_secret(arg):
+            raise ValueError(_SECRET_HINT)
+        owner = flag and _owner_of(flag)
+        if owner:
+            raise ValueError(f"'{flag}' is set by the layer: set {owner} instead")
+    return args
+
+
+def _holds_sections(annotation: Any) -> bool:
+    """The annotation is, or contains, a Section model (``list[VllmInstanceOverrides]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_holds_sections(arg) for arg in typing.get_args(annotation))
+
+
+@functools.cache
+def _nested_field(model: type[BaseModel], field: str) -> bool:
+    return _holds_sections(model.model_fields[field].annotation)
+
+
 class Section(BaseModel):
-    """Base of every section: unknown keys are errors, values are immutable once validated."""
+    """Base of every section: unknown keys are errors, values are immutable once validated,
+    and no string anywhere in a value holds a control or invisible character."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _visible_text(cls, value: Any, info: ValidationInfo) -> Any:
+        if _nested_field(cls, info.field_name):
+            return value  # each entry checks its own fields (the error names the entry's key)
+        return _refuse_hidden(value)
 
 
 class DeployConfig(Section):
@@ -131,19 +508,27 @@ class DeployConfig(Section):
         "(e.g. --data deploy_layers=driver,docker).",
     )
 
-    lock_timeout_s: int = Field(
+    lock_timeout_s: Int = Field(
         default=600,
         ge=0,
         le=86400,
         description="How long apt waits for a lock another process holds (unattended-upgrades).",
     )
-    apt_proxy: HttpUrl | None = Field(
+    apt_proxy: Url | None = Field(
         default=None,
         description="HTTP proxy apt fetches through, e.g. a shared apt-cacher-ng: one download.",
     )
-    apt_proxy_bypass: Annotated[list[Word], BeforeValidator(_split_csv)] = Field(
+    apt_proxy_bypass: Annotated[list[HostName], BeforeValidator(_split_csv)] = Field(
         default=[], description="Repository hosts apt reaches directly, not through apt_proxy."
     )
+
+    @field_validator("layers")
+    @classmethod
+    def _each_layer_once(cls, layers: list[str]) -> list[str]:
+        twice = [layer for layer in LAYERS if layers.count(layer) > 1]
+        if twice:
+            raise ValueError(f"must name each layer once ('{twice[0]}' is given twice)")
+        return layers
 
 
 class HostConfig(Section):
@@ -154,10 +539,10 @@ class HostConfig(Section):
         description="The host has NVIDIA GPUs; false for GPU-less hosts (the lab): "
         "GPU checks say 'not applicable'.",
     )
-    gpu_count: int | None = Field(
-        default=None, ge=1, le=64, description="Expected number of NVIDIA GPUs; checked when set."
+    gpu_count: Annotated[int, Field(ge=1, le=64), BeforeValidator(_whole)] | None = Field(
+        default=None, description="Expected number of NVIDIA GPUs; checked when set."
     )
-    address: Word | None = Field(
+    address: Host | None = Field(
         default=None,
         description="Address clients and Prometheus reach the host at; unset = ssh_hostname.",
     )
@@ -166,7 +551,7 @@ class HostConfig(Section):
 class PreflightConfig(Section):
     """Layer 0: read-only checks that gate every other layer."""
 
-    min_free_disk_gib: float = Field(
+    min_free_disk_gib: Number = Field(
         default=30.0,
         ge=0,
         le=1_000_000,
@@ -194,7 +579,7 @@ class DriverConfig(Section):
         default="auto",
         description="Kernel module flavour; auto = open on Turing and newer, proprietary before.",
     )
-    cuda_repo_url: HttpUrl | None = Field(
+    cuda_repo_url: Url | None = Field(
         default=None,
         description="Base URL of NVIDIA's CUDA repository or your mirror; unset = NVIDIA's.",
     )
@@ -223,7 +608,7 @@ class DriverConfig(Section):
     reboot_local: bool = Field(
         default=False, description="Also allow rebooting the machine pyinfra runs on (@local)."
     )
-    reboot_timeout_s: int = Field(
+    reboot_timeout_s: Int = Field(
         default=900, ge=60, le=7200, description="How long to wait for a rebooted host."
     )
 
@@ -247,7 +632,7 @@ class DockerConfig(Section):
         default=None,
         description="Docker Engine version to pin; unset = newest.",
     )
-    repo_url: HttpUrl | None = Field(
+    repo_url: Url | None = Field(
         default=None,
         description="Base URL of Docker's repository or your mirror; unset = Docker's.",
     )
@@ -263,11 +648,11 @@ class DockerConfig(Section):
         default=True, description="Keep containers running while dockerd restarts."
     )
     log_max_size: Size = Field(default="100m", description="json-file log size before rotation.")
-    log_max_file: int = Field(default=3, ge=1, le=100, description="json-file logs kept.")
+    log_max_file: Int = Field(default=3, ge=1, le=100, description="json-file logs kept.")
     data_root: AbsPath | None = Field(
         default=None, description="Docker's data-root; unset keeps the current one."
     )
-    registry_mirrors: Annotated[list[HttpUrl], BeforeValidator(_split_csv)] = Field(
+    registry_mirrors: Annotated[list[Url], BeforeValidator(_split_csv)] = Field(
         default=[], description="Registry mirrors for Docker Hub pulls."
     )
     cgroup_driver: Literal["systemd", "cgroupfs"] | None = Field(
@@ -277,18 +662,14 @@ class DockerConfig(Section):
         default={},
         description="Extra daemon.json keys the deploy owns; other keys in the file are kept.",
     )
-    restart_timeout_s: int = Field(
+    restart_timeout_s: Int = Field(
         default=90, ge=10, le=3600, description="How long dockerd may take to come back."
     )
 
-    @field_validator("daemon_options")
+    @field_validator("daemon_options", mode="before")
     @classmethod
-    def _json_keys(cls, options: dict[str, Any]) -> dict[str, Any]:
-        try:
-            json.dumps(options)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"must be JSON-serialisable ({error})") from None
-        return options
+    def _json_keys(cls, options: Any) -> Any:
+        return daemon_options_checked(options) if isinstance(options, Mapping) else options
 
 
 class ToolkitConfig(Section):
@@ -298,7 +679,7 @@ class ToolkitConfig(Section):
         default=None,
         description="Version of the four toolkit packages, pinned together; unset = newest.",
     )
-    repo_url: HttpUrl | None = Field(
+    repo_url: Url | None = Field(
         default=None,
         description="Base URL of NVIDIA's container toolkit repository or your mirror.",
     )
@@ -315,31 +696,33 @@ class ToolkitConfig(Section):
 class VllmServer(Section):
     """What one vLLM container serves: each of these can also be set per instance."""
 
-    model: Word = Field(
+    model: ModelId = Field(
         default="Qwen/Qwen2.5-1.5B-Instruct",
         description="Model to serve (Hugging Face id or path in the cache).",
     )
-    served_model_name: Word | None = Field(
+    served_model_name: ModelId | None = Field(
         default=None, description="Name clients use; unset = the model id."
     )
-    port: int = Field(default=8000, ge=1, le=65535, description="Host port of the API.")
+    port: Int = Field(default=8000, ge=1, le=65535, description="Host port of the API.")
     gpus: GpuSet = Field(
         default="all", description="GPUs given to the container: all, or device indices."
     )
-    tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="--tensor-parallel-size.")
-    gpu_memory_utilization: float = Field(
+    tensor_parallel_size: Int = Field(default=1, ge=1, le=64, description="--tensor-parallel-size.")
+    gpu_memory_utilization: Number = Field(
         default=0.9, gt=0, le=1, description="--gpu-memory-utilization, a fraction in (0, 1]."
     )
-    max_model_len: int | None = Field(default=None, ge=16, description="--max-model-len.")
+    max_model_len: (
+        Annotated[int, Field(ge=16, le=MAX_MODEL_LEN), BeforeValidator(_whole)] | None
+    ) = Field(default=None, description="--max-model-len.")
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
         default="auto", description="--dtype."
     )
     quantization: Quantization | None = Field(
         default=None, description="--quantization; unset = none."
     )
-    extra_args: Annotated[list[str], BeforeValidator(_split_csv)] = Field(
-        default=[], description="Extra engine arguments appended to the command line."
-    )
+    extra_args: Annotated[
+        list[str], BeforeValidator(_split_csv), AfterValidator(extra_args_checked)
+    ] = Field(default=[], description="Extra engine arguments appended to the command line.")
 
     @property
     def served_name(self) -> str:
@@ -402,7 +785,7 @@ class VllmConfig(VllmServer):
         description="Servers of one host: [{'name': 'a', 'gpus': [0, 1], 'port': 8001}, ...]; "
         "empty = one, named main.",
     )
-    bind_address: IPvAnyAddress = Field(
+    bind_address: IpAddress = Field(
         default="0.0.0.0", description="Host address the API port is published on."
     )
     ipc_host: bool = Field(default=True, description="--ipc=host (needed for tensor parallel).")
@@ -411,7 +794,7 @@ class VllmConfig(VllmServer):
         default="/var/lib/gpufleet/huggingface",
         description="Host path of the Hugging Face cache; survives container recreation.",
     )
-    min_free_cache_gib: float = Field(
+    min_free_cache_gib: Number = Field(
         default=20.0,
         ge=0,
         le=1_000_000,
@@ -435,7 +818,7 @@ class VllmConfig(VllmServer):
     restart_policy: Literal["no", "always", "unless-stopped", "on-failure"] = Field(
         default="unless-stopped", description="Docker restart policy of the container."
     )
-    ready_timeout_s: int = Field(
+    ready_timeout_s: Int = Field(
         default=1800,
         ge=10,
         le=86400,
@@ -546,5 +929,3 @@ SETTINGS: dict[str, tuple[str, str]] = {
     for section, model in SECTIONS.items()
     for field in model.model_fields
 }
-
-_SECRET_WORDS = re.compile(r"token|secret|password|passwd|api_?key", re.IGNORECASE)

@@ -12,14 +12,129 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
+from itertools import pairwise
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from operations.config import VllmConfig
+if TYPE_CHECKING:  # config.py uses looks_secret below: no import cycle at run time
+    from operations.config import VllmConfig
 
 # Printable ASCII without blanks, quotes or backslashes: safe in the env file (quoted anyway)
 # and in the readiness probe's curl config, and what HF tokens and API keys look like.
 _SAFE = re.compile(r"[!#-&(-\[\]-~]+")
+
+# --- What looks like a secret VALUE (used to mask every message that shows a value) ---------
+# Masking goes by the value, not by the key's name alone: a misspelt key (vllm_hf_tokn) must
+# not print the token it holds, while a file path, an environment variable's name and True
+# stay visible, so that an operator can act on the message.
+
+# Prefixes of well-known credential formats, followed by enough token characters.
+_KNOWN_TOKEN = re.compile(
+    r"(?<![A-Za-z0-9])(?:hf_[A-Za-z0-9]{16,}|api_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}"
+    r"|sk_(?:live|test)_[A-Za-z0-9]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
+    r"|glpat-[A-Za-z0-9_-]{16,}|xox[abprs]-[A-Za-z0-9-]{10,}|nvapi-[A-Za-z0-9_-]{16,}"
+    r"|A[KS]IA[A-Z0-9]{16}|AIza[A-Za-z0-9_-]{30,}|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_.-]+)"
+)
+_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+# A run of token characters ('.' '/' ':' '@' end it, so paths, URLs and ids split up) ...
+_TOKEN_RUN = re.compile(r"[A-Za-z0-9+=_~-]{20,}")
+# ... and a long hex string (`openssl rand -hex 32`); a digest after sha256: is not a secret.
+_HEX_RUN = re.compile(
+    r"(?<![A-Za-z0-9:])(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*[0-9])[0-9a-fA-F]{32,}"
+)
+_DIGEST = re.compile(r"sha(?:256|512):[0-9a-f]+")
+# userinfo of a URL: scheme://user:PASSWORD@host: only the password is masked
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:)(?P<pw>[^/?#\s]*)@")
+MASK = "***"
+
+
+def _kind(char: str) -> str:
+    return "l" if char.islower() else "u" if char.isupper() else "d"
+
+
+def _random_looking(run: str) -> bool:
+    """Letters and digits that change kind (lower, upper, digit) as often as random text
+    does: about 6 in 10 neighbours for random base64, under 4 in 10 for names such as
+    ``DeepSeek-R1-Distill-Qwen-32B`` or ``Llama-3.1-8B-Instruct``."""
+    chars = [c for c in run if c.isascii() and c.isalnum()]
+    digits = sum(c.isdigit() for c in chars)
+    if len(chars) < 20 or digits < 3 or digits == len(chars):
+        return False
+    changes = sum(_kind(a) != _kind(b) for a, b in pairwise(chars))
+    return changes / (len(chars) - 1) >= 0.42
+
+
+def _secret_spans(text: str) -> list[tuple[int, int]]:
+    """Where in ``text`` something looks like a credential (start, end)."""
+    if _PRIVATE_KEY.search(text):
+        return [(0, len(text))]
+    plain = _DIGEST.sub(lambda m: "#" * len(m.group()), text)  # keep offsets, drop digests
+    spans = [m.span() for m in _KNOWN_TOKEN.finditer(plain)]
+    spans += [m.span() for m in _HEX_RUN.finditer(plain)]
+    spans += [m.span() for m in _TOKEN_RUN.finditer(plain) if _random_looking(m.group())]
+    spans += [m.span("pw") for m in _URL_PASSWORD.finditer(text) if m.group("pw")]
+    return sorted(spans)
+
+
+def looks_secret(text: str) -> bool:
+    """True when ``text`` holds something shaped like a credential: a token of a known format
+    (hf_…, sk-…, ghp_…), a private key, a long random-looking or hex string, or a URL's
+    password. The one rule every message and check uses."""
+    return isinstance(text, str) and bool(_secret_spans(text))
+
+
+def _masked_text(text: str) -> str:
+    out, last = [], 0
+    for start, end in _secret_spans(text):
+        if start >= last:
+            out += [text[last:start], MASK]
+            last = end
+    return "".join(out) + text[last:]
+
+
+# Flags that take a secret (--api-key sk-…, --hf-token=…): their argument is masked too.
+SECRET_FLAG = re.compile(r"^--?[a-z0-9_-]*(api[_-]?key|token|secret|passw(or)?d)[a-z0-9_-]*$", re.I)
+
+
+def mask(value: Any, secret_name: bool = False) -> Any:
+    """``value`` with everything that looks like a secret replaced by ``'***'`` (in strings,
+    lists, tuples and dict values). ``secret_name``: the key is named like a credential and
+    is not one of our settings (``vllm_api_key``): a string in it is hidden whole, unless it
+    is a path or an environment variable's name."""
+    if isinstance(value, str):
+        if secret_name and value and not re.fullmatch(r"[/~][^\s]*|[A-Z][A-Z0-9_]*", value):
+            return MASK
+        return _masked_text(value)
+    if isinstance(value, Mapping):
+        return {
+            key: mask(item, secret_name or _SECRET_WORDS.search(str(key)) is not None)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        items, after_flag = [], False
+        for item in value:
+            flag = isinstance(item, str) and SECRET_FLAG.match(item.split("=", 1)[0])
+            if isinstance(item, str) and flag and "=" in item:
+                items.append(item.split("=", 1)[0] + "=" + MASK)
+            else:
+                items.append(
+                    MASK if after_flag and isinstance(item, str) else mask(item, secret_name)
+                )
+            after_flag = bool(flag) and "=" not in item
+        return type(value)(items)
+    return value
+
+
+# Key names that say "credential"; only for keys that are not our settings (see mask).
+_SECRET_WORDS = re.compile(r"token|secret|password|passwd|api_?key|credential", re.IGNORECASE)
+
+
+def secret_named(key: str) -> bool:
+    """The key's name says it holds a credential (vllm_api_key, hf_tokn, proxy_password)."""
+    return _SECRET_WORDS.search(key) is not None
+
 
 # variable name in the container -> (config field naming the env var, field naming the file)
 SECRETS = {
@@ -36,10 +151,28 @@ class SecretError(ValueError):
         super().__init__(f"{key} = {value!r}: {allowed}")
 
 
+def shared_mode(path: str) -> str | None:
+    """The file's mode (``0644``) when group or others may read or write it, else None (also
+    when it cannot be read: the reader says why). A key or a secret that other users can read
+    is not secret any more; OpenSSH refuses such a private key for the same reason."""
+    try:
+        mode = stat.S_IMODE(Path(path).expanduser().stat().st_mode)
+    except OSError:
+        return None
+    return f"{mode:04o}" if mode & 0o077 else None
+
+
 def _one(vllm: VllmConfig, env_field: str, file_field: str, environ: Mapping[str, str]) -> str:
     """One secret's value ('' when none is given)."""
     path = getattr(vllm, file_field)
     if path:
+        exposed = shared_mode(path)
+        if exposed:
+            raise SecretError(
+                f"vllm_{file_field}",
+                path,
+                f"must be readable by its owner only (mode {exposed}): chmod 600 {path}",
+            )
         try:
             value = Path(path).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as error:

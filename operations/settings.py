@@ -1,15 +1,18 @@
 """From pyinfra host data to a validated FleetConfig, with errors an operator can act on.
 
 Every problem names the host, the data key, the value and what is allowed. Secrets are never
-echoed: a value whose key looks like a credential is shown as ``'***'``.
+echoed: whatever in a value looks like a credential (operations.secrets.looks_secret: hf_…,
+sk-…, long random tokens, a URL's password) is shown as ``***``, and so is any string under a
+key named like a credential that is not one of our settings (``vllm_api_kye``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -19,8 +22,16 @@ from pydantic import ValidationError
 from pyinfra.api.connectors import get_all_connectors
 from pyinfra.api.exceptions import PyinfraError
 
-from operations.config import _SECRET_WORDS, PATTERN_HINTS, SECTIONS, SETTINGS, FleetConfig
-from operations.secrets import SecretError, vllm_secrets
+from operations.config import (
+    PATTERN_HINTS,
+    SECTIONS,
+    SETTINGS,
+    FleetConfig,
+    hidden_character,
+    is_host_name,
+    is_ip_address,
+)
+from operations.secrets import SecretError, mask, secret_named, shared_mode, vllm_secrets
 
 
 @dataclass(frozen=True)
@@ -34,7 +45,8 @@ class Problem:
     source: str | None = None  # the file (or --data) the value came from, where known
 
     def __str__(self) -> str:
-        shown = "'***'" if _SECRET_WORDS.search(self.key) else repr(self.value)
+        top = re.split(r"[\[.]", self.key, maxsplit=1)[0]
+        shown = repr(mask(self.value, secret_named(top) and top not in SETTINGS))
         where = f" (from {self.source})" if self.source else ""
         return f"{self.host}: {self.key} = {shown}: {self.allowed}{where}"
 
@@ -68,17 +80,21 @@ def _unknown_key(host: str, key: str, value: Any) -> Problem:
     return Problem(host, key, value, allowed)
 
 
-def _allowed(error: dict) -> str:
-    """What the value may be, in words, from a pydantic error."""
+def _allowed(error: dict, key: str) -> str:
+    """What the value may be, in words, from a pydantic error about ``key``."""
     if error["type"] == "string_pattern_mismatch":
         pattern = error["ctx"]["pattern"]
         return f"must be {PATTERN_HINTS.get(pattern, f'a string matching {pattern}')}"
-    return error["msg"].removeprefix("Value error, ")
+    return error["msg"].removeprefix("Value error, ").replace("<key>", key)
+
+
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _key_and_value(error: dict, data: Mapping[str, Any]) -> tuple[str, Any]:
     """The data key an error is about (``vllm_port``, ``vllm_instances[1].gpus``) and the
-    value given there."""
+    value given there. pydantic's own steps in the location (``list[constrained-int]``,
+    ``function-after[…]``, a union member's name) are not part of the key."""
     section, field, *rest = error["loc"]
     key, value = f"{section}_{field}", data.get(f"{section}_{field}")
     for part in rest:
@@ -86,9 +102,9 @@ def _key_and_value(error: dict, data: Mapping[str, Any]) -> tuple[str, Any]:
             key += f"[{part}]"
             if isinstance(value, list) and part < len(value):
                 value = value[part]  # else: given as "a,b" text, shown whole
-        elif isinstance(part, str) and not part.startswith(("function-", "literal[")):
+        elif isinstance(value, Mapping) and (part in value or _FIELD.fullmatch(part)):
             key += f".{part}"
-            value = value.get(part) if isinstance(value, Mapping) else value
+            value = value.get(part)
     return key, value
 
 
@@ -97,7 +113,7 @@ def _problems_from_errors(host: str, errors: list[dict], data: Mapping[str, Any]
     by_key: dict[str, tuple[Any, list[str]]] = {}
     for error in errors:
         key, value = _key_and_value(error, data)
-        allowed = _allowed(error)
+        allowed = _allowed(error, key)
         messages = by_key.setdefault(key, (value, []))[1]
         if allowed not in messages:
             messages.append(allowed)
@@ -108,42 +124,130 @@ def _problems_from_errors(host: str, errors: list[dict], data: Mapping[str, Any]
 
 
 # pyinfra's SSH data that pyinfra itself does not check before connecting: a missing key file
-# ends in a traceback in its connector, and port 70000 silently becomes port 4464.
+# ends in a traceback in its connector, port 70000 silently becomes port 4464, and a newline
+# in ssh_hostname added a line (a ProxyCommand) to the ssh_config the verify suite writes.
 _SSH_STRICT = ("yes", "no", "accept-new", "off", "ask")
-_SSH_CHECKS: dict[str, tuple[Any, str]] = {
-    "ssh_port": (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536,
-        "must be a port number from 1 to 65535",
-    ),
-    "ssh_hostname": (
-        lambda v: isinstance(v, str) and v.strip() == v and v != "" and " " not in v,
-        "must be a host name or address (no spaces)",
-    ),
-    "ssh_user": (
-        lambda v: isinstance(v, str) and v != "" and not any(c.isspace() for c in v),
-        "must be a user name (no spaces)",
-    ),
-    "ssh_key": (
-        lambda v: isinstance(v, str) and Path(v).expanduser().is_file(),
-        "must be a private key file that exists on the controller",
-    ),
-    "ssh_known_hosts_file": (
-        lambda v: isinstance(v, str) and Path(v).expanduser().is_file(),
-        "must be a known_hosts file that exists on the controller",
-    ),
-    "ssh_strict_host_key_checking": (
-        lambda v: v in _SSH_STRICT,
-        f"must be one of {', '.join(_SSH_STRICT)}",
-    ),
+_SSH_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}")
+
+
+def _port_problem(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
+    return None if ok else "must be a port number from 1 to 65535"
+
+
+def _hostname_problem(value: Any) -> str | None:
+    if is_host_name(value) or is_ip_address(value):
+        return None
+    return (
+        "must be a host name or IP address (letters, digits, '-' and '.', or IPv4/IPv6; "
+        "no spaces, quotes, '%', leading '-' or control characters)"
+    )
+
+
+def _user_problem(value: Any) -> str | None:
+    if isinstance(value, str) and _SSH_USER.fullmatch(value):
+        return None
+    return "must be a user name (letters, digits, . _ - @; no spaces, not starting with '-')"
+
+
+def _key_problem(value: Any) -> str | None:
+    if not (isinstance(value, str) and Path(value).expanduser().is_file()):
+        return "must be a private key file that exists on the controller"
+    mode = shared_mode(value)
+    if mode:
+        return (
+            f"must be readable by its owner only (mode {mode}; OpenSSH refuses it too): "
+            f"chmod 600 {value}"
+        )
+    return None
+
+
+def _known_hosts_problem(value: Any) -> str | None:
+    if isinstance(value, str) and Path(value).expanduser().is_file():
+        return None
+    return "must be a known_hosts file that exists on the controller"
+
+
+def _strict_problem(value: Any) -> str | None:
+    return None if value in _SSH_STRICT else f"must be one of {', '.join(_SSH_STRICT)}"
+
+
+_SSH_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "ssh_port": _port_problem,
+    "ssh_hostname": _hostname_problem,
+    "ssh_user": _user_problem,
+    "ssh_key": _key_problem,
+    "ssh_known_hosts_file": _known_hosts_problem,
+    "ssh_strict_host_key_checking": _strict_problem,
 }
 
 
 def ssh_problems(host: str, data: Mapping[str, Any]) -> list[Problem]:
-    """Broken SSH data of one host (only the keys it sets)."""
+    """Broken SSH data of one host (only the keys it sets); any connector's text data with a
+    control character too (it would reach an ssh_config line or a command line)."""
+    problems = []
+    for key, value in data.items():
+        if key not in pyinfra_keys() or value is None:
+            continue
+        hidden = hidden_character(value) if isinstance(value, str) else None
+        found = (
+            f"must not contain control or invisible characters (found {hidden})"
+            if hidden
+            else _SSH_CHECKS.get(key, lambda _value: None)(value)
+        )
+        if found:
+            problems.append(Problem(host, key, value, found))
+    return problems
+
+
+def _address(name: str, data: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """(address, port) pyinfra's SSH connector reaches a host at; None for other connectors
+    (``@local``, ``@docker/…``) and for an address that is not a text."""
+    address = data.get("ssh_hostname") or (None if name.startswith("@") else name)
+    if not isinstance(address, str):
+        return None
+    address = address.lower().rstrip(".")
+    if is_ip_address(address):
+        address = str(ipaddress.ip_address(address))
+    return address, data.get("ssh_port") or 22
+
+
+def _same_machine(hosts: Iterable[tuple[str, Mapping[str, Any]]]) -> list[Problem]:
+    """A problem per host whose SSH address and port an earlier host already has: two names
+    for one machine deploy to it twice, with one of the two configurations winning."""
+    first: dict[tuple[str, Any], str] = {}
+    problems = []
+    for name, data in hosts:
+        address = _address(name, data)
+        if address is None:
+            continue
+        if address in first and first[address] != name:
+            key = "ssh_hostname" if data.get("ssh_hostname") else "name"
+            problems.append(
+                Problem(
+                    name,
+                    key,
+                    data.get("ssh_hostname") or name,
+                    f"is also the address of host {first[address]} (port {address[1]}): "
+                    "list each machine once",
+                )
+            )
+        first.setdefault(address, name)
+    return problems
+
+
+def _listed_twice(hosts: list[tuple[str, Any]]) -> list[Problem]:
+    """Hosts named twice in one group: pyinfra would keep the second entry's data only."""
+    names = [entry[0] if isinstance(entry, tuple) else entry for entry in hosts]
     return [
-        Problem(host, key, data[key], allowed)
-        for key, (ok, allowed) in _SSH_CHECKS.items()
-        if key in data and data[key] is not None and not ok(data[key])
+        Problem(
+            name,
+            "name",
+            name,
+            "is listed twice in this group (the second entry would silently replace the first)",
+        )
+        for index, name in enumerate(names)
+        if name in names[:index]
     ]
 
 
@@ -151,9 +255,11 @@ def checked_hosts(hosts: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, di
     """An inventory group, returned as given once its SSH data is sound; else ConfigError.
 
     Call it in inventory files (``gpu_servers = checked_hosts([...])``): pyinfra reads the
-    inventory before it connects, so broken SSH data stops the run before any host is reached.
-    """
+    inventory before it connects, so broken SSH data, a host listed twice and two hosts with
+    one address stop the run before any host is reached."""
     problems = [problem for name, data in hosts for problem in ssh_problems(name, data)]
+    problems += _listed_twice(hosts)
+    problems += _same_machine(hosts)
     if problems:
         raise ConfigError(problems)
     return hosts
@@ -210,12 +316,16 @@ def load_fleet(
     """Validate every host; raise one ConfigError listing all problems of all hosts.
 
     ``sources`` ({host: {data key: file or '--data'}}) names where each value came from."""
-    configs, problems = {}, []
+    configs, problems, hosts = {}, [], list(hosts)
     for name, data in hosts:
         config, host_problems = load_config(name, data)
         where = (sources or {}).get(name, {})
         problems += [_with_source(problem, where) for problem in host_problems]
         configs[name] = config
+    problems += [
+        _with_source(problem, (sources or {}).get(problem.host, {}))
+        for problem in _same_machine(hosts)
+    ]
     if problems:
         raise ConfigError(problems)
     return configs

@@ -12,13 +12,13 @@ import sys
 import pytest
 
 from operations.settings import ConfigError
-from tests.corpus.bad_input import CASES, HOST_CASES, Case
+from tests.corpus.bad_input import CASES, HOST_CASES, Case, make_files
 from tests.plan.harness import ROOT, FakeFleet
 from tests.plan.test_docker_plan import by_name, profile
 
 
 def test_the_corpus_is_big_and_every_case_distinct():
-    assert len(CASES) >= 40
+    assert len(CASES) >= 200
     assert len({case.id for case in CASES}) == len(CASES)
     assert len({(case.key, repr(case.data)) for case in CASES}) == len(CASES)
 
@@ -33,6 +33,7 @@ def _error_line(text: str, host: str, case: Case) -> str:
 def test_case_is_refused_before_any_host_is_touched(tmp_path, monkeypatch, case):
     for name, value in case.env.items():
         monkeypatch.setenv(name, value)
+    make_files()
     fleet = FakeFleet(tmp_path, {"bad": dict(case.data), "good": {}})
     with pytest.raises(ConfigError) as raised:
         fleet.plan()
@@ -40,6 +41,7 @@ def test_case_is_refused_before_any_host_is_touched(tmp_path, monkeypatch, case)
     line = _error_line(text, "bad", case)
     assert case.allowed in line, f"{case.id}: {line}"
     assert "Traceback" not in text
+    assert case.secret is None or case.secret not in text, f"{case.id}: secret shown: {line}"
     assert case.env or "good:" not in text  # the controller's environment is every host's
     assert fleet.sent() == {"bad": [], "good": []}  # not one command, not even a fact
 
@@ -59,6 +61,7 @@ def test_the_pyinfra_cli_refuses_the_whole_corpus_at_once_without_a_traceback(tm
     """One CLI run, one fake host per case (environment cases need their own run): every
     case's line is in the one error, and the run ends before any operation."""
     cases = [case for case in CASES if not case.env]
+    make_files()
     rows = ",\n".join(f"    ('@fake/{case.id}', {case.data!r})" for case in cases)
     inventory = tmp_path / "corpus.py"
     inventory.write_text(f"corpus = [\n{rows},\n]\n")
@@ -72,12 +75,14 @@ def test_the_pyinfra_cli_refuses_the_whole_corpus_at_once_without_a_traceback(tm
     assert "Traceback" not in output and "--> Starting operation" not in output
     for case in cases:
         assert case.allowed in _error_line(output, f"@fake/{case.id}", case)
+        assert case.secret is None or case.secret not in output, case.id
 
 
 def test_broken_ssh_data_stops_the_cli_before_it_connects(tmp_path):
     """The inventory's groups go through checked_hosts, so pyinfra never reaches a host: no
     'Connecting' and no traceback from its SSH connector (a missing key file gave one)."""
     ssh_cases = [case for case in CASES if case.key.startswith("ssh_")]
+    make_files()
     rows = ", ".join(f"({case.id!r}, {case.data!r})" for case in ssh_cases)
     inventory = tmp_path / "ssh.py"
     inventory.write_text(

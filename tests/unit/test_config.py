@@ -90,7 +90,10 @@ def test_good_values_are_accepted(data):
             "vllm_tensor_parallel_size = 4: must be at most the 2 GPU(s) of vllm-main",
         ),
         ({"docker_registry_mirrors": "ftp://m"}, "docker_registry_mirrors[0] = 'ftp://m': URL"),
-        ({"driver_cuda_repo_url": "not a url"}, "driver_cuda_repo_url = 'not a url': Input should"),
+        (
+            {"driver_cuda_repo_url": "not a url"},
+            "driver_cuda_repo_url = 'not a url': must be an http",
+        ),
         ({"docker_users": "ops,Root"}, "docker_users[1] = 'ops,Root': must be a Unix user name"),
         ({"deploy_layers": "driver,gpu"}, "deploy_layers[1] = 'driver,gpu': Input should be"),
         ({"vllm_hf_cache_dir": "cache"}, "vllm_hf_cache_dir = 'cache': must be an absolute path"),
