@@ -204,11 +204,19 @@ def test_host_paused_in_the_readiness_wait_of_a_recreation_fails_alone(converged
         on_host(name, f"docker rmi {SLOW} >/dev/null 2>&1")
 
 
+VERIFY = (
+    sys.executable, "-m", "pytest", "tests/verify", "--inventory", "inventory/lab.py",
+    "-p", "no:cacheprovider", "-v",
+)  # fmt: skip
+
+
+def verify_rows(output: str) -> dict[str, str]:
+    """The fleet report's row of each host."""
+    return {line.split()[0]: line for line in output.splitlines() if line.startswith("lab-")}
+
+
 def test_host_paused_during_verify_fails_its_checks_alone_within_its_bound(converged):
-    verify_args = (
-        sys.executable, "-m", "pytest", "tests/verify", "--inventory", "inventory/lab.py",
-        "-p", "no:cacheprovider", "-v",
-    )  # fmt: skip
+    verify_args = VERIFY
     started = time.monotonic()
     baseline = run(*verify_args)
     assert baseline.returncode == 0, baseline.output
@@ -228,7 +236,7 @@ def test_host_paused_during_verify_fails_its_checks_alone_within_its_bound(conve
     output = watched.output
     assert watched.proc.returncode != 0
     assert f"{HUNG} stopped answering" in output, output
-    rows = {line.split()[0]: line for line in output.splitlines() if line.startswith("lab-")}
+    rows = verify_rows(output)
     assert "FAIL" in rows[HUNG], output
     assert "FAIL" not in rows["lab-1"] + rows["lab-2"] and "PASS" in rows["lab-1"], output
     gave_up = watched.gave_up(f"[{HUNG}] FAILED")
@@ -255,3 +263,29 @@ def test_frozen_dockerd_fails_that_host_alone_within_its_bound(converged):
     bound = baseline + FACT_S + GRACE_S + SLACK_S
     report("deploy, dockerd frozen", watched, took, bound, give_up_s=baseline + FACT_S + GRACE_S)
     converges_again()
+
+
+def test_frozen_dockerd_fails_that_hosts_verify_checks_alone_within_its_bound(converged):
+    """verify's bound is the inventory's (the default deploy_fact_timeout_s): its first
+    round trip to the host, which runs docker, gives up after it; every later check of that
+    host fails at once."""
+    bound_s = DEFAULTS["deploy_fact_timeout_s"]
+    try:
+        frozen = on_host(HUNG, "pkill -STOP -x dockerd")
+        assert frozen.returncode == 0, frozen.output
+        watched = Watched(*VERIFY)
+        watched.fault_at = watched.started  # frozen before the run: timed from its start
+        took = watched.finish(bound_s + SLACK_S * 2)
+    finally:
+        resume()
+    output = watched.output
+    assert watched.proc.returncode != 0
+    assert f"{HUNG} stopped answering: no result within {bound_s} s" in output, output
+    rows = verify_rows(output)
+    assert "FAIL" in rows[HUNG], output
+    assert "FAIL" not in rows["lab-1"] + rows["lab-2"] and "PASS" in rows["lab-1"], output
+    gave_up = watched.gave_up(f"[{HUNG}] FAILED")
+    print(f"verify, dockerd frozen: gave up on {HUNG} {gave_up:.1f} s after the start; "
+          f"run {took:.1f} s")  # fmt: skip
+    assert gave_up <= bound_s + SLACK_S and took <= bound_s + SLACK_S * 2, (gave_up, took)
+    assert run(*VERIFY).returncode == 0  # dockerd back: every check passes again

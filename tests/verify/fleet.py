@@ -17,6 +17,7 @@ at once after the first, while the other hosts' checks go on.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import re
@@ -148,8 +149,7 @@ class FleetHost:
         try:
             stdout, stderr = proc.communicate(timeout=seconds)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+            self._abandon(proc)
             self.stopped = (
                 f"{self.name} stopped answering: no result within {seconds} s "
                 "(deploy_fact_timeout_s)"
@@ -162,6 +162,21 @@ class FleetHost:
             )
             raise Unreachable(self.stopped)
         return backend.result(proc.returncode, cmd, stdout, stderr)
+
+    def _abandon(self, proc: subprocess.Popen) -> None:
+        """Give up on a command that did not end: kill its ssh and stop the host's master
+        connection. An ssh mux client hands its stdio to the master, which holds them (and
+        the remote command) while the command runs: only then does its output end."""
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if self.ssh_config is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                subprocess.run(
+                    ["ssh", "-F", str(self.ssh_config), "-O", "exit", self.name],
+                    capture_output=True, check=False, timeout=10,
+                )  # fmt: skip
+        with contextlib.suppress(subprocess.TimeoutExpired):  # a master that would not stop
+            proc.communicate(timeout=5)
 
 
 def _ssh_block(name: str, data: dict[str, Any]) -> str:
