@@ -14,7 +14,6 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +38,7 @@ _KNOWN_TOKEN = re.compile(
 )
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 # A run of token characters ('.' '/' ':' '@' end it, so paths, URLs and ids split up) ...
-_TOKEN_RUN = re.compile(r"[A-Za-z0-9+=_~-]{20,}")
+_TOKEN_RUN = re.compile(r"[A-Za-z0-9+_~-]{20,}={0,2}")
 # ... and a long hex string (`openssl rand -hex 32`); a digest after sha256: is not a secret.
 _HEX_RUN = re.compile(
     r"(?<![A-Za-z0-9:])(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*[0-9])[0-9a-fA-F]{32,}"
@@ -50,20 +49,25 @@ _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:)(?P
 MASK = "***"
 
 
-def _kind(char: str) -> str:
-    return "l" if char.islower() else "u" if char.isupper() else "d"
+# A piece of a name: words (``Llama``, ``DeepSeek``, ``GPTQ``) with a version or size after
+# them (``Qwen3``, ``49B``, ``v1``). Random tokens are made of pieces that are not.
+_WORD_PIECE = re.compile(r"(?:[A-Z]+|[A-Z]?[a-z]+)+[0-9]*(?:[A-Za-z]{1,2})?|v?[0-9]+[A-Za-z]{0,3}")
 
 
 def _random_looking(run: str) -> bool:
-    """Letters and digits that change kind (lower, upper, digit) as often as random text
-    does: about 6 in 10 neighbours for random base64, under 4 in 10 for names such as
-    ``DeepSeek-R1-Distill-Qwen-32B`` or ``Llama-3.1-8B-Instruct``."""
-    chars = [c for c in run if c.isascii() and c.isalnum()]
-    digits = sum(c.isdigit() for c in chars)
-    if len(chars) < 20 or digits < 3 or digits == len(chars):
-        return False
-    changes = sum(_kind(a) != _kind(b) for a, b in pairwise(chars))
-    return changes / (len(chars) - 1) >= 0.42
+    """A run of token characters that is not built from words: at least 16 characters of it
+    in pieces (between - _ = ~) that mix letters and digits and are not a word with a
+    version (``HALFV822bUavw4Rpue4`` is random; ``DeepSeek-R1-Distill-Qwen-32B`` is not)."""
+    pieces = re.split(r"[-_=~]", run)
+    odd = [
+        piece
+        for piece in pieces
+        if len(piece) >= 6
+        and not _WORD_PIECE.fullmatch(piece)
+        and re.search(r"[A-Za-z]", piece)
+        and re.search(r"[0-9]", piece)
+    ]
+    return sum(map(len, odd)) >= 16
 
 
 def _secret_spans(text: str) -> list[tuple[int, int]]:
@@ -87,15 +91,19 @@ def looks_secret(text: str) -> bool:
 
 def _masked_text(text: str) -> str:
     out, last = [], 0
-    for start, end in _secret_spans(text):
-        if start >= last:
-            out += [text[last:start], MASK]
-            last = end
+    for start, end in _secret_spans(text):  # sorted; overlapping spans are masked as one
+        if end <= last:
+            continue
+        out += [text[last : max(start, last)], MASK] if start >= last else []
+        last = end
     return "".join(out) + text[last:]
 
 
 # Flags that take a secret (--api-key sk-…, --hf-token=…): their argument is masked too.
-SECRET_FLAG = re.compile(r"^--?[a-z0-9_-]*(api[_-]?key|token|secret|passw(or)?d)[a-z0-9_-]*$", re.I)
+SECRET_FLAG = re.compile(
+    r"^--?([a-z0-9]+[-_])*(api[-_]?key|token|secret|passw(or)?d|credentials?)([-_][a-z0-9]+)*$",
+    re.IGNORECASE,
+)
 
 
 def mask(value: Any, secret_name: bool = False) -> Any:
@@ -128,7 +136,7 @@ def mask(value: Any, secret_name: bool = False) -> Any:
 
 
 # Key names that say "credential"; only for keys that are not our settings (see mask).
-_SECRET_WORDS = re.compile(r"token|secret|password|passwd|api_?key|credential", re.IGNORECASE)
+_SECRET_WORDS = re.compile(r"toke?n|secret|pass?w|pwd|api_?k|credential", re.IGNORECASE)
 
 
 def secret_named(key: str) -> bool:
