@@ -48,7 +48,13 @@ class Problem:
         top = re.split(r"[\[.]", self.key, maxsplit=1)[0]
         shown = repr(mask(self.value, secret_named(top) and top not in SETTINGS))
         where = f" (from {self.source})" if self.source else ""
-        return f"{self.host}: {self.key} = {shown}: {self.allowed}{where}"
+        host = repr(self.host) if _unprintable(self.host) else self.host
+        return f"{host}: {self.key} = {shown}: {self.allowed}{where}"
+
+
+def _unprintable(text: str) -> bool:
+    """Text that would not read as itself on one line (a host name with a newline)."""
+    return not isinstance(text, str) or hidden_character(text) is not None
 
 
 class ConfigError(PyinfraError):
@@ -251,15 +257,32 @@ def _listed_twice(hosts: list[tuple[str, Any]]) -> list[Problem]:
     ]
 
 
+def _name_problem(name: Any) -> Problem | None:
+    """A host without ssh_hostname is reached at its name: it must be one (or a connector's
+    ``@local``, ``@docker/…``)."""
+    if isinstance(name, str) and (name.startswith("@") or _hostname_problem(name) is None):
+        return None
+    return Problem(
+        str(name),
+        "name",
+        name,
+        "must be a host name or IP address, as no ssh_hostname is set "
+        "(letters, digits, '-' and '.', or IPv4/IPv6)",
+    )
+
+
 def checked_hosts(hosts: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
     """An inventory group, returned as given once its SSH data is sound; else ConfigError.
 
     Call it in inventory files (``gpu_servers = checked_hosts([...])``): pyinfra reads the
     inventory before it connects, so broken SSH data, a host listed twice and two hosts with
     one address stop the run before any host is reached."""
-    problems = [problem for name, data in hosts for problem in ssh_problems(name, data)]
-    problems += _listed_twice(hosts)
-    problems += _same_machine(hosts)
+    entries = [(entry, {}) if isinstance(entry, str) else entry for entry in hosts]
+    problems = [problem for name, data in entries for problem in ssh_problems(name, data)]
+    problems += [_name_problem(name) for name, data in entries if not data.get("ssh_hostname")]
+    problems += _listed_twice(entries)
+    problems += _same_machine(entries)
+    problems = [problem for problem in problems if problem is not None]
     if problems:
         raise ConfigError(problems)
     return hosts

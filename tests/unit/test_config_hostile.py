@@ -367,3 +367,14 @@ def test_the_corpus_files_are_not_readable_by_others_only_where_meant():
     make_files()
     for name, mode in FILES.items():
         assert os.stat(CORPUS_DIR / name).st_mode & 0o777 == mode
+
+
+def test_a_host_reached_at_its_name_must_have_a_host_name():
+    """Without ssh_hostname pyinfra connects to the name itself: it is SSH data too."""
+    with pytest.raises(ConfigError) as raised:
+        checked_hosts([("gpu1\nProxyCommand touch /tmp/x", {}), ("-oProxyCommand=x", {})])
+    lines = str(raised.value).splitlines()[1:]
+    assert len(lines) == 2 and all("as no ssh_hostname is set" in line for line in lines)
+    assert lines[0].startswith("  - 'gpu1\\nProxyCommand touch /tmp/x': name = ")  # one line
+    hosts = [("odd name", {"ssh_hostname": "10.0.0.9"}), "gpu-2.internal", ("@local", {})]
+    assert checked_hosts(hosts) == hosts  # plain names and connectors are fine
