@@ -34,7 +34,7 @@ from pydantic import (
     field_validator,
 )
 
-from operations.secrets import SECRET_FLAG, looks_secret
+from operations.secrets import looks_secret, secret_flag
 
 LAYERS = ("preflight", "driver", "docker", "toolkit", "vllm")
 Layer = Literal["preflight", "driver", "docker", "toolkit", "vllm"]
@@ -76,6 +76,8 @@ def hidden_character(text: str) -> str | None:
 def _refuse_hidden(value: Any) -> Any:
     """``value`` unchanged, or ValueError naming the first control character anywhere in it."""
     texts = [value] if isinstance(value, str) else []
+    if isinstance(value, (bytes, bytearray)):  # pydantic reads bytes as text
+        texts = [bytes(value).decode("latin-1")]
     if isinstance(value, Mapping):
         for key, item in value.items():
             _refuse_hidden(key)
@@ -465,7 +467,7 @@ def extra_args_checked(args: list[str]) -> list[str]:
     """Extra engine arguments: no secret (flag or value) and no flag a setting owns."""
     for arg in args:
         flag = _flag_name(arg)
-        if (flag and SECRET_FLAG.match(flag)) or looks_secret(arg):
+        if (flag and secret_flag(flag)) or looks_secret(arg):
             raise ValueError(_SECRET_HINT)
         owner = flag and _owner_of(flag)
         if owner:

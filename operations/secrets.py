@@ -104,6 +104,17 @@ SECRET_FLAG = re.compile(
     r"^--?([a-z0-9]+[-_])*(api[-_]?key|token|secret|passw(or)?d|credentials?)([-_][a-z0-9]+)*$",
     re.IGNORECASE,
 )
+SECRET_ENGINE_FLAGS = ("--api-key", "--hf-token")  # vLLM's own; argparse takes --api-k too
+
+
+def secret_flag(arg: str) -> bool:
+    """``arg`` is a command-line flag that carries a secret (``--api-key``, ``--hf-token=…``,
+    ``--API_KEY``, the abbreviation ``--api-k`` argparse accepts)."""
+    if not isinstance(arg, str) or not arg.startswith("-"):
+        return False
+    name = arg.split("=", 1)[0].lower().replace("_", "-")
+    abbreviates = len(name) >= 5 and any(flag.startswith(name) for flag in SECRET_ENGINE_FLAGS)
+    return abbreviates or SECRET_FLAG.match(name) is not None
 
 
 def mask(value: Any, secret_name: bool = False) -> Any:
@@ -123,7 +134,7 @@ def mask(value: Any, secret_name: bool = False) -> Any:
     if isinstance(value, (list, tuple)):
         items, after_flag = [], False
         for item in value:
-            flag = isinstance(item, str) and SECRET_FLAG.match(item.split("=", 1)[0])
+            flag = secret_flag(item)
             if isinstance(item, str) and flag and "=" in item:
                 items.append(item.split("=", 1)[0] + "=" + MASK)
             else:

@@ -95,6 +95,11 @@ def test_no_list_item_takes_a_control_character(key):
     assert found.startswith(f"node-1: {key}") and "control or invisible" in found, found
 
 
+def test_bytes_are_checked_as_the_text_pydantic_reads_them_as():
+    (found,) = problems(vllm_hf_cache_dir=b"/var/lib/hf\ntouch")
+    assert "control or invisible characters" in found
+
+
 @pytest.mark.parametrize("key", NUMERIC)
 def test_no_numeric_setting_takes_a_bool_nan_or_infinity(key):
     """Class: True is not 1; NaN is not a quantity (and is not 'above the maximum')."""
