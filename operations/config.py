@@ -331,6 +331,12 @@ DAEMON_KEYS_OWNED = {
     "runtimes": "the toolkit layer registers the nvidia runtime; add other runtimes to "
     "daemon.json by hand (keys the deploy does not own are kept)",
 }
+# Keys the packaged docker.service already gives dockerd as flags (-H fd://,
+# --containerd=…): dockerd refuses to start when a directive is both a flag and in the file.
+DAEMON_KEYS_OF_THE_UNIT = {
+    "hosts": "docker.service already passes -H fd://: dockerd would refuse to start",
+    "containerd": "docker.service already passes --containerd: dockerd would refuse to start",
+}
 # The JSON type of each key Docker documents for daemon.json on Linux (dockerd reference,
 # "Daemon configuration file"); keys not listed are left to `dockerd --validate`.
 _DAEMON_KINDS: list[tuple[type, str, str]] = [
@@ -414,6 +420,8 @@ def daemon_options_checked(options: Mapping[str, Any]) -> Mapping[str, Any]:
     for key, value in options.items():
         if key in DAEMON_KEYS_OWNED:
             raise ValueError(f"'{key}' is the deploy's own key: {DAEMON_KEYS_OWNED[key]}")
+        if key in DAEMON_KEYS_OF_THE_UNIT:
+            raise ValueError(f"'{key}' cannot be set here: {DAEMON_KEYS_OF_THE_UNIT[key]}")
         found = _daemon_type_problem(key, value)
         if found:
             raise ValueError(found)
