@@ -2,7 +2,13 @@
 
 This model is the single source of truth for every setting: its type, default, bounds and
 one-line doc. ``group_data/all.py``, ``schema/gpufleet.schema.json`` and the README's config
-reference are rendered from it (``python -m operations.config``) and a test keeps them in sync.
+reference are rendered from it (``python -m operations.render``) and a test keeps them in sync.
+
+Values are refused here when they can never be legitimate, whatever later quotes them: a
+bool where a number goes, NaN or infinity, a number beyond a sane bound, a control or
+invisible character in any string, a path or name outside its character set, a daemon.json
+key or engine flag a setting owns, a secret on the vLLM command line. Each refusal says
+what is allowed; operations.settings turns it into one line naming host, key and file.
 
 In pyinfra, settings are flat data keys named ``<section>_<field>`` (``driver_branch``,
 ``vllm_port``), so pyinfra's own precedence applies to each setting on its own: ``--data`` >
@@ -131,8 +137,10 @@ def _version_text(value: Any) -> Any:
         return value
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a version written as a string")
     if isinstance(value, float):
-        text = repr(value) if math.isfinite(value) else "1.2"
+        text = repr(value)
         raise ValueError(
             f'write the version as a string: <key> = "{text}" in a file, '
             f"--data '<key>=\"{text}\"' on the command line "
