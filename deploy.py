@@ -46,6 +46,6 @@ def plan() -> None:
 
 config = host_config(state, host)
 summarise_at_exit(state)
-bounds.install(ctx_state.get(), ctx_host.get())
+bounds.install(ctx_state.get(), ctx_host.get(), config)
 with suppress(bounds.HostStopped):  # a fact could not be read: failed, the reason logged
     plan()

@@ -13,6 +13,18 @@ deploy_lock_timeout_s = 600
 deploy_apt_proxy = None
 # Repository hosts apt reaches directly, not through apt_proxy.
 deploy_apt_proxy_bypass = []
+# How long reading one fact of a host may take before the host fails.
+deploy_fact_timeout_s = 60
+# How long one command of an operation may take (when no other bound is its).
+deploy_command_timeout_s = 600
+# How long a package install, image pull or load, or file transfer may take.
+deploy_install_timeout_s = 1800
+# Added to the waits with a deadline of their own (readiness, Docker restart).
+deploy_timeout_margin_s = 60
+# While a command runs, an SSH keepalive that needs a reply goes this often.
+deploy_keepalive_interval_s = 10
+# Keepalives left unanswered in a row before a host counts as stopped.
+deploy_keepalive_count = 3
 
 # --- host: What the operator declares about the machine itself.
 # The host has NVIDIA GPUs; false for GPU-less hosts (the lab): GPU checks say 'not applicable'.

@@ -7,12 +7,13 @@ A host can stop answering rather than refuse: a frozen VM, a network path that d
 timeout nor paramiko's keepalive (it sends, it never waits for a reply) notices. pyinfra's
 ``_timeout`` bounds only the reading of a command's output: opening the channel and starting
 the command wait without a bound (paramiko's ``open_session`` waits an hour, ``exec_command``
-forever). So ``install(state, host)`` (deploy.py, once per host) wraps the host's connector:
+forever). So ``install(state, host, config)`` (deploy.py, once per host) wraps the host's connector:
 
 - every command and file transfer runs under a wall-clock bound chosen by what it does
-  (``timeout_for``): a fact read is short, a package install or an image transfer long, the
-  vLLM readiness wait ``vllm_ready_timeout_s`` + margin, a Docker restart (with its rollback)
-  twice ``docker_restart_timeout_s`` + margin; an operation's own ``_timeout`` wins;
+  (``timeout_for``): a fact read is short, a package install or an image transfer long; the
+  layers give the waits with a deadline of their own theirs as ``_timeout``: the vLLM
+  readiness wait ``vllm_ready_timeout_s`` + margin (``readiness_s``), a daemon.json apply
+  twice ``docker_restart_timeout_s`` + margin (``restart_s``: a restart and its rollback);
 - while a command runs, a keepalive that needs a reply (OpenSSH's ``ServerAliveInterval``:
   ``keepalive@openssh.com``, want-reply) goes every ``deploy_keepalive_interval_s``; no reply
   for ``deploy_keepalive_count`` of them and the host stopped answering;
@@ -26,14 +27,12 @@ forever). So ``install(state, host)`` (deploy.py, once per host) wraps the host'
 Connecting is bounded by pyinfra itself: ``CONNECT_TIMEOUT`` (10 s) for TCP, paramiko's banner
 (15 s) and auth (30 s) timeouts. The verify suite reads the same settings (tests/verify/fleet).
 
-The settings are data keys with the defaults in ``DEFAULTS``; until the config model has them,
-write them with a leading ``_`` (own data): ``--data _deploy_fact_timeout_s=20``.
+The bounds are settings of the config model (``deploy_*_timeout_s``, ``deploy_keepalive_*``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -44,22 +43,13 @@ from pyinfra import logger
 from pyinfra.api import Host, State
 from pyinfra.connectors.util import CommandOutput, OutputLine
 
-from operations.settings import ConfigError, Problem
+from operations.config import FleetConfig
 
-DEFAULTS: dict[str, int] = {
-    "deploy_fact_timeout_s": 60,  # a fact read (planning, and facts operations read)
-    "deploy_command_timeout_s": 600,  # an operation's command of no other kind
-    "deploy_install_timeout_s": 1800,  # packages, image pulls and loads, file transfers
-    "deploy_timeout_margin_s": 60,  # added to the waits that have a deadline of their own
-    "deploy_keepalive_interval_s": 10,  # a reply-wanted keepalive this often while waiting
-    "deploy_keepalive_count": 3,  # this many unanswered in a row: stopped answering
-}
-LIMITS = (1, 86400)
 GRACE_S = 2  # the hard bound is pyinfra's own _timeout (it bounds reading output) plus this
 
-# What a command does, by its text: (kind, pattern). First match wins.
-_READY = re.compile(r"deadline=.*/health", re.S)  # the vLLM readiness wait
-_RESTART = re.compile(r"systemctl\s+(?:\S+\s+)*(?:re)?start\s+docker\b")
+# Commands that install or fetch, by their text (pyinfra's apt/dnf/docker operations build
+# them): they get deploy_install_timeout_s. The waits with a deadline of their own (readiness,
+# Docker restart) are given theirs by the layer that runs them (``_timeout``).
 _INSTALL = re.compile(
     r"\b(?:apt-get|apt|dnf|yum|dpkg|rpm|dkms|curl|wget)\b|\bdocker\s+(?:pull|load)\b"
 )
@@ -70,62 +60,32 @@ class HostStopped(Exception):
     planning it. Raised by the host's get_fact, caught by deploy.py."""
 
 
-def _raw(data: Mapping[str, Any], key: str) -> Any:
-    for name in (key, f"_{key}"):
-        if name in data and data[name] is not None:
-            return data[name]
-    return DEFAULTS[key]
+def readiness_s(config: FleetConfig) -> int:
+    """Bound of a vLLM readiness wait: its own deadline plus the margin."""
+    return config.vllm.ready_timeout_s + config.deploy.timeout_margin_s
 
 
-def _as_seconds(value: Any) -> int | None:
-    """A whole number within LIMITS (a bool is not one), or None."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value if LIMITS[0] <= value <= LIMITS[1] else None
+def restart_s(config: FleetConfig) -> int:
+    """Bound of a daemon.json apply: a Docker restart and a rollback's restart, plus margin."""
+    return 2 * config.docker.restart_timeout_s + config.deploy.timeout_margin_s
 
 
-def problems(host: str, data: Mapping[str, Any]) -> list[Problem]:
-    """The bound settings of one host that are not whole seconds within LIMITS."""
-    found = []
-    for key in DEFAULTS:
-        value = _raw(data, key)
-        if _as_seconds(value) is None:
-            allowed = f"a whole number from {LIMITS[0]} to {LIMITS[1]}"
-            found.append(Problem(host, key, value, allowed))
-    return found
-
-
-def setting(data: Mapping[str, Any], key: str) -> int:
-    """The value of one bound setting for a host's data (its default when unset)."""
-    value = _as_seconds(_raw(data, key))
-    return DEFAULTS[key] if value is None else value
-
-
-def keepalive_s(data: Mapping[str, Any]) -> tuple[int, int]:
+def keepalive_s(config: FleetConfig) -> tuple[int, int]:
     """(interval, count) of the reply-wanted keepalive."""
-    return setting(data, "deploy_keepalive_interval_s"), setting(data, "deploy_keepalive_count")
+    return config.deploy.keepalive_interval_s, config.deploy.keepalive_count
 
 
 def timeout_for(
-    command: str, data: Mapping[str, Any], reading_fact: bool, explicit: int | None = None
+    command: str, config: FleetConfig, reading_fact: bool, explicit: int | None = None
 ) -> tuple[int, str]:
-    """(seconds, the setting behind them) for one command of a host with ``data``."""
+    """(seconds, the setting behind them) for one command of a host with ``config``."""
     if explicit:
         return int(explicit), "the operation's _timeout"
     if reading_fact:
-        return setting(data, "deploy_fact_timeout_s"), "deploy_fact_timeout_s"
-    margin = setting(data, "deploy_timeout_margin_s")
-    if _READY.search(command):
-        ready = int(data.get("vllm_ready_timeout_s") or 1800)
-        return ready + margin, "vllm_ready_timeout_s + deploy_timeout_margin_s"
-    if _RESTART.search(command):  # a restart, and a rollback's restart after it
-        restart = int(data.get("docker_restart_timeout_s") or 90)
-        return 2 * restart + margin, "2 x docker_restart_timeout_s + deploy_timeout_margin_s"
+        return config.deploy.fact_timeout_s, "deploy_fact_timeout_s"
     if _INSTALL.search(command):
-        return setting(data, "deploy_install_timeout_s"), "deploy_install_timeout_s"
-    return setting(data, "deploy_command_timeout_s"), "deploy_command_timeout_s"
+        return config.deploy.install_timeout_s, "deploy_install_timeout_s"
+    return config.deploy.command_timeout_s, "deploy_command_timeout_s"
 
 
 def _head(command: Any) -> str:
@@ -138,16 +98,12 @@ def _head(command: Any) -> str:
 class Watch:
     """The bounds of one host's connection: its commands, its keepalive, why it stopped."""
 
-    def __init__(self, state: State, host: Host):
-        self.state, self.host = state, host
+    def __init__(self, state: State, host: Host, config: FleetConfig):
+        self.state, self.host, self.config = state, host, config
         self.stopped: str | None = None  # why the host stopped answering
         self.in_flight = 0
         self.reading_fact = 0
         self.keepalive: gevent.Greenlet | None = None
-
-    @property
-    def data(self) -> Mapping[str, Any]:
-        return self.host.data.dict()
 
     def stop(self, reason: str) -> None:
         """Record that the host stopped answering (once), and close its connection."""
@@ -171,10 +127,10 @@ class Watch:
             return self.failure() if not transfer else False
         explicit = kwargs.get("_timeout")
         if transfer:  # an upload or download: an image archive can take long
-            seconds, why = timeout_for("docker load", self.data, False, explicit)
+            seconds, why = timeout_for("docker load", self.config, False, explicit)
         else:
             text = _head_text(command)
-            seconds, why = timeout_for(text, self.data, bool(self.reading_fact), explicit)
+            seconds, why = timeout_for(text, self.config, bool(self.reading_fact), explicit)
             kwargs["_timeout"] = seconds
         self.in_flight += 1
         self._keepalive()
@@ -205,7 +161,7 @@ class Watch:
     def _keepalive_loop(self) -> None:
         """While a command is in flight, a keepalive that wants a reply; none for ``count``
         intervals: the host stopped answering. Ends when the host is idle."""
-        interval, count = keepalive_s(self.data)
+        interval, count = keepalive_s(self.config)
         while self.in_flight and self.stopped is None:
             gevent.sleep(interval)
             client = getattr(self.host.connector, "client", None)
@@ -231,29 +187,11 @@ def watch(host: Host) -> Watch | None:
     return _WATCHES.get(host)
 
 
-_CHECKED: WeakKeyDictionary[State, list[Problem]] = WeakKeyDictionary()
-
-
-def check_fleet(state: State) -> None:
-    """Refuse (ConfigError) a bound setting that is not whole seconds on any targeted host,
-    once per run, before any host is touched."""
-    if state not in _CHECKED:
-        _CHECKED[state] = [
-            problem
-            for host in state.inventory
-            if state.is_host_in_limit(host)
-            for problem in problems(host.name, host.data.dict())
-        ]
-    if _CHECKED[state]:
-        raise ConfigError(_CHECKED[state])
-
-
-def install(state: State, host: Host) -> Watch:
+def install(state: State, host: Host, config: FleetConfig) -> Watch:
     """Bound every command, transfer and fact of ``host`` (once per host and run)."""
-    check_fleet(state)
     if host in _WATCHES:
         return _WATCHES[host]
-    bounds = _WATCHES[host] = Watch(state, host)
+    bounds = _WATCHES[host] = Watch(state, host, config)
     connector = host.connector
     for name, transfer in (("run_shell_command", False), ("put_file", True), ("get_file", True)):
         method = getattr(connector, name)

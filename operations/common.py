@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import shlex
-
 from pyinfra.operations import server
+
+from operations.quoting import shell, shell_say
 
 
 def fail_host(name: str, message: str) -> None:
@@ -13,7 +13,7 @@ def fail_host(name: str, message: str) -> None:
     The reasons are known while planning; failing in an operation (not by raising) lets
     ``--dry`` show the failure in the plan and a real run fail only this host.
     """
-    server.shell(name=name, commands=[f"echo {shlex.quote(message)} >&2; exit 1"])
+    server.shell(name=name, commands=[f"{shell_say(shell(message))}; exit 1"])
 
 
 def url_host(address: object) -> str:

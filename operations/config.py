@@ -539,6 +539,42 @@ class DeployConfig(Section):
     apt_proxy_bypass: Annotated[list[HostName], BeforeValidator(_split_csv)] = Field(
         default=[], description="Repository hosts apt reaches directly, not through apt_proxy."
     )
+    fact_timeout_s: Int = Field(
+        default=60,
+        ge=1,
+        le=86400,
+        description="How long reading one fact of a host may take before the host fails.",
+    )
+    command_timeout_s: Int = Field(
+        default=600,
+        ge=1,
+        le=86400,
+        description="How long one command of an operation may take (when no other bound is its).",
+    )
+    install_timeout_s: Int = Field(
+        default=1800,
+        ge=1,
+        le=86400,
+        description="How long a package install, image pull or load, or file transfer may take.",
+    )
+    timeout_margin_s: Int = Field(
+        default=60,
+        ge=1,
+        le=86400,
+        description="Added to the waits with a deadline of their own (readiness, Docker restart).",
+    )
+    keepalive_interval_s: Int = Field(
+        default=10,
+        ge=1,
+        le=86400,
+        description="While a command runs, an SSH keepalive that needs a reply goes this often.",
+    )
+    keepalive_count: Int = Field(
+        default=3,
+        ge=1,
+        le=86400,
+        description="Keepalives left unanswered in a row before a host counts as stopped.",
+    )
 
     @field_validator("layers")
     @classmethod

@@ -24,7 +24,7 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Users
 from pyinfra.operations import apt, dnf, server
 
-from operations import converged, daemon_json
+from operations import bounds, converged, daemon_json
 from operations.common import fail_host
 from operations.config import DockerConfig, FleetConfig
 from operations.packages import (
@@ -130,6 +130,7 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
         layer="docker",
         managed=daemon_keys(config.docker),
         restart_timeout_s=config.docker.restart_timeout_s,
+        _timeout=bounds.restart_s(config),
     )
     converged.service("docker", SERVICE, running=True, enabled=True)
     _docker_group(config.docker.users)

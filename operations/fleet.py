@@ -45,6 +45,10 @@ def fleet_config(state: State) -> dict[str, FleetConfig]:
     state = _run_state(state)
     if state not in _VALIDATED:
         targeted = [h for h in state.inventory if state.is_host_in_limit(h)]
+        early = inventory_guard.VALIDATED.get(state.inventory, {})
+        if all(h.name in early for h in targeted):  # the CLI guard did it before connecting
+            _VALIDATED[state] = {h.name: early[h.name] for h in targeted}
+            return _VALIDATED[state]
         sources = {h.name: host_sources(h) for h in targeted}
         try:
             _VALIDATED[state] = load_fleet(((h.name, h.data.dict()) for h in targeted), sources)
@@ -59,9 +63,8 @@ def fleet_config(state: State) -> dict[str, FleetConfig]:
 class FleetSummary(BaseStateCallback):
     """Ends a run that executed operations with one line naming the hosts that failed
     (connection or operation): pyinfra's results table counts hosts per operation but names
-    none. A run that stopped early says so instead of claiming success: pyinfra 3 aborts the
-    whole run on a connection dropped mid-command (paramiko's EOFError is not handled:
-    pyinfra-dev/pyinfra#1220); a re-run converges the hosts."""
+    none. A run that stopped early (pyinfra aborted it) says so instead of claiming success;
+    a re-run converges the hosts."""
 
     def __init__(self) -> None:
         self.disconnected: set[str] = set()

@@ -42,7 +42,8 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.context import ctx_state
 from pyinfra_cli.exceptions import CliError, UnexpectedExternalError
 
-from operations.settings import ConfigError
+from operations.config import FleetConfig
+from operations.settings import ConfigError, load_fleet
 
 # pyinfra's CLI options that set host data, by the data key they set; other keys: --data
 CLI_OPTIONS = {
@@ -508,6 +509,21 @@ def load(
 
 
 _INSTALLED: set[int] = set()
+# configs validated by the CLI guard before pyinfra connects: {inventory: {host: config}}
+VALIDATED: WeakKeyDictionary[Inventory, dict[str, FleetConfig]] = WeakKeyDictionary()
+
+
+def validate(inventory: Inventory, hosts: list[Host]) -> dict[str, FleetConfig]:
+    """Validate the targeted hosts' configs, each problem naming its file; one-line
+    SourcedConfigError. Run by the CLI guard before pyinfra connects to any host, so an
+    unreachable fleet is refused for its config too, and no host is reached with one."""
+    sources = {host.name: host_sources(host) for host in hosts}
+    try:
+        configs = load_fleet(((host.name, host.data.dict()) for host in hosts), sources)
+    except ConfigError as error:
+        raise cli_error(error) from None
+    VALIDATED[inventory] = configs
+    return configs
 
 
 def install() -> None:
@@ -533,7 +549,8 @@ def install() -> None:
         )
         for line in warnings_of(made):
             logger.warning(line)
-        targeted_hosts(made, params.get("limit") or (), params.get("exclude") or ())
+        targeted = targeted_hosts(made, params.get("limit") or (), params.get("exclude") or ())
+        validate(made, targeted)
         return made
 
     pyinfra_cli.cli.make_inventory = make_inventory

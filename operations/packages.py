@@ -13,7 +13,6 @@ moves the installed set deliberately (downgrades allowed: the pin decides).
 from __future__ import annotations
 
 import fnmatch
-from urllib.parse import urlsplit, urlunsplit
 
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
@@ -218,19 +217,10 @@ _FINISH_DPKG = (
 APT_PROXY_CONF = converged.managed("/etc/apt/apt.conf.d/90gpufleet-proxy")
 
 
-def redacted(url: str) -> str:
-    """``url`` with any password in it replaced by ``***`` (for error messages)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.netloc.rsplit('@', 1)[1]}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def proxy_text(proxy: str, bypass: tuple[str, ...]) -> str:
     """apt configuration: fetch through ``proxy``, straight from the ``bypass`` hosts (each
     value refused where apt.conf cannot hold it)."""
-    quoted = apt_conf_string(proxy, "deploy_apt_proxy", shown=redacted(proxy))
+    quoted = apt_conf_string(proxy, "deploy_apt_proxy")  # the message masks a password
     return f"Acquire::http::Proxy {quoted};\n" + "".join(
         f'Acquire::http::Proxy::{apt_conf_name(name, "deploy_apt_proxy_bypass")} "DIRECT";\n'
         for name in bypass

@@ -9,10 +9,11 @@ the same script through testinfra, so deploy and verify read the host the same w
 
 from __future__ import annotations
 
-import shlex
 from typing import Any
 
 from pyinfra.api import FactBase
+
+from operations.quoting import shell
 
 NVIDIA_PCI_VENDOR = "0x10de"
 # PCI class codes (first four hex digits of /sys/.../class) of NVIDIA devices we care about.
@@ -50,7 +51,9 @@ df -Pk "$path" | awk 'NR == 2 { print "disk_free_kib=" $4 }'
 def profile_command(path: str = "/") -> str:
     """The shell script behind HostProfile, for the given disk path."""
     return (
-        _SCRIPT.replace("@VENDOR@", NVIDIA_PCI_VENDOR).replace("@PATH@", shlex.quote(path)).strip()
+        _SCRIPT.replace("@VENDOR@", NVIDIA_PCI_VENDOR)
+        .replace("@PATH@", shell(path, "preflight_disk_path"))
+        .strip()
     )
 
 

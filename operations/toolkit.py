@@ -29,7 +29,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.operations import apt, dnf, server
 
-from operations import converged, daemon_json
+from operations import bounds, converged, daemon_json
 from operations.config import FleetConfig, ToolkitConfig
 from operations.driver_facts import INSTALLED_VERSION_SH
 from operations.packages import (
@@ -123,6 +123,7 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
         layer="toolkit",
         managed=daemon_keys(config.toolkit),
         restart_timeout_s=config.docker.restart_timeout_s,
+        _timeout=bounds.restart_s(config),
     )
     rule = converged.put("Install the /dev/char udev rule", UDEV_TEXT, UDEV_RULE)
     if not config.host.has_gpus:

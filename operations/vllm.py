@@ -39,7 +39,7 @@ from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
 from pyinfra.facts.docker import DockerImage
 from pyinfra.operations import dnf, docker, files
 
-from operations import converged
+from operations import bounds, converged
 from operations.common import url_host
 from operations.config import FleetConfig, VllmInstance
 from operations.preflight import EL_IDS, platform_key
@@ -252,7 +252,7 @@ def retired_in(state: dict[str, Any], keep: list[str]) -> tuple[list[str], list[
     return gone, stale
 
 
-def replace_commands(config: FleetConfig, server: VllmInstance) -> list[str]:
+def replace_commands(config: FleetConfig, server: VllmInstance) -> list[str | StringCommand]:
     """Shell that (re)creates one instance: the cache space guard, the old container removed,
     ``docker run`` (every argument one shell word), the readiness gate. Built while planning
     too (``apply``), so a value that cannot be written stops the run before any host changes."""
@@ -262,7 +262,7 @@ def replace_commands(config: FleetConfig, server: VllmInstance) -> list[str]:
         cache_space_guard(config, server),
         f"docker rm -f {shell(server.container)} >/dev/null 2>&1 || true",
         shell_join(run, "vllm container argument") + " >/dev/null",
-        ready_script(config, server),
+        StringCommand(ready_script(config, server), _timeout=bounds.readiness_s(config)),
     ]
 
 

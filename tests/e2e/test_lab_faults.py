@@ -88,11 +88,11 @@ def test_host_killed_mid_run_converges_on_the_next_run(converged):
     time.sleep(3)  # into the run: facts gathered, operations under way
     assert run("docker", "kill", "gpufleet-lab-2").returncode == 0
     output = proc.communicate(timeout=600)[0]
-    # pyinfra 3 aborts the run when a connection drops mid-command (pyinfra-dev/pyinfra#1220:
-    # paramiko's EOFError is not handled), so the other hosts stop too; the summary says so
+    # a connection that drops mid-command fails that host alone (operations.bounds turns
+    # paramiko's EOFError, which pyinfra 3 does not handle: pyinfra-dev/pyinfra#1220, into a
+    # connection error pyinfra reports for that host): the others finish
     assert proc.returncode != 0, output
-    assert "failed: lab-2" in output or "Host(lab-2)" in output, output
-    assert "3 of 3 host(s) succeeded" not in output
+    assert "2 of 3 host(s) succeeded; failed: lab-2" in output, output
     lab_up()
     again = deploy("-y", env=rotated)
     assert again.returncode == 0, again.output

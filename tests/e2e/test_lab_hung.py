@@ -10,7 +10,7 @@ hosts succeed, and the next run, with the host back, must converge it. Each test
 long the run took to give up on the host after the fault.
 
 The deploys get short bounds (--data) so the suite stays fast; verify reads the inventory's,
-the defaults of operations/bounds.py.
+the defaults of the config model (deploy_*_timeout_s, deploy_keepalive_*).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import time
 
 import pytest
 
-from operations.bounds import DEFAULTS, GRACE_S
+from operations.bounds import GRACE_S
+from operations.config import DeployConfig
 from tests.e2e.helpers import HOSTS, LAB_SECRETS, ROOT, deploy, on_host, run
 from tests.e2e.test_lab_vllm import api
 
@@ -32,16 +33,17 @@ pytestmark = pytest.mark.lab
 HUNG, CONTAINER = "lab-3", "gpufleet-lab-3"
 FACT_S, INTERVAL_S, COUNT, MARGIN_S = 10, 2, 3, 10
 BOUNDS = (
-    "--data", f"_deploy_fact_timeout_s={FACT_S}",
-    "--data", f"_deploy_keepalive_interval_s={INTERVAL_S}",
-    "--data", f"_deploy_keepalive_count={COUNT}",
-    "--data", f"_deploy_timeout_margin_s={MARGIN_S}",
+    "--data", f"deploy_fact_timeout_s={FACT_S}",
+    "--data", f"deploy_keepalive_interval_s={INTERVAL_S}",
+    "--data", f"deploy_keepalive_count={COUNT}",
+    "--data", f"deploy_timeout_margin_s={MARGIN_S}",
 )  # fmt: skip
 # a paused host: the first keepalive goes one interval into a command, COUNT go unanswered
 KEEPALIVE_S = INTERVAL_S * (COUNT + 1)
 GIVE_UP_S = max(FACT_S + GRACE_S, KEEPALIVE_S)  # whichever notices first, at the latest
 SLACK_S = 20  # the lab machine's own delays (2 cores, three hosts)
 GAVE_UP = f"[{HUNG}] stopped answering"
+DEFAULTS = DeployConfig()
 STANDIN = "gpufleet-standin/vllm-openai:0.11.0-standin"
 SLOW = "gpufleet-standin/vllm-openai:0.11.0-slow"
 
@@ -223,8 +225,8 @@ def test_host_paused_during_verify_fails_its_checks_alone_within_its_bound(conve
     baseline_s = time.monotonic() - started
     # ssh's master gives up after its keepalives; a command on it then tries a connection
     # of its own, which gives up after verify's ConnectTimeout (10 s)
-    interval, count = DEFAULTS["deploy_keepalive_interval_s"], DEFAULTS["deploy_keepalive_count"]
-    give_up = min(DEFAULTS["deploy_fact_timeout_s"], interval * (count + 1) + 10)
+    interval, count = DEFAULTS.keepalive_interval_s, DEFAULTS.keepalive_count
+    give_up = min(DEFAULTS.fact_timeout_s, interval * (count + 1) + 10)
     bound = baseline_s + give_up + SLACK_S
     watched = Watched(*verify_args)
     try:
@@ -269,7 +271,7 @@ def test_frozen_dockerd_fails_that_hosts_verify_checks_alone_within_its_bound(co
     """verify's bound is the inventory's (the default deploy_fact_timeout_s): its first
     round trip to the host, which runs docker, gives up after it; every later check of that
     host fails at once."""
-    bound_s = DEFAULTS["deploy_fact_timeout_s"]
+    bound_s = DEFAULTS.fact_timeout_s
     try:
         frozen = on_host(HUNG, "pkill -STOP -x dockerd")
         assert frozen.returncode == 0, frozen.output

@@ -145,7 +145,7 @@ def test_mirror_url_and_own_fingerprint(tmp_path):
     key = " ".join(commands["Add the Docker repository key"])
     assert "https://mirror.internal/docker/linux/debian/gpg" in key
     (check,) = commands["Check the Docker repository key's fingerprint [if changed]"]
-    assert '= 0123456789ABCDEF0123456789ABCDEF01234567 ]' in check
+    assert "= 0123456789ABCDEF0123456789ABCDEF01234567 ]" in check
 
 
 @pytest.mark.parametrize("os_id", ["rocky", "rhel"])
@@ -159,7 +159,7 @@ def test_el9_conflicts_key_repo_and_pinned_packages(tmp_path, os_id):
     ]
     fetch, check, trust = commands["Import the Docker repository key, fingerprint checked"]
     assert fetch.endswith(f"{DOCKER}/linux/rhel/gpg")
-    assert '= 060A61C51B558A7F742B77AAC52FEB6B621E9F35 ]' in check and trust.startswith(
+    assert "= 060A61C51B558A7F742B77AAC52FEB6B621E9F35 ]" in check and trust.startswith(
         "rpm --import"
     )
     repo = " ".join(commands["Add the Docker repository"])

@@ -123,7 +123,7 @@ def driver_failure(planned) -> str:
     """The message of the single failing operation planned for the host."""
     ((name, (command,)),) = planned
     assert name == "NVIDIA driver | Driver failed" and command.endswith("exit 1")
-    return shlex.split(command)[1]
+    return shlex.split(command)[2]  # printf '%s\n' MESSAGE >&2
 
 
 def test_debian_archive_has_no_580_branch(tmp_path):
@@ -224,7 +224,7 @@ def test_cuda_repo_mirror_url_exact_version_and_own_fingerprint(tmp_path):
         commands["Add the NVIDIA CUDA repository key"]
     )
     (check,) = commands["Check the NVIDIA CUDA repository key's fingerprint [if changed]"]
-    assert '= 0123456789ABCDEF0123456789ABCDEF01234567 ]' in check
+    assert "= 0123456789ABCDEF0123456789ABCDEF01234567 ]" in check
     (_, upload, _) = commands["Pin the driver branch"]
     assert "Pin: version 580.95.05-*" in upload
 
@@ -301,7 +301,7 @@ def test_rocky_cuda_repo_key_repo_stream_packages_lock(tmp_path, gpu, stream, pa
     assert (
         fetch == f"curl -fsSL -o /etc/pki/rpm-gpg/RPM-GPG-KEY-nvidia-cuda {RPM_CUDA}/D42D0685.pub"
     )
-    assert '= 610C7B14E068A878070DA4E99CD0A493D42D0685 ]' in check
+    assert "= 610C7B14E068A878070DA4E99CD0A493D42D0685 ]" in check
     assert trust == "rpm --import /etc/pki/rpm-gpg/RPM-GPG-KEY-nvidia-cuda"
     repo = " ".join(commands["Add the NVIDIA CUDA repository"])
     assert f"baseurl={RPM_CUDA}/" in repo and "gpgcheck=1" in repo

@@ -41,7 +41,7 @@ def test_apt_key_checked_repo_pin_four_packages_runtime_udev_cdi(
     (check,) = commands[
         "Check the NVIDIA Container Toolkit repository key's fingerprint [if changed]"
     ]
-    assert '= C95B321B61E88C1809C4F759DDCAE044F796ECB0 ]' in check
+    assert "= C95B321B61E88C1809C4F759DDCAE044F796ECB0 ]" in check
     source = (
         "deb [signed-by=/etc/apt/keyrings/nvidia-container-toolkit.gpg] "
         f"{REPO}/stable/deb/$(ARCH) /"
@@ -96,7 +96,7 @@ def test_mirror_with_its_own_key(tmp_path):
     (check,) = commands[
         "Check the NVIDIA Container Toolkit repository key's fingerprint [if changed]"
     ]
-    assert f'= {"AB" * 20} ]' in check
+    assert f"= {'AB' * 20} ]" in check
 
 
 @pytest.mark.parametrize("os_id", ["rocky", "rhel"])

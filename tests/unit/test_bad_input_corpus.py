@@ -54,7 +54,7 @@ def test_host_dependent_case_fails_that_host_before_any_change(tmp_path, case):
     planned = by_name(fleet.plan()["bad"])
     (layer_failed,) = planned.values()  # the layer plans nothing but its failure
     (command,) = layer_failed
-    assert case.message in shlex.split(command)[1]
+    assert case.message in shlex.split(command)[2]  # printf '%s\n' MESSAGE >&2
 
 
 def test_the_pyinfra_cli_refuses_the_whole_corpus_at_once_without_a_traceback(tmp_path):

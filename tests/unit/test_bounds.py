@@ -12,34 +12,27 @@ import pytest
 import testinfra
 
 from operations import bounds
-from operations.bounds import DEFAULTS, Watch, problems, setting, timeout_for
+from operations.bounds import Watch, timeout_for
+from operations.config import FleetConfig
+from operations.settings import load_config
 from tests.verify.fleet import FleetHost, Unreachable, _ssh_block
 
 # --- the policy ---------------------------------------------------------------------------
 
 
-def test_defaults_apply_when_unset_and_a_leading_underscore_is_read_too():
-    assert setting({}, "deploy_fact_timeout_s") == DEFAULTS["deploy_fact_timeout_s"] == 60
-    assert setting({"deploy_fact_timeout_s": 7}, "deploy_fact_timeout_s") == 7
-    assert setting({"_deploy_fact_timeout_s": 8}, "deploy_fact_timeout_s") == 8
-    assert setting({"_deploy_keepalive_count": "4"}, "deploy_keepalive_count") == 4  # --data
+def config_of(**data) -> FleetConfig:
+    """The validated config of a host with this data (the deploy's own loader)."""
+    config, problems = load_config("gpu-3", data)
+    assert problems == []
+    return config
 
 
-@pytest.mark.parametrize("value", [True, False, 0, -1, 86401, 1.5, "soon", "", [5], None])
+@pytest.mark.parametrize("value", [True, False, 0, -1, 86401, 1.5, "soon", "", [5]])
 def test_a_bound_that_is_not_whole_seconds_is_refused_with_what_is_allowed(value):
-    data = {"deploy_command_timeout_s": value}
-    found = problems("gpu-1", data) if value is not None else []
-    if value is None:  # unset: the default
-        assert setting(data, "deploy_command_timeout_s") == 600
-        return
-    (problem,) = found
-    assert str(problem) == (
-        f"gpu-1: deploy_command_timeout_s = {value!r}: a whole number from 1 to 86400"
-    )
-
-
-def test_every_default_is_valid():
-    assert problems("h", {}) == []
+    config, problems = load_config("gpu-1", {"deploy_command_timeout_s": value})
+    assert config is None
+    (problem,) = problems
+    assert problem.key == "deploy_command_timeout_s" and problem.value == value
 
 
 @pytest.mark.parametrize(
@@ -52,35 +45,59 @@ def test_every_default_is_valid():
         ("dnf install -y docker-ce", False, 1800, "deploy_install_timeout_s"),
         ("docker pull vllm/vllm-openai:v0.11.0", False, 1800, "deploy_install_timeout_s"),
         ("docker load -q -i /var/tmp/x.tar", False, 1800, "deploy_install_timeout_s"),
-        ("systemctl restart docker.service && up", False, 2 * 90 + 60, "2 x docker_restart"),
-        ("systemctl reset-failed docker.service; systemctl start docker", False, 240, "2 x"),
-        (
-            "deadline=$(( $(date +%s) + timeout ))\nwhile :; do curl $url/health",
-            False,
-            1860,
-            "vllm",
-        ),
         ("docker rm -f vllm-main", False, 600, "deploy_command_timeout_s"),
         ("chmod 600 /x && mv -f /x /y", False, 600, "deploy_command_timeout_s"),
     ],
 )
 def test_each_kind_of_command_gets_its_own_bound(command, fact, seconds, why):
-    got_seconds, got_why = timeout_for(command, {}, fact)
+    got_seconds, got_why = timeout_for(command, FleetConfig(), fact)
     assert got_seconds == seconds and got_why.startswith(why)
 
 
 def test_the_waits_follow_their_own_settings_and_an_operations_timeout_wins():
-    data = {
-        "vllm_ready_timeout_s": 30,
-        "docker_restart_timeout_s": 10,
-        "_deploy_timeout_margin_s": 5,
-    }
-    assert timeout_for("deadline=1; curl /health", data, False)[0] == 35
-    assert timeout_for("systemctl restart docker", data, False)[0] == 25
-    assert timeout_for("apt-get install x", data, False, explicit=7) == (
+    config = config_of(
+        vllm_ready_timeout_s=30, docker_restart_timeout_s=10, deploy_timeout_margin_s=5
+    )
+    assert bounds.readiness_s(config) == 35
+    assert bounds.restart_s(config) == 25  # a restart and a rollback's restart
+    assert timeout_for("apt-get install x", config, False, explicit=7) == (
         7,
         "the operation's _timeout",
     )
+
+
+def test_the_layers_give_their_waits_their_own_bound(tmp_path):
+    """The readiness wait and the daemon.json applies carry ``_timeout`` from bounds (the
+    commands a fresh host would be sent, planned on pyinfra's fake connector)."""
+    from pyinfra.context import ctx_config, ctx_host, ctx_state
+
+    from tests.plan.harness import FakeFleet
+    from tests.plan.test_docker_plan import profile
+
+    data = {
+        "fake_responses": {"os-release": profile("debian", "12", "bookworm")},
+        "vllm_ready_timeout_s": 30,
+        "docker_restart_timeout_s": 20,
+        "deploy_timeout_margin_s": 5,
+    }
+    fleet = FakeFleet(tmp_path, {"h": data})
+    fleet.plan()
+    (host,) = fleet.inventory
+    found: dict[str, object] = {}
+    state = fleet.state
+    with ctx_state.use(state), ctx_config.use(state.config), ctx_host.use(host):
+        for op_hash in fleet.state.get_op_order():
+            if op_hash not in fleet.state.ops[host]:
+                continue
+            op_data = fleet.state.get_op_data_for_host(host, op_hash)
+            name = ", ".join(sorted(fleet.state.op_meta[op_hash].names))
+            for command in op_data.command_generator():
+                explicit = getattr(command, "connector_arguments", {}).get("_timeout")
+                found[name] = explicit or op_data.global_arguments.get("_timeout")
+    ready = [timeout for name, timeout in found.items() if name.startswith("vLLM server")]
+    assert 35 in ready, found  # readiness 30 + margin 5
+    daemon = [timeout for name, timeout in found.items() if "daemon.json" in name]
+    assert daemon and set(daemon) == {2 * 20 + 5}, found
 
 
 # --- one host's watch ---------------------------------------------------------------------
@@ -113,6 +130,7 @@ class FakeClient:
 
 
 def watch_of(data: dict, client: FakeClient | None = None) -> Watch:
+    config = config_of(**data)
     host = SimpleNamespace(
         name="gpu-3",
         print_prefix="[gpu-3] ",
@@ -120,12 +138,12 @@ def watch_of(data: dict, client: FakeClient | None = None) -> Watch:
         connector=SimpleNamespace(client=client),
     )
     state = SimpleNamespace(failed_hosts=set(), is_executing=True)
-    return Watch(state, host)
+    return Watch(state, host, config)
 
 
 def test_a_command_past_its_bound_stops_the_host_once_and_later_commands_fail_at_once(caplog):
     client = FakeClient()
-    watch = watch_of({"_deploy_command_timeout_s": 1}, client)
+    watch = watch_of({"deploy_command_timeout_s": 1}, client)
 
     def hangs(command, **kwargs):
         assert kwargs["_timeout"] == 1  # pyinfra's own read bound is set too
@@ -152,7 +170,7 @@ def test_a_command_past_its_bound_stops_the_host_once_and_later_commands_fail_at
 
 def test_no_reply_to_keepalives_stops_the_host_while_a_command_waits():
     client = FakeClient(answers=False)
-    watch = watch_of({"_deploy_keepalive_interval_s": 1, "_deploy_keepalive_count": 2}, client)
+    watch = watch_of({"deploy_keepalive_interval_s": 1, "deploy_keepalive_count": 2}, client)
 
     def waits_for_the_host(command, **kwargs):
         client.closed.wait()  # what paramiko's readers do until the connection is closed
@@ -168,7 +186,7 @@ def test_no_reply_to_keepalives_stops_the_host_while_a_command_waits():
 
 def test_answered_keepalives_let_a_long_command_finish():
     client = FakeClient(answers=True)
-    watch = watch_of({"_deploy_keepalive_interval_s": 1, "_deploy_keepalive_count": 1}, client)
+    watch = watch_of({"deploy_keepalive_interval_s": 1, "deploy_keepalive_count": 1}, client)
 
     def slow(command, **kwargs):
         gevent.sleep(2.5)
@@ -191,7 +209,7 @@ def test_a_connection_lost_mid_command_fails_that_command_not_the_run():
 
 
 def test_no_keepalive_without_an_ssh_client():
-    watch = watch_of({"_deploy_keepalive_interval_s": 1})
+    watch = watch_of({"deploy_keepalive_interval_s": 1})
     assert watch.call(lambda command, **kw: (True, "ok"), "true", (), {}, False) == (True, "ok")
     assert watch.keepalive is None
 
@@ -200,14 +218,16 @@ def test_no_keepalive_without_an_ssh_client():
 
 
 def test_verify_ssh_config_sends_keepalives_that_want_a_reply():
-    block = _ssh_block("gpu-1", {"ssh_hostname": "10.0.0.1"})
+    block = _ssh_block("gpu-1", {"ssh_hostname": "10.0.0.1"}, FleetConfig())
     assert "  ServerAliveInterval 10\n  ServerAliveCountMax 3" in block
-    tuned = _ssh_block("gpu-1", {"_deploy_keepalive_interval_s": 2, "deploy_keepalive_count": 5})
+    tuned = _ssh_block(
+        "gpu-1", {}, config_of(deploy_keepalive_interval_s=2, deploy_keepalive_count=5)
+    )
     assert "  ServerAliveInterval 2\n  ServerAliveCountMax 5" in tuned
 
 
 def test_verify_command_past_its_bound_fails_that_host_at_once_afterwards():
-    host = FleetHost("gpu-2", None, {"_deploy_fact_timeout_s": 1})
+    host = FleetHost("gpu-2", config_of(deploy_fact_timeout_s=1), {})
     backend = testinfra.get_host("local://").backend
     assert host.run_bounded(backend, "echo %s", "ok").stdout == "ok\n"
     started = time.monotonic()
@@ -223,7 +243,7 @@ def test_verify_command_past_its_bound_fails_that_host_at_once_afterwards():
 
 
 def test_verify_ssh_exit_255_is_a_host_that_stopped_answering():
-    host = FleetHost("gpu-4", None, {})
+    host = FleetHost("gpu-4", FleetConfig(), {})
     backend = testinfra.get_host("local://").backend
     with pytest.raises(Unreachable, match=r"gpu-4 stopped answering: ssh lost the connection"):
         host.run_bounded(backend, "echo 'Timeout, server not responding.' >&2; exit 255")
@@ -239,6 +259,7 @@ from pyinfra.api import FactBase, operation
 from pyinfra.context import ctx_host, ctx_state
 
 from operations import bounds
+from operations.config import FleetConfig
 
 
 class Probe(FactBase):
@@ -255,7 +276,7 @@ def reads_a_fact_as_it_executes():
     yield f"echo {found['said']}"  # a missing fact (None) would raise here: TypeError
 
 
-bounds.install(ctx_state.get(), ctx_host.get())
+bounds.install(ctx_state.get(), ctx_host.get(), FleetConfig())
 reads_a_fact_as_it_executes(name="Reads a fact as it executes")
 """
 

@@ -144,6 +144,7 @@ def _keys(tmp_path):
     """The key files the state names (the inventory refuses SSH data naming missing files)."""
     for name in ("id_ed25519", "known_hosts"):
         (tmp_path / ".lab" / name).touch()
+    (tmp_path / ".lab" / "id_ed25519").chmod(0o600)  # OpenSSH, and the inventory, refuse more
 
 
 def test_inventory_file_defines_lab_hosts_group(tmp_path):

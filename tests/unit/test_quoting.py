@@ -35,21 +35,6 @@ needs_apt = pytest.mark.skipif(APT_CONFIG is None or APT_GET is None, reason="no
 ids = [p.id for p in SHELL]
 
 
-@pytest.fixture(scope="module")
-def sandbox():
-    box = Sandbox()
-    yield box
-    box.close()
-
-
-@pytest.fixture
-def box(sandbox):
-    """The sandbox with no canary and no recorded calls."""
-    sandbox.canary.unlink(missing_ok=True)
-    sandbox.forget_calls()
-    return sandbox
-
-
 def value_of(payload: Payload, box: Sandbox) -> str:
     return payload.at(box.canary)
 

@@ -117,20 +117,6 @@ REPO_KEYS = {"name", "baseurl", "enabled", "gpgcheck", "gpgkey", "type"}
 NOT_PLANNED = {"host_address", "vllm_image_archive", "vllm_hf_token_file", "vllm_api_key_file"}
 
 
-@pytest.fixture(scope="module")
-def sandbox():
-    box = Sandbox()
-    yield box
-    box.close()
-
-
-@pytest.fixture
-def box(sandbox):
-    sandbox.canary.unlink(missing_ok=True)
-    sandbox.forget_calls()
-    return sandbox
-
-
 def fresh_host(os_lines: list[str], **data) -> dict:
     """Fake facts of a host with nothing deployed yet: every layer plans its changes."""
     responses = {"os-release": os_lines, "label=gpufleet.vllm": ["docker=down"],
@@ -471,7 +457,7 @@ def test_an_inventory_value_never_adds_an_ssh_config_line(box, field, payload):
     value = payload.at(box.canary)
     name, data = (value, {}) if field == "name" else ("lab-1", {field: value})
     try:
-        block = verify_fleet._ssh_block(name, data)
+        block = verify_fleet._ssh_block(name, data, FleetConfig())
     except verify_fleet.UnsafeSshValue:
         return
     config = box.root / "ssh_config"

@@ -25,7 +25,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +35,6 @@ import testinfra
 
 from operations import bounds
 from operations.config import FleetConfig
-from operations.fleet import inventory_data
-from operations.settings import load_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -140,7 +138,7 @@ class FleetHost:
         no reply to the keepalives)."""
         if self.stopped:
             raise Unreachable(self.stopped)
-        seconds = bounds.setting(self.data, "deploy_fact_timeout_s")
+        seconds = self.config.deploy.fact_timeout_s
         cmd = backend.encode(backend.quote(command, *args))
         proc = subprocess.Popen(
             cmd, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -179,8 +177,9 @@ class FleetHost:
             proc.communicate(timeout=5)
 
 
-def _ssh_block(name: str, data: dict[str, Any]) -> str:
+def _ssh_block(name: str, data: dict[str, Any], config: FleetConfig) -> str:
     """An ssh_config ``Host`` block mirroring pyinfra's ssh_* data for one host."""
+    interval, count = bounds.keepalive_s(config)
     options = {
         "HostName": data.get("ssh_hostname") or name,
         "Port": data.get("ssh_port"),
@@ -193,8 +192,8 @@ def _ssh_block(name: str, data: dict[str, Any]) -> str:
         "BatchMode": "yes",
         "ConnectTimeout": 10,
         # a paused host ACKs TCP: only a keepalive that wants a reply notices it is gone
-        "ServerAliveInterval": bounds.keepalive_s(data)[0],
-        "ServerAliveCountMax": bounds.keepalive_s(data)[1],
+        "ServerAliveInterval": interval,
+        "ServerAliveCountMax": count,
         # one connection per host for the whole run (testinfra asks for a master, but
         # without a ControlPath ssh opens a new connection for every command)
         "ControlMaster": "auto",
@@ -228,14 +227,17 @@ def ssh_config_value(value: Any) -> str:
     return f'"{text}"' if " " in text else text
 
 
-def write_ssh_config(hosts: dict[str, dict[str, Any]]) -> Path:
+def write_ssh_config(hosts: dict[str, dict[str, Any]], configs: dict[str, FleetConfig]) -> Path:
     """One ssh_config file for all hosts (plus any ssh_config_file the data names), in a
     private directory that also holds the connection sockets; both go when the run ends."""
     includes = sorted(
         {ssh_config_value(d["ssh_config_file"]) for d in hosts.values() if d.get("ssh_config_file")}
     )
     work = Path(tempfile.mkdtemp(prefix="gpufleet-ssh-"))  # 0700
-    blocks = [_ssh_block(name, data) + f"\n  ControlPath {work}/%C" for name, data in hosts.items()]
+    blocks = [
+        _ssh_block(name, data, configs[name]) + f"\n  ControlPath {work}/%C"
+        for name, data in hosts.items()
+    ]
     text = "\n\n".join(blocks) + "\n" + "".join(f"\nInclude {path}" for path in includes)
     config = work / "config"
     config.write_text(text)
@@ -254,14 +256,6 @@ def _close_connections(config: Path, hosts: list[str]) -> None:
         except subprocess.TimeoutExpired:
             continue
     shutil.rmtree(config.parent, ignore_errors=True)
-
-
-def load_hosts(inventory_path: str, limit: Iterable[str] = ()) -> list[FleetHost]:
-    """The selected hosts of an inventory, each with its validated config (ConfigError else)."""
-    selected = inventory_data(inventory_path, limit)
-    configs = load_fleet(selected.items())
-    ssh_config = write_ssh_config(selected)
-    return [FleetHost(name, configs[name], data, ssh_config) for name, data in selected.items()]
 
 
 FactGetter = Callable[[FleetHost], Any]

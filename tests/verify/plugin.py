@@ -83,7 +83,7 @@ def fleet_hosts(inventory: str, limit: list[str], exclude: list[str]) -> list[Fl
     for line in selection.warnings:
         sys.stderr.write(f"warning: {line}\n")
     configs = selection.configs()
-    ssh_config = write_ssh_config(selection.hosts)
+    ssh_config = write_ssh_config(selection.hosts, configs)
     return [
         FleetHost(name, configs[name], data, ssh_config) for name, data in selection.hosts.items()
     ]
