@@ -32,7 +32,7 @@ import ipaddress
 import json
 from io import StringIO
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
@@ -52,7 +52,7 @@ from operations.quoting import (
     volume_source,
 )
 from operations.secrets import Sealed, env_file, vllm_secrets
-from operations.vllm_facts import LABEL, SECRETS_DIR, SPEC_LABEL, VllmState
+from operations.vllm_facts import LABEL, PREVIOUS, SECRETS_DIR, SPEC_LABEL, VllmState, ready_path
 
 converged.managed(SECRETS_DIR)
 
@@ -223,62 +223,201 @@ def cache_space_guard(config: FleetConfig, server: VllmInstance) -> str:
     )
 
 
+class SecretUpload(FileUploadCommand):
+    """A file upload that removes its target when the write fails (a partial file may hold
+    part of a secret): pyinfra runs no further command of an operation that failed."""
+
+    def execute(self, state, host, connector_arguments):
+        done = False
+        try:
+            done = super().execute(state, host, connector_arguments)
+        finally:
+            if not done:
+                host.run_shell_command(StringCommand(f"rm -f {shell(self.dest)}"))
+        return done
+
+
 def _upload_secrets(path: str, content: str):
     """Upload beside the target, make it 0600, then move it in: the directory is 0700, so the
-    content is never readable by another user, and never printed (files.put's --diff would)."""
+    content is never readable by another user, and never printed (files.put's --diff would).
+    The temporary file is removed on every path: a failed write (SecretUpload), a failed
+    chmod or move (the shell below); one a lost connection left is a stray (VllmState) that
+    the next run removes and verify reports."""
     temp = f"{path}.new"
-    yield FileUploadCommand(StringIO(content), temp, remote_temp_filename=temp)
-    yield StringCommand(f"chmod 600 {shell(temp)} && mv -f {shell(temp)} {shell(path)}")
+    yield SecretUpload(StringIO(content), temp, remote_temp_filename=temp)
+    yield StringCommand(
+        f"chmod 600 {shell(temp)} && mv -f {shell(temp)} {shell(path)} || "
+        f"{{ rm -f {shell(temp)}; exit 1; }}"
+    )
 
 
-def differences(
-    state: dict[str, Any], config: FleetConfig, server: VllmInstance, content: str
-) -> tuple[str, bool, bool]:
-    """(spec hash, whether the secrets file differs from ``content``, whether the container
-    is not running with that spec) of one instance, against a VllmState."""
+class Needs(NamedTuple):
+    """What one instance needs, against a VllmState: ``action`` is "none", "cleanup" (remove
+    the kept previous server), "gate" (the container has the spec but never passed the
+    readiness gate: gate it again) or "recreate"; ``keep`` the inspect JSON of the server to
+    roll back to (the proven one the recreation replaces, or one a crashed run kept)."""
+
+    spec: str
+    secrets: bool
+    action: str
+    keep: dict[str, Any] | None
+
+
+def _proven(state: dict[str, Any], server: VllmInstance) -> dict[str, Any] | None:
+    """The instance's container when its spec passed the readiness gate (its readiness mark):
+    the server a recreation keeps to roll back to, whatever its state now."""
+    current = state["containers"].get(server.name)
+    labels = (current or {}).get("Config", {}).get("Labels") or {}
+    ready = state["ready"].get(server.name)
+    return current if ready and labels.get(SPEC_LABEL) == ready else None
+
+
+def needs(state: dict[str, Any], config: FleetConfig, server: VllmInstance, content: str) -> Needs:
+    """What one instance needs (see Needs). A server that is not marked ready never counts as
+    converged: a run whose readiness gate failed is gated again by the next one. A kept
+    previous server with no current one (a run that died mid-way) is kept again: the new
+    server replaces it once ready, or it is restored."""
     spec = spec_hash(container_args(config, server))
     digest = hashlib.sha256(content.encode()).hexdigest()
     new_secrets = state["secrets"].get(secrets_path(server)) != digest
+    proven = _proven(state, server)
+    previous = state["previous"].get(server.name)
     current = state["containers"].get(server.name, {})
-    labels = current.get("Config", {}).get("Labels") or {}
+    has_spec = (current.get("Config", {}).get("Labels") or {}).get(SPEC_LABEL) == spec
     running = current.get("State", {}).get("Status") == "running"
-    return spec, new_secrets, not (running and labels.get(SPEC_LABEL) == spec)
+    if running and has_spec and not new_secrets:
+        if proven:
+            return Needs(spec, False, "cleanup" if previous else "none", None)
+        return Needs(spec, False, "gate", previous)
+    return Needs(spec, new_secrets, "recreate", proven or previous)
 
 
 def retired_in(state: dict[str, Any], keep: list[str]) -> tuple[list[str], list[str]]:
-    """(instances whose containers are no longer configured, their secrets files)."""
-    gone = sorted(set(state["containers"]) - set(keep))
-    stale = [path for path in state["secrets"] if PurePosixPath(path).stem not in keep]
-    return gone, stale
+    """(instances no longer configured that have a container, kept or not; their files:
+    secrets files and readiness marks)."""
+    gone = sorted((set(state["containers"]) | set(state["previous"])) - set(keep))
+    files = [*state["secrets"], *(ready_path(name) for name in state["ready"])]
+    stale = [path for path in files if PurePosixPath(path).stem not in keep]
+    return gone, sorted(stale)
 
 
-def replace_commands(config: FleetConfig, server: VllmInstance) -> list[str | StringCommand]:
-    """Shell that (re)creates one instance: the cache space guard, the old container removed,
-    ``docker run`` (every argument one shell word), the readiness gate. Built while planning
-    too (``apply``), so a value that cannot be written stops the run before any host changes."""
+def _mark_ready(server: VllmInstance, spec: str) -> str:
+    return f"printf '%s\\n' {shell(spec)} > {shell(ready_path(server.name))}"
+
+
+def _as_started(server: VllmInstance, inspect: dict[str, Any]) -> VllmInstance:
+    """``server`` with the served name and host port the container ``inspect`` was created
+    with (a rollback waits for the previous server as it was, not as configured now)."""
+    args = inspect.get("Args") or []
+    update: dict[str, Any] = {}
+    if "--served-model-name" in args[:-1]:
+        update["served_model_name"] = args[args.index("--served-model-name") + 1]
+    bindings = (inspect.get("HostConfig", {}).get("PortBindings") or {}).get(
+        f"{CONTAINER_PORT}/tcp"
+    ) or [{}]
+    if str(bindings[0].get("HostPort", "")).isdigit():
+        update["port"] = int(bindings[0]["HostPort"])
+    return server.model_copy(update=update)
+
+
+def _keep_previous(server: VllmInstance, proven: bool) -> str:
+    """Shell that stops the instance's proven server (it frees the port) and keeps it as
+    ``<container>.previous`` (replacing an older kept one), or removes a server that never
+    passed the gate. A failed rename starts the server again and fails the host."""
+    name, previous = shell(server.container), shell(server.container + PREVIOUS)
+    remove = f"docker rm -f {name} >/dev/null 2>&1 || true"
+    if not proven:
+        return remove
+    return (
+        f"if docker inspect {name} >/dev/null 2>&1; then\n"
+        f"  docker rm -f {previous} >/dev/null 2>&1 || true\n"
+        f"  docker stop {name} >/dev/null || exit 1\n"
+        f"  docker rename {name} {previous} || {{ docker start {name} >/dev/null; exit 1; }}\n"
+        f"fi\n{remove}"
+    )
+
+
+def _rollback(config: FleetConfig, server: VllmInstance, keep: dict[str, Any]) -> str:
+    """Shell run when the new server failed: remove it, start the kept one under its name
+    again (marked ready first: a crash here leaves it the one to keep), wait until it serves
+    (the same gate) and fail the host saying it was rolled back."""
+    name, previous = shell(server.container), shell(server.container + PREVIOUS)
+    spec = (keep.get("Config", {}).get("Labels") or {}).get(SPEC_LABEL, "")
+    old = ready_script(config, _as_started(server, keep))
+    back = shell_say(
+        shell(f"{server.container}: the new server did not get ready (above): rolled back to "
+              f"the previous server (spec {spec}), which serves again")
+    )  # fmt: skip
+    broken = shell_say(
+        shell(f"{server.container}: the new server did not get ready (above), and the "
+              f"previous server (spec {spec}) did not come back either")
+    )  # fmt: skip
+    mark = shell(ready_path(server.name))
+    return (
+        f"docker rm -f {name} >/dev/null 2>&1 || true\n{_mark_ready(server, spec)}\n"
+        f"if docker rename {previous} {name} && docker start {name} >/dev/null && (\n{old}\n)"
+        f"; then {back}; else rm -f {mark}; {broken}; fi\nexit 1"
+    )
+
+
+def start_and_gate(
+    config: FleetConfig, server: VllmInstance, run: str | None, keep: dict[str, Any] | None
+) -> StringCommand:
+    """Shell that starts the new container (``run``; None: it runs already), gates it on
+    readiness and marks the spec ready; on failure it rolls back to ``keep`` when there is one.
+    Bounded by the readiness bound, plus a second deadline for the rollback's wait."""
+    spec = spec_hash(container_args(config, server))
+    start = f"{run} >/dev/null && " if run else ""
+    previous = shell(server.container + PREVIOUS)
+    failed = _rollback(config, server, keep) if keep else "exit 1"
+    script = (
+        f"if {start}(\n{ready_script(config, server)}\n); then\n"
+        f"docker rm -f {previous} >/dev/null 2>&1 || true; {_mark_ready(server, spec)}\n"
+        f"else\n{failed}\nfi"
+    )
+    # a rollback waits a second time, within its own deadline (as bounds.restart_s)
+    bound = bounds.readiness_s(config) + (config.vllm.ready_timeout_s if keep else 0)
+    return StringCommand(script, _timeout=bound)
+
+
+def replace_commands(
+    config: FleetConfig, server: VllmInstance, keep: dict[str, Any] | None = None,
+    proven: bool = False,
+) -> list[str | StringCommand]:  # fmt: skip
+    """Shell that (re)creates one instance: the cache space guard, the old container kept
+    stopped as the previous server (``proven``: it passed the gate) or removed, its readiness
+    mark removed, ``docker run`` (every argument one shell word) and the readiness gate, with
+    the rollback to ``keep`` when it fails. Built while planning too (``apply``),
+    so a value that cannot be written stops the run before any host changes."""
     args = container_args(config, server)
     run = ["docker", "run", "--detach", "--label", f"{SPEC_LABEL}={spec_hash(args)}", *args]
     return [
         cache_space_guard(config, server),
-        f"docker rm -f {shell(server.container)} >/dev/null 2>&1 || true",
-        shell_join(run, "vllm container argument") + " >/dev/null",
-        StringCommand(ready_script(config, server), _timeout=bounds.readiness_s(config)),
+        _keep_previous(server, proven),
+        f"rm -f {shell(ready_path(server.name))}",
+        start_and_gate(config, server, shell_join(run, "vllm container argument"), keep),
     ]
 
 
 @operation()
 def container(config: FleetConfig, server: VllmInstance, secrets: Sealed):
     """Create or recreate one instance's container when its spec, its secrets or its state
-    differ from the config, then wait until it serves (see the module doc)."""
+    differ from the config, gate it on readiness and roll back to the previous server when it
+    fails; gate again a server that never passed the gate (see the module doc)."""
     content = secrets.reveal()
-    spec, new_secrets, stale = differences(host.get_fact(VllmState), config, server, content)
-    commands = replace_commands(config, server)
-    if new_secrets:
+    state = host.get_fact(VllmState)
+    need = needs(state, config, server, content)
+    if need.secrets:
         yield from _upload_secrets(secrets_path(server), content)
-    if not new_secrets and not stale:
-        host.noop(f"{server.container} is running with spec {spec}")
-        return
-    yield from commands
+    if need.action == "none":
+        host.noop(f"{server.container} is running with spec {need.spec}, ready")
+    elif need.action == "cleanup":
+        yield f"docker rm -f {shell(server.container + PREVIOUS)}"
+    elif need.action == "gate":
+        yield start_and_gate(config, server, None, need.keep)
+    else:
+        proven = _proven(state, server) is not None
+        yield from replace_commands(config, server, need.keep, proven)
 
 
 @operation()
@@ -306,16 +445,28 @@ def image_load(image: str, archive: str) -> tuple[str, str]:
 
 @operation()
 def retired(keep: list[str]):
-    """Remove the containers (and secrets files) of instances no longer configured."""
+    """Remove the containers of instances no longer configured (a kept previous server too),
+    their secrets files and readiness marks."""
     state = host.get_fact(VllmState)
     gone, stale = retired_in(state, keep)
     for name in gone:
-        container_name = state["containers"][name]["Name"].lstrip("/")
-        yield f"docker rm -f {shell(container_name)}"
+        found = [state[where].get(name) for where in ("containers", "previous")]
+        names = sorted(inspect["Name"].lstrip("/") for inspect in found if inspect)
+        yield f"docker rm -f {shell_join(names)}"
     if stale:
-        yield f"rm -f {shell_join(sorted(stale))}"
+        yield f"rm -f {shell_join(stale)}"
     if not gone and not stale:
         host.noop("no retired vLLM instance")
+
+
+@operation()
+def leftovers():
+    """Remove what a failed run left in the secrets directory (a temporary secrets file)."""
+    strays = host.get_fact(VllmState)["strays"]
+    if strays:
+        yield f"rm -rf {shell_join(sorted(strays))}"
+    else:
+        host.noop("no leftover file")
 
 
 @deploy("vLLM server")
@@ -341,12 +492,14 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     names = [server.name for server in servers]
     state = converged.planned(VllmState)  # operations below read it again as they execute
     # retired first: a new instance may take over a retired one's port or GPUs
+    if state["strays"]:  # a temporary secrets file a failed run left
+        leftovers(name="Remove leftover vLLM temporary files")
     if any(retired_in(state, names)):
         retired(name="Remove retired vLLM instances", keep=names)
     content = secrets.reveal()
     for instance in servers:
         replace_commands(config, instance)  # refused now, while planning, if unwritable
-        if any(differences(state, config, instance, content)[1:]):
+        if needs(state, config, instance, content).action != "none":
             container(
                 name=f"vLLM {instance.container}", config=config, server=instance, secrets=secrets
             )

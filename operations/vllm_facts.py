@@ -1,9 +1,14 @@
-"""Facts of the vLLM layer, in one round trip: the deploy's containers and secrets files.
+"""Facts of the vLLM layer, in one round trip: the deploy's containers and files on the host.
 
 ``VllmState`` lists every container labelled ``gpufleet.vllm`` (whatever its state) as its
-full ``docker inspect`` JSON, and the SHA-256, owner and mode of each secrets file in
-``SECRETS_DIR`` (the hash only: the files are root-only and their content stays there). Without a
-Docker engine (a first run plans before the Docker layer installed it) it reports none.
+full ``docker inspect`` JSON, and, in ``SECRETS_DIR``: the SHA-256, owner and mode of each
+secrets file (the hash only: the files are root-only and their content stays there), the
+readiness mark of each instance (``<name>.ready``: the spec hash whose server passed the
+readiness gate, written only after it did) and any other file there (``strays``: a temporary
+file a failed run left, which may hold secrets). A container named ``<name>.previous`` is the
+server kept while its replacement proves ready (operations/vllm.py); it is listed apart, under
+``previous``. Without a Docker engine (a first run plans before the Docker layer installed it)
+it reports no container.
 """
 
 from __future__ import annotations
@@ -16,13 +21,19 @@ from pyinfra.api import FactBase
 LABEL = "gpufleet.vllm"  # value: the instance name
 SPEC_LABEL = "gpufleet.spec"  # value: hash of everything the container was created from
 SECRETS_DIR = "/etc/gpufleet/vllm"
+PREVIOUS = ".previous"  # suffix of the name of a server kept while its replacement starts
 
 _SCRIPT = rf"""
-ids=$(docker ps -aq --filter label={LABEL} 2>/dev/null) || {{ echo docker=down; exit 0; }}
-echo docker=up
+ids=$(docker ps -aq --filter label={LABEL} 2>/dev/null) && echo docker=up || echo docker=down
 [ -z "$ids" ] || docker inspect --format 'container={{{{json .}}}}' $ids
 for f in {SECRETS_DIR}/*.env; do
   [ -f "$f" ] && echo "secrets=$(sha256sum "$f")" && echo "owner=$(stat -c %U:%G:%a "$f") $f"
+done
+for f in {SECRETS_DIR}/*.ready; do
+  [ -f "$f" ] && echo "ready=$(head -c 64 "$f" | tr -dc 0-9a-f) $f"
+done
+for f in {SECRETS_DIR}/* {SECRETS_DIR}/.[!.]*; do
+  case "$f" in *.env|*.ready) ;; *) [ ! -e "$f" ] || echo "stray=$f";; esac
 done
 true
 """
@@ -33,29 +44,52 @@ def state_command() -> str:
     return _SCRIPT
 
 
+def ready_path(name: str) -> str:
+    """The readiness mark of instance ``name``."""
+    return f"{SECRETS_DIR}/{name}.ready"
+
+
+def _instance(path: str, suffix: str) -> str:
+    return path.rpartition("/")[2].removesuffix(suffix)
+
+
+def _add_container(state: dict[str, Any], inspect: dict[str, Any]) -> None:
+    labels = inspect.get("Config", {}).get("Labels") or {}
+    name = inspect["Name"].lstrip("/")
+    where = "previous" if name.endswith(PREVIOUS) else "containers"
+    state[where][labels.get(LABEL, name.removesuffix(PREVIOUS))] = inspect
+
+
 def parse_state(lines: list[str]) -> dict[str, Any]:
-    """{"docker": up?, "containers": {instance: inspect JSON}, "secrets": {path: sha256},
-    "owners": {path: "user:group:mode"}}."""
-    state: dict[str, Any] = {"docker": False, "containers": {}, "secrets": {}, "owners": {}}
+    """{"docker": up?, "containers": {instance: inspect JSON}, "previous": {instance: inspect
+    JSON of its kept server}, "secrets": {path: sha256}, "owners": {path: "user:group:mode"},
+    "ready": {instance: spec hash}, "strays": [path]}."""
+    state: dict[str, Any] = {
+        "docker": False, "containers": {}, "previous": {}, "secrets": {}, "owners": {},
+        "ready": {}, "strays": [],
+    }  # fmt: skip
     for line in lines:
         key, _, value = line.partition("=")
         if key == "docker":
             state["docker"] = value == "up"
         elif key == "container":
-            inspect = json.loads(value)
-            labels = inspect.get("Config", {}).get("Labels") or {}
-            state["containers"][labels.get(LABEL, inspect["Name"].lstrip("/"))] = inspect
+            _add_container(state, json.loads(value))
         elif key == "secrets":
             digest, _, path = value.partition("  ")
             state["secrets"][path] = digest
         elif key == "owner":
             owner, _, path = value.partition(" ")
             state["owners"][path] = owner
+        elif key == "ready":
+            spec, _, path = value.partition(" ")
+            state["ready"][_instance(path, ".ready")] = spec
+        elif key == "stray":
+            state["strays"].append(value)
     return state
 
 
 class VllmState(FactBase):
-    """The vLLM layer's containers and secrets files (see the module doc)."""
+    """The vLLM layer's containers and files on the host (see the module doc)."""
 
     def command(self) -> str:
         return state_command()

@@ -27,15 +27,37 @@ def config_of(**data) -> FleetConfig:
     return config
 
 
-def running(config: FleetConfig, name: str = "main", status: str = "running", spec=None) -> str:
-    """A VllmState container line as docker inspect prints it for a deployed instance."""
+def spec_of(config: FleetConfig, name: str = "main") -> str:
     (server,) = [s for s in config.vllm.servers() if s.name == name]
-    labels = {
-        "gpufleet.vllm": name,
-        "gpufleet.spec": spec or spec_hash(container_args(config, server)),
-    }
-    inspect = {"Name": f"/vllm-{name}", "State": {"Status": status}, "Config": {"Labels": labels}}
+    return spec_hash(container_args(config, server))
+
+
+def running(
+    config: FleetConfig, name: str = "main", status: str = "running", spec=None, suffix=""
+) -> str:
+    """A VllmState container line as docker inspect prints it for a deployed instance
+    (``suffix`` ".previous": the server kept while its replacement starts)."""
+    (server,) = [s for s in config.vllm.servers() if s.name == name]
+    labels = {"gpufleet.vllm": name, "gpufleet.spec": spec or spec_of(config, name)}
+    args = ["-c", "wrapper", "gpufleet-vllm", "vllm", "serve", server.model,
+            "--served-model-name", server.served_name]  # fmt: skip
+    bindings = {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(server.port)}]}
+    inspect = {
+        "Name": f"/vllm-{name}{suffix}", "State": {"Status": status}, "Args": args,
+        "Config": {"Labels": labels}, "HostConfig": {"PortBindings": bindings},
+    }  # fmt: skip
     return "container=" + json.dumps(inspect)
+
+
+def ready_line(name: str, spec: str) -> str:
+    """A VllmState readiness mark: ``spec`` passed the readiness gate."""
+    return f"ready={spec} {SECRETS_DIR}/{name}.ready"
+
+
+def deployed(config: FleetConfig, name: str = "main", key: str = KEY) -> list[str]:
+    """The state lines of an instance deployed and proven ready with ``config``."""
+    return [running(config, name), ready_line(name, spec_of(config, name)),
+            secrets_line(name, {"VLLM_API_KEY": key})]  # fmt: skip
 
 
 def secrets_line(name: str, secrets: dict[str, str]) -> str:
@@ -57,9 +79,17 @@ def plan_of(
     return by_name(FakeFleet(tmp_path, {"h": host}).plan()["h"])
 
 
+def gate_of(commands: list[str]) -> str:
+    """The command that starts and gates the new server (and rolls back)."""
+    gate = commands[-1]
+    assert "\nelse\n" in gate, gate
+    return gate
+
+
 def docker_run(commands: list[str]) -> list[str]:
-    (run,) = [c for c in commands if c.startswith("docker run ")]
-    return shlex.split(run.removesuffix(" >/dev/null"))
+    gate = gate_of(commands)
+    assert gate.startswith("if docker run "), gate
+    return shlex.split(gate.removeprefix("if ").partition(" >/dev/null && (")[0])
 
 
 def test_fresh_host_gets_the_full_container_spec_and_a_readiness_gate(tmp_path, monkeypatch):
@@ -92,14 +122,21 @@ def test_fresh_host_gets_the_full_container_spec_and_a_readiness_gate(tmp_path, 
     assert "--tensor-parallel-size 1 --gpu-memory-utilization 0.9 --dtype auto" in text
     assert commands[0] == f"upload {SECRETS_DIR}/main.env.new: VLLM_API_KEY='{KEY}'\n"
     new = f"{SECRETS_DIR}/main.env.new"
-    assert commands[1] == f"chmod 600 {new} && mv -f {new} {SECRETS_DIR}/main.env"
+    assert commands[1] == (
+        f"chmod 600 {new} && mv -f {new} {SECRETS_DIR}/main.env || {{ rm -f {new}; exit 1; }}"
+    )
     guard = commands[2]
     assert "df -Pk /var/lib/gpufleet/huggingface" in guard and "-ge 20971520 ]" in guard
     assert "vllm_min_free_cache_gib needs 20 GiB: the running server was left" in guard
-    assert commands[3] == "docker rm -f vllm-main >/dev/null 2>&1 || true"
+    assert commands[3] == "docker rm -f vllm-main >/dev/null 2>&1 || true"  # nothing to keep
+    assert commands[4] == f"rm -f {SECRETS_DIR}/main.ready"  # not ready until the gate says
     ready = commands[-1]
     assert "url=http://127.0.0.1:8000" in ready and "timeout=1800" in ready
     assert "served=Qwen/Qwen2.5-1.5B-Instruct" in ready and "docker logs --tail 30" in ready
+    # marked ready only when the gate passed; no rollback: there was no server before
+    passed, _, failed = ready.rpartition("\nelse\n")
+    assert f"printf '%s\\n' {spec} > {SECRETS_DIR}/main.ready" in passed.split("); then")[-1]
+    assert failed == "exit 1\nfi"
 
 
 def test_secrets_are_only_in_the_uploaded_file(tmp_path, monkeypatch):
@@ -114,8 +151,7 @@ def test_secrets_are_only_in_the_uploaded_file(tmp_path, monkeypatch):
 
 
 def test_converged_instance_plans_nothing(tmp_path, monkeypatch):
-    config = config_of()
-    state = ["docker=up", running(config), secrets_line("main", {"VLLM_API_KEY": KEY})]
+    state = ["docker=up", *deployed(config_of())]
     planned = plan_of(tmp_path, monkeypatch, state=state)
     assert list(planned) == BASE  # image there, nothing retired, the instance as configured
 
@@ -130,12 +166,11 @@ def test_converged_instance_plans_nothing(tmp_path, monkeypatch):
 )
 def test_instance_is_recreated_when(tmp_path, monkeypatch, why, container_status, spec, secrets):
     config = config_of()
-    state = ["docker=up", running(config, status=container_status, spec=spec),
+    mark = ready_line("main", spec or spec_of(config))
+    state = ["docker=up", running(config, status=container_status, spec=spec), mark,
              secrets_line("main", secrets)]  # fmt: skip
     commands = plan_of(tmp_path, monkeypatch, state=state)["vLLM vllm-main"]
-    assert commands[
-        commands.index("docker rm -f vllm-main >/dev/null 2>&1 || true") + 1
-    ].startswith("docker run "), why
+    assert gate_of(commands).startswith("if docker run "), why
     uploaded = any(c.startswith("upload ") for c in commands)
     assert uploaded == (secrets["VLLM_API_KEY"] != KEY), why
 
@@ -145,9 +180,7 @@ def test_one_changed_instance_of_two_is_the_only_one_recreated(tmp_path, monkeyp
                  {"name": "b", "gpus": [2, 3], "port": 8001}]  # fmt: skip
     old = config_of(vllm_instances=instances)
     new_instances = [instances[0], {**instances[1], "gpu_memory_utilization": 0.8}]
-    key = {"VLLM_API_KEY": KEY}
-    state = ["docker=up", running(old, "a"), running(old, "b"), secrets_line("a", key),
-             secrets_line("b", key)]  # fmt: skip
+    state = ["docker=up", *deployed(old, "a"), *deployed(old, "b")]
     planned = plan_of(tmp_path, monkeypatch, state=state, vllm_instances=new_instances)
     assert "vLLM vllm-a" not in planned
     run = " ".join(docker_run(planned["vLLM vllm-b"]))
@@ -158,14 +191,13 @@ def test_one_changed_instance_of_two_is_the_only_one_recreated(tmp_path, monkeyp
 def test_retired_instance_is_removed_with_its_secrets(tmp_path, monkeypatch):
     config = config_of()
     old = config_of(vllm_instances=[{"name": "old", "port": 9000}])
-    key = {"VLLM_API_KEY": KEY}
-    state = ["docker=up", running(config), running(old, "old"), secrets_line("main", key),
-             secrets_line("old", key)]  # fmt: skip
+    state = ["docker=up", *deployed(config), *deployed(old, "old"),
+             running(old, "old", status="exited", suffix=".previous")]  # fmt: skip
     planned = plan_of(tmp_path, monkeypatch, state=state)
     assert "vLLM vllm-main" not in planned
     assert planned["Remove retired vLLM instances"] == [
-        "docker rm -f vllm-old",
-        f"rm -f {SECRETS_DIR}/old.env",
+        "docker rm -f vllm-old vllm-old.previous",
+        f"rm -f {SECRETS_DIR}/old.env {SECRETS_DIR}/old.ready",
     ]
 
 
@@ -194,3 +226,204 @@ def test_image_archive_is_loaded_when_the_host_lacks_the_image(tmp_path, monkeyp
     (tmp_path / "2").mkdir()
     present = plan_of(tmp_path / "2", monkeypatch, vllm_image_archive=str(archive))
     assert "Load vllm/vllm-openai:v0.11.0" not in present
+
+
+# --- readiness marks, the kept previous server, the rollback, leftovers ---------------------
+
+
+def recreation(tmp_path, monkeypatch, state, **data) -> list[str]:
+    return plan_of(tmp_path, monkeypatch, state=["docker=up", *state], **data)["vLLM vllm-main"]
+
+
+@pytest.mark.parametrize("mark", [None, "0000000000000000"])
+def test_a_spec_never_marked_ready_is_gated_again_not_taken_as_converged(
+    tmp_path, monkeypatch, mark
+):
+    """The run that created the container failed its readiness gate (no mark, or the mark of
+    an older spec): the next run gates it again instead of saying "No changes"."""
+    config = config_of()
+    state = [running(config), secrets_line("main", {"VLLM_API_KEY": KEY})]
+    state += [ready_line("main", mark)] if mark else []
+    (gate,) = recreation(tmp_path, monkeypatch, state)  # no removal, no docker run
+    assert gate.startswith("if (\n") and "not ready after ${timeout}s" in gate
+    assert f"printf '%s\\n' {spec_of(config)} > {SECRETS_DIR}/main.ready" in gate
+    assert gate.endswith("else\nexit 1\nfi")  # nothing to roll back to: the host fails
+
+
+def test_a_recreation_keeps_the_proven_server_and_removes_it_once_the_new_one_is_ready(
+    tmp_path, monkeypatch
+):
+    commands = recreation(tmp_path, monkeypatch, deployed(config_of()), vllm_dtype="half")
+    keep, unmark = commands[-3], commands[-2]
+    # stopped first (it frees the port), then renamed; an older kept one replaced
+    assert keep.index("docker rm -f vllm-main.previous") < keep.index("docker stop vllm-main")
+    assert keep.index("docker stop vllm-main") < keep.index(
+        "docker rename vllm-main vllm-main.previous || { docker start vllm-main"
+    )
+    assert unmark == f"rm -f {SECRETS_DIR}/main.ready"
+    gate = gate_of(commands)
+    passed = gate.split("\nelse\n")[0].rpartition("); then\n")[2]
+    new_spec = spec_of(config_of(vllm_dtype="half"))
+    assert passed == (
+        "docker rm -f vllm-main.previous >/dev/null 2>&1 || true; "
+        f"printf '%s\\n' {new_spec} > {SECRETS_DIR}/main.ready"
+    )
+
+
+def test_a_failed_new_server_is_rolled_back_to_the_previous_one(tmp_path, monkeypatch):
+    old = config_of()
+    commands = recreation(tmp_path, monkeypatch, deployed(old), vllm_dtype="half")
+    gate = gate_of(commands)
+    failed = gate.split("\nelse\n", 1)[1]
+    steps = [
+        "docker rm -f vllm-main >/dev/null 2>&1 || true",  # the new one
+        f"printf '%s\\n' {spec_of(old)} > {SECRETS_DIR}/main.ready",  # the old spec is proven
+        "if docker rename vllm-main.previous vllm-main && docker start vllm-main >/dev/null",
+        "not ready after ${timeout}s",  # the same gate, for the old server
+        "rolled back to the previous server (spec " + spec_of(old) + "), which serves again",
+        f"rm -f {SECRETS_DIR}/main.ready; printf",  # it did not come back: not proven
+        "did not come back either",
+    ]
+    at = [failed.index(step) for step in steps]
+    assert at == sorted(at), at
+    assert failed.endswith("; fi\nexit 1\nfi")  # the host fails either way
+    assert failed.count("docker logs --tail 30") == 1  # the old server's log if it fails too
+    assert gate.split("\nelse\n", 1)[0].count("docker logs --tail 30") == 1  # the new one's
+
+
+def test_the_rollback_waits_for_the_previous_server_as_it_was_created(tmp_path, monkeypatch):
+    old = config_of(vllm_served_model_name="qwen-v1", vllm_port=8100)
+    new = {"vllm_served_model_name": "qwen-v2", "vllm_port": 8200}
+    gate = gate_of(recreation(tmp_path, monkeypatch, deployed(old), **new))
+    started, _, failed = gate.partition("\nelse\n")
+    assert "served=qwen-v2" in started and "url=http://127.0.0.1:8200" in started
+    assert "served=qwen-v1" in failed and "url=http://127.0.0.1:8100" in failed
+
+
+def test_gate_and_rollback_carry_the_readiness_bound(tmp_path):
+    from operations import bounds
+    from operations.vllm import start_and_gate
+
+    config = config_of(vllm_ready_timeout_s=60)
+    (server,) = config.vllm.servers()
+    alone = start_and_gate(config, server, None, None)
+    assert alone.connector_arguments["_timeout"] == bounds.readiness_s(config)
+    keep = json.loads(running(config).removeprefix("container="))
+    both = start_and_gate(config, server, "docker run x", keep)
+    assert both.connector_arguments["_timeout"] == bounds.readiness_s(config) + 60
+
+
+def test_a_server_that_never_passed_the_gate_is_removed_not_kept(tmp_path, monkeypatch):
+    config = config_of()
+    state = [running(config), secrets_line("main", {"VLLM_API_KEY": KEY})]  # no mark
+    commands = recreation(tmp_path, monkeypatch, state, vllm_dtype="half")
+    assert commands[-3] == "docker rm -f vllm-main >/dev/null 2>&1 || true"
+    assert gate_of(commands).endswith("else\nexit 1\nfi")  # no rollback to it
+
+
+def test_a_previous_server_left_by_a_crashed_run_is_kept_and_restored_on_failure(
+    tmp_path, monkeypatch
+):
+    """The host died after the rename: no current container, the previous one stopped. The
+    next run starts the new server and rolls back to the previous one if it fails."""
+    config = config_of()
+    state = [running(config, status="exited", suffix=".previous"), ready_line("main", "0" * 16),
+             secrets_line("main", {"VLLM_API_KEY": KEY})]  # fmt: skip
+    commands = recreation(tmp_path, monkeypatch, state)
+    assert commands[-3] == "docker rm -f vllm-main >/dev/null 2>&1 || true"
+    gate = gate_of(commands)
+    assert gate.startswith("if docker run ")
+    assert "docker rename vllm-main.previous vllm-main" in gate.split("\nelse\n", 1)[1]
+    assert "docker rm -f vllm-main.previous" in gate.split("\nelse\n", 1)[0]  # once ready
+
+
+def test_a_crash_after_the_new_server_started_gates_it_with_the_rollback(tmp_path, monkeypatch):
+    config = config_of()
+    old = config_of(vllm_dtype="half")
+    key = secrets_line("main", {"VLLM_API_KEY": KEY})
+    state = [running(config), running(old, status="exited", suffix=".previous"),
+             ready_line("main", spec_of(old)), key]  # fmt: skip
+    (gate,) = recreation(tmp_path, monkeypatch, state)
+    assert gate.startswith("if (\n")  # it runs already: no new container
+    assert "rolled back to the previous server (spec " + spec_of(old) in gate
+
+
+def test_a_converged_server_with_a_leftover_previous_one_only_removes_it(tmp_path, monkeypatch):
+    config = config_of()
+    state = [*deployed(config), running(config, status="exited", suffix=".previous")]
+    assert recreation(tmp_path, monkeypatch, state) == ["docker rm -f vllm-main.previous"]
+    (tmp_path / "x").mkdir()
+    planned = plan_of(tmp_path / "x", monkeypatch, state=["docker=up", *state])
+    assert "Remove retired vLLM instances" not in planned  # .previous is not an instance
+
+
+def test_a_leftover_temporary_secrets_file_is_removed(tmp_path, monkeypatch):
+    state = ["docker=up", *deployed(config_of()), f"stray={SECRETS_DIR}/main.env.new"]
+    planned = plan_of(tmp_path, monkeypatch, state=state)
+    assert planned["Remove leftover vLLM temporary files"] == [f"rm -rf {SECRETS_DIR}/main.env.new"]
+    assert "vLLM vllm-main" not in planned
+
+
+def test_a_failed_secrets_write_removes_the_temporary_file():
+    from io import StringIO
+
+    from operations.vllm import SecretUpload
+
+    class Host:
+        def __init__(self, put):
+            self.put, self.ran = put, []
+
+        def put_file(self, *args, **kwargs):
+            return self.put()
+
+        def run_shell_command(self, command):
+            self.ran.append(str(command.get_raw_value()))
+
+    class State:
+        print_output = print_input = False
+
+    def broken():
+        raise OSError("disk full")
+
+    temp = f"{SECRETS_DIR}/main.env.new"
+    for put, done in [(lambda: False, False), (broken, None), (lambda: True, True)]:
+        fake = Host(put)
+        upload = SecretUpload(StringIO("VLLM_API_KEY=x\n"), temp, remote_temp_filename=temp)
+        if done is None:
+            with pytest.raises(OSError):
+                upload.execute(State(), fake, {})
+        else:
+            assert upload.execute(State(), fake, {}) is done
+        assert fake.ran == ([] if done else [f"rm -f {temp}"])
+
+
+def test_the_state_script_reports_marks_strays_and_kept_servers(tmp_path):
+    """The VllmState script itself, on a directory standing in for the secrets directory and
+    with no Docker engine on the PATH."""
+    import subprocess
+
+    from operations.vllm_facts import parse_state, state_command
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text("#!/bin/sh\nexit 1\n")  # no engine answers
+    (bin_dir / "docker").chmod(0o755)
+    script = state_command().replace(SECRETS_DIR, str(tmp_path / "dir"))
+    tmp_path = tmp_path / "dir"
+    tmp_path.mkdir()
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    (tmp_path / "main.env").write_text("VLLM_API_KEY='k'\n")
+    (tmp_path / "main.ready").write_text("0123456789abcdef\n")
+    (tmp_path / "main.env.new").write_text("VLLM_API_KEY='new'\n")
+    (tmp_path / ".main.env.tmp").write_text("x")
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    state = parse_state(done.stdout.splitlines())
+    assert state["docker"] is False and state["containers"] == {}
+    assert state["ready"] == {"main": "0123456789abcdef"}
+    assert sorted(state["strays"]) == [f"{tmp_path}/.main.env.tmp", f"{tmp_path}/main.env.new"]
+    assert list(state["secrets"]) == [f"{tmp_path}/main.env"]
+    kept = json.loads(running(config_of(), suffix=".previous").removeprefix("container="))
+    both = parse_state(["docker=up", running(config_of()), "container=" + json.dumps(kept)])
+    assert both["containers"]["main"]["Name"] == "/vllm-main"
+    assert both["previous"]["main"]["Name"] == "/vllm-main.previous"
