@@ -20,7 +20,19 @@ else. What a host gets, in order:
 5. The container (re)created when needed, then gated on readiness: ``/health`` answers 200 and
    ``/v1/models`` lists the served name (with the API key), within ``vllm_ready_timeout_s``.
    A container that exits or restarts meanwhile, or never gets ready, fails this host with
-   its last log lines.
+   its last log lines. Only a passed gate writes the readiness mark
+   (``/etc/gpufleet/vllm/<name>.ready``: the spec hash; a label cannot change after ``docker
+   run``): a server whose spec is not marked ready is never converged, the next run gates it
+   again (no recreation: a first model download may just have outlasted the timeout).
+6. A recreation never removes a proven server (one marked ready) before its replacement is:
+   it is stopped (freeing the port) and renamed ``vllm-<name>.previous``; once the new one is
+   ready it is removed. When the new one fails, it is removed, the previous one is renamed
+   back, started and gated again, and the host fails saying it was rolled back. A run that died
+   mid-way may leave ``vllm-<name>.previous`` and no current container (the host serves
+   nothing meanwhile): the next run keeps it the same way, so it is removed only once a new
+   server is ready, restored otherwise. A server that never passed the gate is not kept.
+7. The secrets' temporary file is removed on every path; one a lost connection left is removed
+   by the next run (and reported by verify).
 
 Rolling a change through a fleet a few hosts at a time: ``python -m operations.rollout``.
 """

@@ -271,7 +271,7 @@ def test_args_show_the_flags_without_secrets(srv):
 
 def test_secrets_never_leave_the_server(tmp_path):
     env = {"VLLM_API_KEY": API_KEY, "HF_TOKEN": HF_TOKEN}
-    args = [MODEL, "--hf-token", HF_TOKEN, "--some-secret", API_KEY]
+    args = [MODEL, "--hf-token", HF_TOKEN, "--gpufleet-some-secret", API_KEY]
     with running(tmp_path, args, env) as srv:
         for path in ("/health", "/v1/models", "/metrics", "/version", "/standin/args"):
             srv.call("GET", path, headers=AUTH)
@@ -367,10 +367,33 @@ def test_secret_names():
 
 def test_extra_flags_parsing():
     parser = server.build_parser()
-    extra = server.parse_extra(["--a", "--b", "1", "--c=x", "-tp", "2", "--n", "-1"], parser)
-    assert extra == {"a": True, "b": "1", "c": "x", "tp": "2", "n": "-1"}
+    tokens = ["--enforce-eager", "--max-num-seqs", "1", "--tokenizer=x", "--seed", "-1",
+              "--gpufleet-test", "--gpufleet-value=v"]  # fmt: skip
+    extra = server.parse_extra(tokens, parser)
+    assert extra == {"enforce-eager": True, "max-num-seqs": "1", "tokenizer": "x",
+                     "seed": "-1", "gpufleet-test": True, "gpufleet-value": "v"}  # fmt: skip
     with pytest.raises(SystemExit):
         server.parse_extra(["stray"], parser)
+
+
+@pytest.mark.parametrize("flag", ["--no-such-engine-flag", "--no-such=1", "-x", "--gpufleet"])
+def test_an_unknown_engine_flag_stops_the_server_at_start_as_vllm_does(flag, capsys):
+    """Real vLLM's argparse refuses an unrecognised argument: usage, the error, status 2."""
+    with pytest.raises(SystemExit) as stopped:
+        server.parse_settings(["org/model", "--enforce-eager", flag, "3"], {})
+    assert stopped.value.code == 2
+    assert f"error: unrecognized arguments: {flag}" in capsys.readouterr().err
+
+
+def test_an_unknown_engine_flag_exits_2_before_listening(tmp_path):
+    """The whole server, as the container starts it: it never binds its port."""
+    done = subprocess.run(
+        [sys.executable, str(SERVER), "org/model", "--port", "0", "--no-such-engine-flag"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "unrecognized arguments: --no-such-engine-flag" in done.stderr
+    assert "Uvicorn running" not in done.stderr
 
 
 def test_model_required_and_not_twice():

@@ -20,7 +20,7 @@ import pytest
 from operations.config import VllmInstance
 from operations.secrets import env_file, vllm_secrets
 from operations.vllm import CONTAINER_PORT, key_to_curl, probe_address, secrets_path
-from operations.vllm_facts import parse_state, state_command
+from operations.vllm_facts import SECRETS_DIR, SPEC_LABEL, parse_state, state_command
 from tests.verify.fleet import FleetHost, prefetched
 
 pytestmark = pytest.mark.vllm
@@ -42,6 +42,8 @@ def inspect_of(fleet_host: FleetHost, server: VllmInstance) -> dict:
 
 
 MARK = "@@gpufleet-probe"
+MISSING = f"{MARK}-missing"  # the line saying a tool the probes need is not on the host
+PROBE_TOOLS = ("curl",)
 
 
 def _curl(fleet_host: FleetHost, server: VllmInstance, path: str, body=None, key=True) -> str:
@@ -68,7 +70,9 @@ def _probes(server: VllmInstance) -> dict[str, tuple[str, dict | None, bool]]:
 
 
 def _parse_answers(lines: list[str]) -> dict[tuple[str, str], tuple[int, str]]:
-    found = {}
+    """{(instance, probe): (status, body)}; {(MISSING, tool): (0, "")} for each probe tool the
+    host lacks (then nothing was asked)."""
+    found = {(MISSING, line.split()[1]): (0, "") for line in lines if line.startswith(MISSING)}
     for chunk in "\n".join(lines).split(f"{MARK} ")[1:]:
         head, _, rest = chunk.partition("\n")
         instance, name = head.split()
@@ -86,11 +90,21 @@ def answers(fleet_host: FleetHost) -> dict[tuple[str, str], tuple[int, str]]:
         for server in servers(fleet_host)
         for name, probe in _probes(server).items()
     ]
-    return fleet_host.fact("\n".join(steps), _parse_answers)
+    tools = " ".join(PROBE_TOOLS)
+    missing = f"for t in {tools}; do command -v $t >/dev/null 2>&1 || echo {MISSING} $t; done"
+    script = f'm=$({missing}); if [ -n "$m" ]; then echo "$m"; else\n' + "\n".join(steps or [":"])
+    return fleet_host.fact(script + "\nfi", _parse_answers)
 
 
 def api(fleet_host: FleetHost, server: VllmInstance, probe: str) -> tuple[int, str]:
-    code, text = answers(fleet_host).get((server.name, probe), (0, "no answer"))
+    """(HTTP status, body) of one probe; fails the check naming a probe tool the host lacks
+    (its absence is no answer of the server's)."""
+    found = answers(fleet_host)
+    missing = [tool for kind, tool in found if kind == MISSING]
+    assert not missing, (
+        f"{' and '.join(missing)} is not installed on the host: the API probes need it"
+    )
+    code, text = found.get((server.name, probe), (0, "no answer"))
     return code, text
 
 
@@ -129,6 +143,26 @@ def test_secrets_file_is_root_only_and_holds_the_controllers_secrets(fleet_host:
         path = secrets_path(server)
         assert state(fleet_host)["owners"].get(path) == "root:root:600", path
         assert state(fleet_host)["secrets"].get(path) == digest, f"{path} differs from the config"
+
+
+def test_no_temporary_file_is_left_beside_the_secrets(fleet_host: FleetHost):
+    """Only secrets files and readiness marks belong in the secrets directory: anything else
+    is what a failed write left (a temporary secrets file may hold a key)."""
+    strays = state(fleet_host)["strays"]
+    assert not strays, f"left in {SECRETS_DIR} by a failed run (may hold secrets): {strays}"
+
+
+def test_servers_passed_the_readiness_gate_and_none_is_kept_aside(fleet_host: FleetHost):
+    """Each server's spec is marked ready (the deploy's gate passed for it), and no previous
+    server is still kept (a rollout that did not finish)."""
+    found = state(fleet_host)
+    for server in servers(fleet_host):
+        spec = (inspect_of(fleet_host, server)["Config"]["Labels"] or {}).get(SPEC_LABEL)
+        assert found["ready"].get(server.name) == spec, (
+            f"{server.container}: its spec {spec} never passed the deploy's readiness gate"
+        )
+    kept = sorted(inspect["Name"].lstrip("/") for inspect in found["previous"].values())
+    assert not kept, f"previous servers kept by an unfinished deploy: {kept}"
 
 
 def test_secrets_are_not_in_docker_inspect(fleet_host: FleetHost):

@@ -17,6 +17,10 @@ With an API key (`--api-key` or $VLLM_API_KEY), every /v1/* request needs
 `Authorization: Bearer <key>`, else 401 {"error": "Unauthorized"}, as vLLM does; /health,
 /metrics and /version stay open. The API key and the HF token are never logged or returned.
 
+Like vLLM, it refuses at start a flag `vllm serve` does not have (`error: unrecognized
+arguments: ...`, exit status 2); ENGINE_FLAGS are vLLM options it records without acting on
+them, and `--gpufleet-*` is its own namespace for tests that pass values through.
+
 Fault knobs (environment): STANDIN_STARTUP_DELAY_S (sleep before binding the port, like a
 model download), STANDIN_CRASH=1 (log an error and exit 1 at start), STANDIN_FAIL_HEALTH=1.
 
@@ -57,6 +61,20 @@ REDACTED = "***"
 SECRET_NAME = re.compile(r"(?:key|token)(?![a-z])|secret|passw", re.IGNORECASE)
 NEGATIVE_NUMBER = re.compile(r"^-\d")
 HF_TOKEN_ENVS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+# `vllm serve` options (vLLM 0.11) the stand-in accepts and only records, beyond those it
+# parses itself (build_parser); any other flag is refused at start, as real vLLM refuses it.
+ENGINE_FLAGS = frozenset({
+    "block-size", "chat-template", "compilation-config", "cpu-offload-gb", "data-parallel-size",
+    "disable-log-requests", "disable-log-stats", "distributed-executor-backend",
+    "enable-auto-tool-choice", "enable-chunked-prefill", "enable-expert-parallel", "enable-lora",
+    "enable-prefix-caching", "enforce-eager", "generation-config", "guided-decoding-backend",
+    "hf-token", "kv-cache-dtype", "limit-mm-per-prompt", "load-format", "max-cpu-loras",
+    "max-log-len", "max-lora-rank", "max-loras", "max-num-batched-tokens", "max-num-seqs",
+    "max-seq-len-to-capture", "middleware", "no-enable-prefix-caching", "pipeline-parallel-size",
+    "reasoning-parser", "revision", "root-path", "seed", "speculative-config", "swap-space",
+    "tokenizer", "tokenizer-mode", "tool-call-parser", "trust-remote-code", "uvicorn-log-level",
+})  # fmt: skip
+TEST_FLAG_PREFIX = "gpufleet-"  # the stand-in's own namespace: flags tests pass through
 
 
 def log(level: str, message: str) -> None:
@@ -85,7 +103,8 @@ class Settings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `vllm serve` options the stand-in knows; any other `--flag [value]` is recorded."""
+    """The `vllm serve` options the stand-in acts on; ENGINE_FLAGS are recorded, any other
+    flag is refused (parse_extra)."""
     parser = argparse.ArgumentParser(
         prog="vllm serve (gpufleet stand-in)",
         description=BANNER,
@@ -125,8 +144,16 @@ def _takes_value(token: str | None) -> bool:
     return not token.startswith("-") or bool(NEGATIVE_NUMBER.match(token))
 
 
+def is_engine_flag(name: str) -> bool:
+    """Whether `--name` is a `vllm serve` option the stand-in records without acting on it
+    (a real vLLM option, or one of the stand-in's own `gpufleet-*` test namespace)."""
+    return name in ENGINE_FLAGS or name.startswith(TEST_FLAG_PREFIX)
+
+
 def parse_extra(tokens: list[str], parser: argparse.ArgumentParser) -> dict[str, object]:
-    """Unknown `--flag`, `--flag value` and `--flag=value` as {flag: value or True}."""
+    """Further `vllm serve` options, `--flag`, `--flag value` and `--flag=value`, as {flag:
+    value or True}. A flag vLLM does not know stops the server at start as vLLM's argparse
+    does: `error: unrecognized arguments: ...` and exit status 2."""
     extra: dict[str, object] = {}
     index = 0
     while index < len(tokens):
@@ -135,6 +162,8 @@ def parse_extra(tokens: list[str], parser: argparse.ArgumentParser) -> dict[str,
         if not token.startswith("-"):
             parser.error(f"unexpected argument {token!r}")
         name, eq, value = token.lstrip("-").partition("=")
+        if not token.startswith("--") or not is_engine_flag(name):
+            parser.error(f"unrecognized arguments: {token}")
         if eq:
             extra[name] = value
         elif _takes_value(tokens[index] if index < len(tokens) else None):
