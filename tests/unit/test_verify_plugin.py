@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from operations.config import FleetConfig
-from tests.verify.fleet import BATCH_MARK, FleetHost, split_batch
+from tests.verify.fleet import (
+    BATCH_MARK,
+    FleetHost,
+    close_connections,
+    split_batch,
+    write_ssh_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,3 +137,146 @@ def test_split_batch_keeps_lookalike_lines_and_drops_failed_and_unknown_scripts(
         f"c\n{BATCH_MARK} 2 2\n{BATCH_MARK} 0 7\n"
     )
     assert split_batch(out, 3) == {0: ["a"], 1: [f"{BATCH_MARK} 0", f"{BATCH_MARK}x 0 1", "b"]}
+
+
+# --- a sick host (issue 14, item 7) -----------------------------------------------------------
+
+EVERY_LAYER = ("-m", "preflight or driver or docker or toolkit or vllm")
+# every setting that makes some check not applicable, whatever the host says
+NOT_APPLICABLE_BY_CONFIG = (
+    '{"host_has_gpus": False, "driver_hold_packages": False, "driver_blacklist_nouveau": False,'
+    ' "toolkit_cdi": False, "driver_fabric_manager": "disabled", "preflight_min_free_disk_gib": 0}'
+)
+
+
+def test_unreachable_host_fails_its_checks_at_once_keeps_na_and_says_why_once(tmp_path):
+    """The same config on a reachable host (@local) and an unreachable one: every check that
+    is N/A by that config is N/A on both; the unreachable host's other checks all fail with
+    one readable reason, found once (no per-check retry), shown once under the table."""
+    inventory = (
+        f"hosts = [('@local', {NOT_APPLICABLE_BY_CONFIG}),\n"
+        f"         ('nohost.invalid', {NOT_APPLICABLE_BY_CONFIG})]"
+    )
+    code, output, report = run_verify(tmp_path, inventory, *EVERY_LAYER, "-rA")
+    assert code == 1, output
+    local, down = report["hosts"]["@local"], report["hosts"]["nohost.invalid"]
+    na = {layer: cell["not_applicable"] for layer, cell in local.items()}
+    assert sum(na.values()) >= 8, na  # the GPU checks, held packages, nouveau, CDI, ...
+    assert {layer: cell["not_applicable"] for layer, cell in down.items()} == na
+    for layer, cell in down.items():
+        assert cell["passed"] == 0 and cell["status"] in ("FAIL", "N/A"), (layer, cell)
+        total = sum(local[layer][k] for k in ("passed", "failed", "not_applicable", "skipped"))
+        assert cell["failed"] + cell["not_applicable"] == total, (layer, cell, local[layer])
+    messages = {f["message"] for cell in down.values() for f in cell["failures"]}
+    (why,) = messages  # one reason for every check
+    assert why.startswith("host unreachable: nohost.invalid cannot be reached over SSH (ssh:")
+    assert "CommandResult(" not in output and "object at 0x" not in why
+    reason = why.removeprefix("host unreachable: ")
+    assert report["unreachable"] == {"nohost.invalid": reason}
+    failed = sum(cell["failed"] for cell in down.values())
+    assert (
+        f"host unreachable: {reason}: its {failed} check(s) failed unrun "
+        f"({sum(na.values())} not applicable by its config)"
+    ) in output
+
+
+def test_a_command_result_in_a_message_is_one_readable_line():
+    """pytest shows the objects an assertion used, testinfra raises RuntimeError(result) on
+    ssh's 255: both print the result as the command and how it ended."""
+    host = FleetHost("@local", FleetConfig(), {})
+    result = host.host.run("echo out; echo first >&2; echo 'the reason' >&2; exit 3")
+    assert (
+        repr(result)
+        == str(RuntimeError(result))
+        == ("`echo out; echo first >&2; echo 'the reason' >&2; exit 3` exited 3: the reason")
+    )
+    long = host.host.run("true " + "x" * 100)
+    assert repr(long).startswith("`true xxx") and "...` exited 0" in repr(long)
+    assert len(repr(long)) < 80
+
+
+def test_a_probe_tool_missing_on_the_host_is_reported_as_missing(monkeypatch):
+    """No curl on the host: the API checks say so, not `/health 0` (no answer)."""
+    from tests.verify import test_vllm
+
+    host = FleetHost("@local", FleetConfig(), {})
+    _ = host.host  # connected with the real PATH
+    monkeypatch.setenv("PATH", "/nonexistent")  # the host's shell finds no curl
+    with pytest.raises(AssertionError, match="curl is not installed on the host") as failed:
+        test_vllm.test_health_answers_200(host)
+    assert "/health" not in str(failed.value)
+    monkeypatch.undo()
+    found = test_vllm._parse_answers(["@@gpufleet-probe main health", "ok", "200"])
+    assert found == {("main", "health"): (200, "ok")}  # with curl: no missing tool
+
+
+def _ssh_running(work: Path, proc: subprocess.Popen) -> list[Path]:
+    """Wait until the verify run ``proc`` has its ssh-config directory under ``work`` and an
+    ssh process using it; the directories."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "verify never ran ssh"
+        dirs = list(work.glob("gpufleet-ssh-*"))
+        if dirs and _pids_using(dirs[0]):
+            return dirs
+        time.sleep(0.1)
+
+
+def _pids_using(path: Path) -> str:
+    return subprocess.run(["pgrep", "-f", str(path)], capture_output=True, text=True).stdout
+
+
+def test_sigterm_ends_verify_and_removes_its_ssh_directory(tmp_path):
+    """A verify killed with SIGTERM (atexit does not run then) exits 143 at once and leaves
+    no ssh-config directory and no ssh process behind. Its host accepts TCP and never
+    speaks (a paused host), so the run is inside its first connection when signalled."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    inventory = tmp_path / "fleet.py"
+    inventory.write_text(
+        f'hosts = [("sick", {{"ssh_hostname": "127.0.0.1", "ssh_port": {port}, '
+        '"host_has_gpus": False})]'
+    )
+    work = Path(tempfile.mkdtemp(prefix="gf-", dir="/tmp"))  # its own, short: socket paths
+    command = [
+        sys.executable, "-m", "pytest", "tests/verify", "-p", "no:cacheprovider",
+        f"--inventory={inventory}", f"--fleet-report={tmp_path / 'report.json'}",
+        f"--junitxml={tmp_path / 'junit.xml'}", "-m", "preflight",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=os.environ | {"TMPDIR": str(work)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        dirs = _ssh_running(work, proc)  # verify's ssh is connecting: mid-run
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        output, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        proc.kill()
+        listener.close()
+        shutil.rmtree(work, ignore_errors=True)
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert took < 5, (took, output)
+    assert "verify stopped by SIGTERM" in output
+    assert not list(work.glob("gpufleet-ssh-*")), output
+    assert _pids_using(dirs[0]) == ""  # no ssh of that run left
+
+
+def test_ssh_sockets_go_to_tmp_when_the_temporary_directory_is_too_long(monkeypatch, tmp_path):
+    """ssh refuses a ControlPath past a unix socket's limit: every host would be
+    'unreachable'. A long TMPDIR (pytest's own tmp_path, say) is not used for them."""
+    long = tmp_path / ("x" * 60)
+    long.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long))
+    config = write_ssh_config({"gpu-1": {}}, {"gpu-1": FleetConfig()})
+    try:
+        assert config.parent.parent == Path("/tmp") and config.exists()
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        if len(str(tmp_path)) < 40:
+            assert write_ssh_config({}, {}).parent.parent == tmp_path
+    finally:
+        close_connections()
+    assert not config.parent.exists()  # the run's directory goes with its connections

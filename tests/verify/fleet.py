@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import testinfra
+from testinfra.backend.base import CommandResult
 
 from operations import bounds
 from operations.config import FleetConfig
@@ -62,6 +63,23 @@ def split_batch(stdout: str, count: int) -> dict[int, list[str]]:
 
 class Unreachable(Exception):
     """The host did not answer over SSH."""
+
+
+class Result(CommandResult):
+    """testinfra's CommandResult, shown as what ran and how it ended, on one line. A check's
+    assertion message (pytest shows the objects an assertion used) and testinfra's own
+    ``RuntimeError(result)`` of an ssh failure would otherwise print the dataclass: its
+    backend object, raw bytes and all."""
+
+    def __repr__(self) -> str:
+        command = self.command
+        text = command.decode(errors="replace") if isinstance(command, bytes) else str(command)
+        text = " ".join(text.split())
+        text = text if len(text) <= 60 else text[:57] + "..."
+        said = self.stderr.strip().splitlines()
+        return f"`{text}` exited {self.rc}" + (f": {said[-1].strip()}" if said else "")
+
+    __str__ = __repr__
 
 
 @dataclass
@@ -109,26 +127,37 @@ class FleetHost:
                 self._facts[command] = parse(outputs[i])
 
     stopped: str | None = field(default=None, repr=False)  # why it stopped answering
+    _probing: bool = field(default=False, repr=False)  # the first command: connecting
 
     @functools.cached_property
     def host(self) -> testinfra.host.Host:
-        """testinfra Host, after one reachability probe; raises Unreachable when it fails."""
+        """testinfra Host, after one reachability probe; raises Unreachable when it fails,
+        then and for every later use, without trying again: a host is found unreachable
+        once per run (each try would cost ssh's ConnectTimeout), not once per check."""
         if self.stopped:
             raise Unreachable(self.stopped)
         if self.name == "@local":
-            return testinfra.get_host("local://", sudo=bool(self.data.get("_sudo")))
-        host = testinfra.get_host(
-            f"ssh://{self.name}", ssh_config=str(self.ssh_config), sudo=bool(self.data.get("_sudo"))
-        )
+            host = testinfra.get_host("local://", sudo=bool(self.data.get("_sudo")))
+        else:
+            host = testinfra.get_host(
+                f"ssh://{self.name}",
+                ssh_config=str(self.ssh_config),
+                sudo=bool(self.data.get("_sudo")),
+            )
         host.backend.run_local = functools.partial(self.run_bounded, host.backend)
+        self._probing = True
         try:
             result = host.run("true")
         except Unreachable:
             raise
         except Exception as error:  # testinfra raises plain RuntimeError/OSError on ssh failure
-            raise Unreachable(f"{self.name}: {error}") from None
+            self.stopped = f"{self.name}: {error}"
+            raise Unreachable(self.stopped) from None
+        finally:
+            self._probing = False
         if result.rc != 0:
-            raise Unreachable(f"{self.name}: ssh exited {result.rc}: {result.stderr.strip()}")
+            self.stopped = f"{self.name}: ssh exited {result.rc}: {result.stderr.strip()}"
+            raise Unreachable(self.stopped)
         return host
 
     def run_bounded(self, backend, command: str, *args: str):
@@ -144,6 +173,7 @@ class FleetHost:
             cmd, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
+        _RUNNING.add(proc)
         try:
             stdout, stderr = proc.communicate(timeout=seconds)
         except subprocess.TimeoutExpired:
@@ -153,13 +183,16 @@ class FleetHost:
                 "(deploy_fact_timeout_s)"
             )
             raise Unreachable(self.stopped) from None
+        finally:
+            _RUNNING.discard(proc)
         if proc.returncode == 255 and self.name != "@local":
             said = stderr.decode(errors="replace").strip().splitlines()
-            self.stopped = f"{self.name} stopped answering: ssh lost the connection" + (
-                f" ({said[-1]})" if said else ""
-            )
+            how = "cannot be reached over SSH" if self._probing else (
+                "stopped answering: ssh lost the connection"
+            )  # fmt: skip
+            self.stopped = f"{self.name} {how}" + (f" ({said[-1].strip()})" if said else "")
             raise Unreachable(self.stopped)
-        return backend.result(proc.returncode, cmd, stdout, stderr)
+        return Result(backend, proc.returncode, cmd, stdout, stderr)
 
     def _abandon(self, proc: subprocess.Popen) -> None:
         """Give up on a command that did not end: kill its ssh and stop the host's master
@@ -233,7 +266,7 @@ def write_ssh_config(hosts: dict[str, dict[str, Any]], configs: dict[str, FleetC
     includes = sorted(
         {ssh_config_value(d["ssh_config_file"]) for d in hosts.values() if d.get("ssh_config_file")}
     )
-    work = Path(tempfile.mkdtemp(prefix="gpufleet-ssh-"))  # 0700
+    work = Path(tempfile.mkdtemp(prefix="gpufleet-ssh-", dir=_socket_parent()))  # 0700
     blocks = [
         _ssh_block(name, data, configs[name]) + f"\n  ControlPath {work}/%C"
         for name, data in hosts.items()
@@ -241,12 +274,48 @@ def write_ssh_config(hosts: dict[str, dict[str, Any]], configs: dict[str, FleetC
     text = "\n\n".join(blocks) + "\n" + "".join(f"\nInclude {path}" for path in includes)
     config = work / "config"
     config.write_text(text)
-    atexit.register(_close_connections, config, list(hosts))
+    if not _RUN_DIRS:
+        atexit.register(close_connections)
+    _RUN_DIRS.append((config, list(hosts)))
     return config
 
 
+_RUN_DIRS: list[tuple[Path, list[str]]] = []  # each ssh_config written, with its hosts
+_RUNNING: set[subprocess.Popen] = set()  # ssh commands in flight
+
+
+def close_connections() -> None:
+    """End the run's ssh commands still in flight, stop its master connections and remove
+    their directories. Idempotent: atexit, the plugin's unconfigure and its SIGTERM handler
+    (atexit does not run on a signal) may each call it."""
+    kill_running()
+    while _RUN_DIRS:
+        config, hosts = _RUN_DIRS.pop()
+        _close_connections(config, hosts)
+
+
+SOCKET_PATH_MAX = 104  # a unix socket path's limit, the smallest of Linux's and macOS's
+
+
+def kill_running() -> None:
+    """Kill the ssh commands in flight (each in its own process group), without waiting: safe
+    in a signal handler, where gevent (pyinfra's) allows no blocking call."""
+    for proc in list(_RUNNING):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _socket_parent() -> str:
+    """Where the run's directory goes: the temporary directory, or /tmp where that is too
+    long for ssh's ControlPath (the directory, '/' and the 40 hex digits of %C: ssh refuses a
+    longer one, and every host would fail as unreachable)."""
+    parent = tempfile.gettempdir()
+    fits = len(os.fsencode(parent)) + len("/gpufleet-ssh-12345678/") + 40 < SOCKET_PATH_MAX
+    return parent if fits else "/tmp"
+
+
 def _close_connections(config: Path, hosts: list[str]) -> None:
-    """Stop the run's ssh master connections and remove their directory."""
+    """Stop the master connections of one ssh_config and remove its directory."""
     for name in hosts:
         try:
             subprocess.run(

@@ -14,6 +14,7 @@ runs them only through its lab end-to-end test.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -28,12 +29,15 @@ from tests.verify.fleet import (
     FleetHost,
     Unreachable,
     UnsafeSshValue,
+    close_connections,
+    kill_running,
     prefetch,
     write_ssh_config,
 )
 
 VERIFY_DIR = Path(__file__).resolve().parent
 NOT_APPLICABLE = "not applicable"
+UNREACHABLE = "host unreachable"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -62,6 +66,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("inventory"):
         return
+    config.stash[SIGTERM_BEFORE] = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         hosts = fleet_hosts(
             config.getoption("inventory"), config.getoption("limit"), config.getoption("exclude")
@@ -73,6 +78,30 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[HOSTS] = hosts
     report = FleetReport([host.name for host in hosts], Path(config.getoption("fleet_report")))
     config.pluginmanager.register(report, "fleet-report")
+
+
+def _on_sigterm(signum: int, _frame) -> None:
+    """A verify ended by SIGTERM (a CI job cancelled, a `timeout`) leaves nothing behind:
+    Python skips atexit on a signal. The handler kills the ssh commands in flight and stops
+    pytest as Ctrl-C does (report written, then pytest_unconfigure closes the connections and
+    removes their directory); the exit status is 128 + 15. Nothing here blocks: under gevent
+    the handler may run inside its event loop, where a blocking call fails."""
+    _TERMINATED.append(signum)
+    kill_running()
+    raise KeyboardInterrupt(f"verify stopped by {signal.Signals(signum).name}")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _TERMINATED:
+        sys.stderr.write(f"verify stopped by {signal.Signals(_TERMINATED[0]).name}\n")
+        session.exitstatus = 128 + _TERMINATED[0]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The run's ssh connections and directory go at its end, the SIGTERM handler with them."""
+    if SIGTERM_BEFORE in config.stash:
+        close_connections()
+        signal.signal(signal.SIGTERM, config.stash[SIGTERM_BEFORE])
 
 
 def fleet_hosts(inventory: str, limit: list[str], exclude: list[str]) -> list[FleetHost]:
@@ -119,7 +148,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if isinstance(host, FleetHost):
         report.user_properties += [("fleet_host", host.name), ("fleet_layer", _layer(item))]
         if call.excinfo is not None and call.excinfo.errisinstance(Unreachable):
-            report.longrepr = f"host unreachable: {call.excinfo.value}"
+            report.longrepr = f"{UNREACHABLE}: {call.excinfo.value}"
 
 
 class FleetReport:
@@ -131,6 +160,7 @@ class FleetReport:
         self.cells: dict[tuple[str, str], dict] = defaultdict(
             lambda: {"passed": 0, "failed": 0, "not_applicable": 0, "skipped": 0, "failures": []}
         )
+        self.unreachable: dict[str, str] = {}  # host -> why, from its first failed check
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
@@ -141,6 +171,8 @@ class FleetReport:
         terminalreporter.section("fleet report")
         for line in self.table().splitlines():
             terminalreporter.write_line(line)
+        for line in self.unreachable_lines():
+            terminalreporter.write_line(line)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
         terminalreporter.write_line(f"fleet report: {self.path}")
@@ -150,7 +182,10 @@ class FleetReport:
         check = report.nodeid.split("::")[-1].split("[")[0]
         if report.failed:
             cell["failed"] += 1
-            cell["failures"].append({"check": check, "message": _short(report)})
+            message = _short(report)
+            cell["failures"].append({"check": check, "message": message})
+            if message.startswith(f"{UNREACHABLE}: "):
+                self.unreachable.setdefault(host, message.removeprefix(f"{UNREACHABLE}: "))
         elif report.skipped:
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
             key = "not_applicable" if NOT_APPLICABLE in reason else "skipped"
@@ -167,6 +202,19 @@ class FleetReport:
         if cell["passed"]:
             return f"PASS {cell['passed']}"
         return "N/A" if cell["not_applicable"] else "SKIP"
+
+    def unreachable_lines(self) -> list[str]:
+        """One line per host found unreachable: why, and how many checks that failed."""
+        lines = []
+        for host, why in self.unreachable.items():
+            cells = [cell for (name, _), cell in self.cells.items() if name == host]
+            failed = sum(cell["failed"] for cell in cells)
+            na = sum(cell["not_applicable"] for cell in cells)
+            lines.append(
+                f"{UNREACHABLE}: {why}: its {failed} check(s) failed unrun"
+                + (f" ({na} not applicable by its config)" if na else "")
+            )
+        return lines
 
     def layers(self) -> list[str]:
         seen = {layer for _, layer in self.cells}
@@ -187,6 +235,7 @@ class FleetReport:
 
     def as_dict(self) -> dict:
         return {
+            "unreachable": dict(self.unreachable),
             "hosts": {
                 host: {
                     layer: {"status": self.status(self.cells.get((host, layer))).split()[0]}
@@ -194,7 +243,7 @@ class FleetReport:
                     for layer in self.layers()
                 }
                 for host in self.hosts
-            }
+            },
         }
 
 
@@ -206,3 +255,5 @@ def _short(report: pytest.TestReport) -> str:
 
 
 HOSTS = pytest.StashKey[list]()
+SIGTERM_BEFORE = pytest.StashKey[object]()
+_TERMINATED: list[int] = []  # the signal that stopped this run

@@ -38,7 +38,9 @@ def test_docker_version_as_pinned(fleet_host: FleetHost):
     if pinned is None:
         pytest.skip("not applicable: docker_version is not set")
     version = stack(fleet_host)["server_version"]
-    assert version == pinned or version.startswith((f"{pinned}.", f"{pinned}+", f"{pinned}-"))
+    assert version == pinned or version.startswith((f"{pinned}.", f"{pinned}+", f"{pinned}-")), (
+        f"Docker {version or '(none)'} is not docker_version {pinned}"
+    )
 
 
 def test_daemon_json_is_valid_and_holds_the_configured_keys(fleet_host: FleetHost):
@@ -50,12 +52,12 @@ def test_daemon_json_is_valid_and_holds_the_configured_keys(fleet_host: FleetHos
 
 def test_running_daemon_uses_those_settings(fleet_host: FleetHost):
     info, docker = stack(fleet_host)["info"], fleet_host.config.docker
-    assert info.get("LiveRestoreEnabled") is docker.live_restore
-    assert info.get("LoggingDriver") == "json-file"
-    if docker.cgroup_driver:
-        assert info.get("CgroupDriver") == docker.cgroup_driver
-    if docker.data_root:
-        assert info.get("DockerRootDir") == docker.data_root
+    wanted = {"LiveRestoreEnabled": docker.live_restore, "LoggingDriver": "json-file"}
+    wanted |= {"CgroupDriver": docker.cgroup_driver} if docker.cgroup_driver else {}
+    wanted |= {"DockerRootDir": docker.data_root} if docker.data_root else {}
+    wrong = [f"{key} is {info.get(key)!r}, not {value!r}" for key, value in wanted.items()
+             if info.get(key) != value]  # fmt: skip
+    assert not wrong, f"docker info: {'; '.join(wrong)}"
 
 
 def test_docker_group_holds_only_the_configured_users(fleet_host: FleetHost):

@@ -25,10 +25,16 @@ def _state(fleet_host: FleetHost) -> dict:
     return fleet_host.fact(driver_command(), parse_driver_state)
 
 
-def _gpu_state(fleet_host: FleetHost) -> dict:
-    """The driver state, for checks that need GPUs (skipped as not applicable otherwise)."""
+def _needs_gpus(fleet_host: FleetHost) -> None:
+    """Skips a GPU check as not applicable where the config says the host has none: decided
+    from the config, before the host is read, so an unreachable host keeps it N/A."""
     if not fleet_host.config.host.has_gpus:
         pytest.skip("not applicable: host_has_gpus is False")
+
+
+def _gpu_state(fleet_host: FleetHost) -> dict:
+    """The driver state, for checks that need GPUs (skipped as not applicable otherwise)."""
+    _needs_gpus(fleet_host)
     return _state(fleet_host)
 
 
@@ -73,10 +79,11 @@ def test_nvidia_smi_works(fleet_host: FleetHost):
 
 def test_gpu_count_as_configured(fleet_host: FleetHost):
     expected = fleet_host.config.host.gpu_count
-    state = _gpu_state(fleet_host)
+    _needs_gpus(fleet_host)
     if expected is None:
         pytest.skip("not applicable: host_gpu_count is not set")
-    assert len(state["gpus"]) == expected
+    found = len(_state(fleet_host)["gpus"])
+    assert found == expected, f"{found} GPU(s), host_gpu_count is {expected}"
 
 
 def test_persistence_mode_on_every_gpu(fleet_host: FleetHost):
@@ -97,12 +104,13 @@ def test_no_uncorrected_ecc_errors_or_pending_retirements(fleet_host: FleetHost)
 
 def test_fabric_manager_active_on_nvswitch_systems(fleet_host: FleetHost):
     config = fleet_host.config
-    profile = fleet_host.fact(profile_command(config.preflight.disk_path), parse_profile)
-    state = _gpu_state(fleet_host)
-    wanted = config.driver.fabric_manager == "enabled" or (
-        config.driver.fabric_manager == "auto" and profile["nvswitches"]
-    )
-    if not wanted:
-        pytest.skip("not applicable: no NVSwitch and driver_fabric_manager is not enabled")
+    _needs_gpus(fleet_host)
+    if config.driver.fabric_manager == "disabled":  # by config: before the host is read
+        pytest.skip("not applicable: driver_fabric_manager is disabled")
+    if config.driver.fabric_manager == "auto":
+        profile = fleet_host.fact(profile_command(config.preflight.disk_path), parse_profile)
+        if not profile["nvswitches"]:
+            pytest.skip("not applicable: no NVSwitch and driver_fabric_manager is auto")
+    state = _state(fleet_host)
     unit = state["units"].get("nvidia-fabricmanager", {})
     assert unit.get("active") == "active", f"nvidia-fabricmanager is {unit or 'missing'}"

@@ -21,7 +21,8 @@ def _profile(fleet_host: FleetHost) -> dict:
 
 
 def test_reachable(fleet_host: FleetHost):
-    assert fleet_host.host.run("true").rc == 0
+    result = fleet_host.host.run("true")
+    assert result.rc == 0, f"{result!r}"
 
 
 def test_supported_os(fleet_host: FleetHost):
@@ -33,7 +34,8 @@ def test_supported_os(fleet_host: FleetHost):
 
 
 def test_supported_arch(fleet_host: FleetHost):
-    assert _profile(fleet_host)["arch"] in preflight.SUPPORTED_ARCH
+    arch = _profile(fleet_host)["arch"]
+    assert arch in preflight.SUPPORTED_ARCH, f"{arch} is not one of {preflight.SUPPORTED_ARCH}"
 
 
 def test_gpu_presence_matches_config(fleet_host: FleetHost):

@@ -73,7 +73,7 @@ def test_gpu_container_sees_every_gpu(fleet_host: FleetHost):
     inside = fleet_host.host.run(
         f"docker run --rm --runtime=nvidia --gpus all --entrypoint nvidia-smi {image} -L"
     )
-    assert host.rc == 0, host.stderr
-    assert inside.rc == 0, inside.stderr
-    count = host.stdout.count("GPU ")
-    assert count and inside.stdout.count("GPU ") == count
+    assert host.rc == 0, f"nvidia-smi -L on the host: {host!r}"
+    assert inside.rc == 0, f"nvidia-smi -L in {image}: {inside!r}"
+    count, seen = host.stdout.count("GPU "), inside.stdout.count("GPU ")
+    assert count and seen == count, f"{count} GPU(s) on the host, {seen} in a container"
