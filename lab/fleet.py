@@ -204,14 +204,19 @@ def keys_id(paths: _Paths, i: int) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
-def _create_host(i: int, paths: _Paths, cgroup: int, taken: set[int], preferred: int | None) -> int:
-    """(Re)create host i from scratch, put its keys in, start it; returns its port."""
+def _keys_payload(paths: _Paths, i: int) -> bytes:
+    """The tar that puts host i's pinned host key and root's authorized_keys in place."""
     hostkey = paths.hostkey(i)
-    payload = injection_tar(
+    return injection_tar(
         hostkey.read_bytes(),
         Path(f"{hostkey}.pub").read_bytes(),
         (public_key(paths.key) + " gpufleet-lab\n").encode(),
     )
+
+
+def _create_host(i: int, paths: _Paths, cgroup: int, taken: set[int], preferred: int | None) -> int:
+    """(Re)create host i from scratch, put its keys in, start it; returns its port."""
+    payload = _keys_payload(paths, i)
     _remove_host(i)
     for _attempt in range(5):
         port = pick_port(taken, port_is_free, preferred)
@@ -298,13 +303,43 @@ def _probe(paths: _Paths, port: int, command: str = "systemctl is-system-running
     return True, proc.stdout.strip(), ""
 
 
+# What ssh says when a host holds other keys than the lab pinned for it (the last line)
+TRUST_REFUSED = ("Host key verification failed", "Permission denied")
+
+
+def restore_keys(paths: _Paths, i: int) -> bool:
+    """Put host i's pinned host key and root's authorized_keys back into its container (as at
+    creation) and restart its sshd: the repair of a host whose SSH host key was changed (a
+    reinstalled openssh-server, `ssh-keygen -A` after the key went). Its deployed state
+    stays. Whether docker did both."""
+    name = container_name(i)
+    copied = docker("cp", "-", f"{name}:/", input=_keys_payload(paths, i), text=False, check=False)
+    if copied.returncode != 0:
+        return False
+    return docker("exec", name, "systemctl", "restart", "ssh.service", check=False).returncode == 0
+
+
+def _trust_hint(i: int, port: int) -> str:
+    """How to repair a host whose keys the lab could not put back: recreate it."""
+    return (
+        f"; {host_name(i)} does not hold the lab's pinned SSH keys (.lab/{HOSTKEY_DIR}/"
+        f"{host_name(i)}, .lab/{CONTROLLER_KEY}.pub) and putting them back did not repair it: "
+        f"recreate it "
+        f"with `docker rm -f {container_name(i)}` then `python -m lab up` (then deploy); "
+        f"the pin is in .lab/{KNOWN_HOSTS} ([{LOOPBACK}]:{port}), rewritten by every `lab up`"
+    )
+
+
 def wait_ready(root: Path, ports: dict[int, int], timeout: float = READY_TIMEOUT, log=print):
     """Wait until every host answers SSH (strict host key check) and systemd says running
-    or degraded. Returns {index: system state}; LabError naming the laggards on timeout."""
+    or degraded. A host that refuses the lab's keys (its host key changed, say) gets them put
+    back once (restore_keys). Returns {index: system state}; LabError naming the laggards
+    on timeout, with how to recreate a host whose keys could not be put back."""
     paths = _Paths.of(root)
     pending = dict(ports)
     states: dict[int, str] = {}
     why: dict[int, str] = {}
+    restored: dict[int, bool] = {}
     deadline = time.monotonic() + timeout
     while pending:
         with ThreadPoolExecutor(max_workers=min(16, len(pending))) as pool:
@@ -318,12 +353,23 @@ def wait_ready(root: Path, ports: dict[int, int], timeout: float = READY_TIMEOUT
                 del pending[i]
             else:
                 why[i] = f"systemd is {state or '?'}" if ok else err
+                if not ok and i not in restored and err.startswith(TRUST_REFUSED):
+                    restored[i] = restore_keys(paths, i)
+                    log(
+                        f"  {host_name(i)}: {err.rstrip('.')} (not the lab's pinned keys): "
+                        + (
+                            "put them back, sshd restarted"
+                            if restored[i]
+                            else "cannot put them back"
+                        )
+                    )
         if not pending:
             break
         if time.monotonic() > deadline:
             names = ", ".join(f"{host_name(i)} ({why.get(i, '?')})" for i in sorted(pending))
             raise LabError(
                 f"not ready after {timeout:.0f}s: {names}; see `docker logs gpufleet-lab-N`"
+                + "".join(_trust_hint(i, ports[i]) for i in sorted(pending) if i in restored)
                 + _exited_hint(pending)
             )
         time.sleep(1.0)

@@ -121,3 +121,59 @@ def test_hosts_that_exited_at_start_get_the_inotify_hint(tmp_path, monkeypatch):
     hint = fleet._exited_hint({23: 2243})
     assert "1 container(s) exited at start" in hint and "max_user_instances = 128" in hint
     assert fleet._exited_hint({22: 2242}) == ""  # running, only slow: no such hint
+
+
+class _Host:
+    """A lab host for wait_ready: ssh refuses its host key until the pinned keys are put
+    back (when ``repairable``), then systemd is running."""
+
+    def __init__(self, repairable: bool = True):
+        self.repairable, self.repaired, self.calls = repairable, False, []
+
+    def probe(self, paths, port, command="systemctl is-system-running"):
+        if self.repaired:
+            return True, "running", ""
+        return False, "", "Host key verification failed."
+
+    def docker(self, *args, **kwargs):
+        self.calls.append(args[:2])
+        self.repaired = self.repairable and args[0] == "exec"
+        return type("Done", (), {"returncode": 0})()
+
+
+def _keys(tmp_path):
+    for name in ("id_ed25519", "hostkeys/lab-2"):
+        path = tmp_path / ".lab" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("private\n")
+        path.with_name(path.name + ".pub").write_text(f"ssh-ed25519 AAAA {name}\n")
+
+
+def test_a_host_whose_host_key_changed_gets_the_pinned_keys_back(tmp_path, monkeypatch):
+    _keys(tmp_path)
+    host, said = _Host(), []
+    monkeypatch.setattr(fleet, "_probe", host.probe)
+    monkeypatch.setattr(fleet, "docker", host.docker)
+    monkeypatch.setattr(fleet, "lab_dir", lambda root: root / ".lab")
+    assert fleet.wait_ready(tmp_path, {2: 2222}, timeout=10, log=said.append) == {2: "running"}
+    assert host.calls == [("cp", "-"), ("exec", "gpufleet-lab-2")]  # once, into its container
+    assert said == [
+        "  lab-2: Host key verification failed (not the lab's pinned keys): "
+        "put them back, sshd restarted"
+    ]
+
+
+def test_a_host_whose_keys_cannot_be_put_back_gets_the_exact_repair(tmp_path, monkeypatch):
+    _keys(tmp_path)
+    host = _Host(repairable=False)
+    monkeypatch.setattr(fleet, "_probe", host.probe)
+    monkeypatch.setattr(fleet, "docker", host.docker)
+    monkeypatch.setattr(fleet, "lab_dir", lambda root: root / ".lab")
+    monkeypatch.setattr(fleet, "list_containers", dict)
+    with pytest.raises(LabError) as refused:
+        fleet.wait_ready(tmp_path, {2: 2222}, timeout=1, log=lambda line: None)
+    message = str(refused.value)
+    assert "lab-2 (Host key verification failed.)" in message
+    assert "`docker rm -f gpufleet-lab-2` then `python -m lab up`" in message
+    assert "the pin is in .lab/known_hosts ([127.0.0.1]:2222)" in message
+    assert len(host.calls) == 2  # put back once, not on every probe
