@@ -427,3 +427,78 @@ def test_the_state_script_reports_marks_strays_and_kept_servers(tmp_path):
     both = parse_state(["docker=up", running(config_of()), "container=" + json.dumps(kept)])
     assert both["containers"]["main"]["Name"] == "/vllm-main"
     assert both["previous"]["main"]["Name"] == "/vllm-main.previous"
+
+
+# --- the recreation's shell, run against a fake docker and curl -----------------------------
+
+FAKE_DOCKER = r"""#!/bin/sh
+# containers are files $SIM/c/<name> holding "<status> <old|new>"
+c=$SIM/c; cmd=$1; shift
+case $cmd in
+inspect)
+  if [ "$1" = --format ]; then [ -f "$c/$3" ] || exit 1; set -- $(cat "$c/$3"); echo "$1 0"
+  else [ -f "$c/$1" ]; fi;;
+rm) shift; for n; do rm -f "$c/$n"; done;;
+stop|start) [ -f "$c/$1" ] || exit 1; set -- "$1" "$cmd" $(cat "$c/$1")
+  [ "$2" = stop ] && echo "exited $4" > "$c/$1" || echo "running $4" > "$c/$1";;
+rename) [ -f "$c/$1" ] && [ ! -f "$c/$2" ] && mv "$c/$1" "$c/$2";;
+run) while [ "$1" != --name ]; do shift; done; [ ! -f "$c/$2" ] || exit 125
+  echo "$NEW_STATUS new" > "$c/$2";;
+logs) echo "INFO the new server's log line";;
+esac
+"""
+FAKE_CURL = r"""#!/bin/sh
+[ -f "$SIM/c/vllm-main" ] || { echo 000; exit 7; }
+set -- $(cat "$SIM/c/vllm-main") "$@"
+ok=no; [ "$2" = old ] || [ "$NEW_READY" = 1 ] && ok=yes
+case "$*" in
+*http_code*) [ $ok = yes ] && echo 200 || echo 500;;
+*) [ $ok = no ] || echo '{"data":[{"id":"Qwen/Qwen2.5-1.5B-Instruct"}]}';;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    ("why", "new_ready", "new_status", "rc", "serving", "marked"),
+    [
+        ("the new server gets ready", "1", "running", 0, "running new", "new"),
+        ("the new server never gets ready", "0", "running", 1, "running old", "old"),
+        ("the new server exits at start", "0", "exited", 1, "running old", "old"),
+    ],
+)
+def test_the_recreation_keeps_and_restores_the_previous_server_on_a_host(
+    tmp_path, why, new_ready, new_status, rc, serving, marked
+):
+    """The shell of a recreation, command by command as pyinfra runs them, on a host whose
+    docker and curl are fakes: the old server is kept aside, then removed or restored."""
+    import subprocess
+
+    from operations.vllm import replace_commands
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "c").mkdir()
+    (tmp_path / "etc").mkdir()
+    for name, text in (("docker", FAKE_DOCKER), ("curl", FAKE_CURL)):
+        (tmp_path / "bin" / name).write_text(text)
+        (tmp_path / "bin" / name).chmod(0o755)
+    (tmp_path / "c" / "vllm-main").write_text("running old\n")
+    (tmp_path / "etc" / "main.env").write_text("VLLM_API_KEY='k'\n")
+    old, new = config_of(), config_of(vllm_dtype="half")
+    keep = json.loads(running(old).removeprefix("container="))
+    commands = replace_commands(new, new.vllm.servers()[0], keep, proven=True)
+    env = {"PATH": f"{tmp_path}/bin:/usr/bin:/bin", "SIM": str(tmp_path),
+           "NEW_READY": new_ready, "NEW_STATUS": new_status}  # fmt: skip
+    for command in commands[1:]:  # not the cache space guard
+        text = command if isinstance(command, str) else command.get_raw_value()
+        text = text.replace(SECRETS_DIR, str(tmp_path / "etc")).replace("timeout=1800", "timeout=1")
+        done = subprocess.run(["sh", "-c", text], env=env, capture_output=True, text=True)
+        if done.returncode:
+            break
+    assert done.returncode == rc, (why, done.stderr)
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["vllm-main"], why
+    assert (tmp_path / "c" / "vllm-main").read_text().strip() == serving, why
+    spec = spec_of(new if marked == "new" else old)
+    assert (tmp_path / "etc" / "main.ready").read_text() == f"{spec}\n", why
+    if rc:
+        assert "INFO the new server's log line" in done.stderr  # quoted as before
+        assert "rolled back to the previous server" in done.stderr.splitlines()[-1], why
