@@ -47,6 +47,7 @@ _DIGEST = re.compile(r"sha(?:256|512):[0-9a-f]+")
 # userinfo of a URL: scheme://user:PASSWORD@host: only the password is masked
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:)(?P<pw>[^/?#\s]*)@")
 MASK = "***"
+_PATH = re.compile(r"[/~][^\s]*")  # a file path: shown (only a known token format in it is not)
 
 
 # A piece of a name: words (``Llama``, ``DeepSeek``, ``GPTQ``) with a version or size after
@@ -76,8 +77,9 @@ def _secret_spans(text: str) -> list[tuple[int, int]]:
         return [(0, len(text))]
     plain = _DIGEST.sub(lambda m: "#" * len(m.group()), text)  # keep offsets, drop digests
     spans = [m.span() for m in _KNOWN_TOKEN.finditer(plain)]
-    spans += [m.span() for m in _HEX_RUN.finditer(plain)]
-    spans += [m.span() for m in _TOKEN_RUN.finditer(plain) if _random_looking(m.group())]
+    if not _PATH.fullmatch(text):  # a path's content hashes (`image-f3f0…5e.tar`) are names
+        spans += [m.span() for m in _HEX_RUN.finditer(plain)]
+        spans += [m.span() for m in _TOKEN_RUN.finditer(plain) if _random_looking(m.group())]
     spans += [m.span("pw") for m in _URL_PASSWORD.finditer(text) if m.group("pw")]
     return sorted(spans)
 

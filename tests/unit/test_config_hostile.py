@@ -311,6 +311,9 @@ def test_secret_flags_in_extra_args_are_masked_with_their_value():
         ("vllm_hf_token_fille", "/etc/gpufleet/hf-token"),
         ("vllm_require_api_key", True),
         ("vllm_require_api_key", "maybe"),
+        # a content hash in a file name is a name (the lab's image archive is named so)
+        ("vllm_image_archive", "/nonexistent/vllm-openai-standin-f3f080564831058e.tar"),
+        ("vllm_image_archive", "/nonexistent/0123456789abcdef0123456789abcdef01.tar"),
     ],
 )
 def test_non_secrets_are_shown(key, value, monkeypatch):
