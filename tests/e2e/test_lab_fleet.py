@@ -42,9 +42,10 @@ def test_verify_passes_and_writes_the_fleet_report(lab, tmp_path):
         # spec and the GPU container do not apply without GPUs
         assert cells["toolkit"]["status"] == "PASS" and cells["toolkit"]["passed"] == 5
         assert cells["toolkit"]["not_applicable"] == 2
-        # image and restart policy, published address, secrets file, secrets not in inspect,
-        # /health, /v1/models, one-token completion, /v1 refused without the key; GPUs N/A
-        assert cells["vllm"]["status"] == "PASS" and cells["vllm"]["passed"] == 8
+        # image and restart policy, published address, secrets file, no temporary file beside
+        # it, readiness marks and no server kept aside, secrets not in inspect, /health,
+        # /v1/models, one-token completion, /v1 refused without the key; GPUs N/A
+        assert cells["vllm"]["status"] == "PASS" and cells["vllm"]["passed"] == 10
         assert cells["vllm"]["not_applicable"] == 1
     assert "fleet report" in done.output
 
