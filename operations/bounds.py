@@ -76,14 +76,19 @@ def keepalive_s(config: FleetConfig) -> tuple[int, int]:
 
 
 def timeout_for(
-    command: str, config: FleetConfig, reading_fact: bool, explicit: int | None = None
+    command: str,
+    config: FleetConfig,
+    reading_fact: bool,
+    explicit: int | None = None,
+    transfer: bool = False,
 ) -> tuple[int, str]:
-    """(seconds, the setting behind them) for one command of a host with ``config``."""
+    """(seconds, the setting behind them) for one command (or, ``transfer``, one file upload
+    or download: an image archive can take long) of a host with ``config``."""
     if explicit:
         return int(explicit), "the operation's _timeout"
-    if reading_fact:
+    if reading_fact and not transfer:
         return config.deploy.fact_timeout_s, "deploy_fact_timeout_s"
-    if _INSTALL.search(command):
+    if transfer or _INSTALL.search(command):
         return config.deploy.install_timeout_s, "deploy_install_timeout_s"
     return config.deploy.command_timeout_s, "deploy_command_timeout_s"
 
@@ -126,11 +131,9 @@ class Watch:
         if self.stopped is not None:
             return self.failure() if not transfer else False
         explicit = kwargs.get("_timeout")
-        if transfer:  # an upload or download: an image archive can take long
-            seconds, why = timeout_for("docker load", self.config, False, explicit)
-        else:
-            text = _head_text(command)
-            seconds, why = timeout_for(text, self.config, bool(self.reading_fact), explicit)
+        text = "" if transfer else _head_text(command)
+        seconds, why = timeout_for(text, self.config, bool(self.reading_fact), explicit, transfer)
+        if not transfer:
             kwargs["_timeout"] = seconds
         self.in_flight += 1
         self._keepalive()

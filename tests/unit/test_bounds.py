@@ -54,6 +54,14 @@ def test_each_kind_of_command_gets_its_own_bound(command, fact, seconds, why):
     assert got_seconds == seconds and got_why.startswith(why)
 
 
+def test_a_file_transfer_gets_the_install_bound_even_while_a_fact_is_read():
+    for reading_fact in (False, True):
+        assert timeout_for("", FleetConfig(), reading_fact, transfer=True) == (
+            1800,
+            "deploy_install_timeout_s",
+        )
+
+
 def test_the_waits_follow_their_own_settings_and_an_operations_timeout_wins():
     config = config_of(
         vllm_ready_timeout_s=30, docker_restart_timeout_s=10, deploy_timeout_margin_s=5
