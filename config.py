@@ -4,8 +4,11 @@ reads the inventory, on every run (even one that targets no host, where deploy.p
 It guards the run (operations.inventory_guard): a mistyped inventory path, ``--data`` without
 ``=``, an error in the inventory or group_data, and a run that targets no host each stop it
 with one line naming the file and the problem, instead of a traceback or a silent exit 0.
+An interrupted run (Ctrl-C, SIGTERM) exits 130 or 143, not 0 (operations.fleet).
 """
 
+from operations.fleet import exit_non_zero_on_signals
 from operations.inventory_guard import install
 
 install()
+exit_non_zero_on_signals()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -112,6 +114,29 @@ def summarise_at_exit(state: State) -> None:
     if state not in _SUMMARIES:
         _SUMMARIES[state] = FleetSummary()
         state.add_callback_handler(_SUMMARIES[state])
+
+
+# An interrupted run exits 128 + the signal's number, the shell's convention (130 for Ctrl-C,
+# 143 for SIGTERM): scripts chaining on the deploy stop. pyinfra's own handler exits 0.
+EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """Say so and end the run with 128 + signum. SystemExit reaches the main greenlet from
+    whichever one runs (gevent passes it on), so pyinfra's CLI disconnects every host on its
+    way out (the run's host locks go with the connections) and the summary says the run
+    stopped before its last operation."""
+    name = signal.Signals(signum).name
+    print(f"--> Interrupted by {name}: the run stopped early", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
+
+
+def exit_non_zero_on_signals() -> None:
+    """Make SIGINT and SIGTERM end a pyinfra run with 130 and 143 instead of 0 (SIGINT) or
+    without disconnecting (SIGTERM). Called from the project's config.py, which pyinfra's CLI
+    execs after its main() installed its handler (``Exiting upon user request!``, exit 0)."""
+    for signum in EXIT_SIGNALS:
+        signal.signal(signum, _interrupted)
 
 
 def host_config(state: State, host: Host) -> FleetConfig:

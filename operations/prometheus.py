@@ -28,6 +28,7 @@ import contextlib
 import errno
 import json
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -117,6 +118,14 @@ def check_output(path: Path) -> None:
         raise OSError(errno.EACCES, "permission denied", str(path))
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt is for SIGINT."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m operations.prometheus",
@@ -136,8 +145,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the targets file; 0 when written, 2 when the config, the inventory or the output
-    is refused (nothing is written then: no host selected never gives an empty file)."""
+    is refused (nothing is written then: no host selected never gives an empty file), 130 or
+    143 when interrupted (the old file stays as it was: write_atomic removes its partial one)."""
     args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         check_output(args.output)
         hosts = load_hosts(args.inventory, args.limit, args.exclude, warn=True)
@@ -149,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:  # the targets file: a directory, no permission, a full disk
         print(f"cannot write {args.output}: {error.strerror or error}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as stop:
+        name = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
+        print(f"interrupted ({name}): {args.output} not changed", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
     served = len({entry["labels"]["gpufleet_host"] for entry in entries})
     print(f"wrote {len(entries)} vLLM target(s) of {served} host(s) to {args.output}")
     return 0

@@ -14,17 +14,22 @@ and starts a batch only when the one before succeeded. The deploy waits for ever
 to be ready and fails the host otherwise, so pyinfra's exit code is the batch's health gate.
 
 On a failing batch the rollout stops at once and lists the hosts it never touched: they still
-serve the previous version. Before any batch, the config of every selected host is validated
-(with the ``--data`` given after ``--``), so a bad value stops the rollout with nothing run,
-as does an inventory that cannot be read or a ``--limit``/``--exclude`` that selects no host.
-Arguments after ``--`` go to every pyinfra run; ``--limit``/``--exclude`` are not allowed
-there (the batches set the limit: give them before ``--``). pyinfra runs from the repository
-root, as deploy.py needs.
+serve the previous version. Interrupted (Ctrl-C, SIGTERM), it passes the signal on to the
+batch's pyinfra run once (each run has its own process group, so a Ctrl-C reaches it through
+the rollout alone), waits for that run to disconnect, names the batch's hosts and those it
+never touched, and exits 130 (143 for SIGTERM).
+
+Before any batch, the config of every selected host is validated (with the ``--data`` given
+after ``--``), so a bad value stops the rollout with nothing run, as does an inventory that
+cannot be read or a ``--limit``/``--exclude`` that selects no host. Arguments after ``--`` go
+to every pyinfra run; ``--limit``/``--exclude`` are not allowed there (the batches set the
+limit: give them before ``--``). pyinfra runs from the repository root, as deploy.py needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -87,12 +92,56 @@ def _say(message: str, error: bool = False) -> None:
     print(f"rollout: {message}", file=sys.stderr if error else sys.stdout, flush=True)
 
 
+INTERRUPTED = {128 + signal.SIGINT: "SIGINT", 128 + signal.SIGTERM: "SIGTERM"}
+STOP_WAIT_S = 60  # how long an interrupted batch gets to disconnect before it is killed
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the rollout like KeyboardInterrupt is for SIGINT."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def call(command: list[str], cwd: Path) -> int:
+    """Run one batch; on Ctrl-C or SIGTERM pass that signal on to it, wait for it to end
+    (its hosts disconnect, their locks go) and raise again. Its own process group: a Ctrl-C
+    at the terminal reaches the batch once, through here."""
+    process = subprocess.Popen(command, cwd=cwd, process_group=0)
+    try:
+        return process.wait()
+    except (KeyboardInterrupt, Terminated) as stop:
+        passed = signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT
+        process.send_signal(passed)
+        try:
+            process.wait(timeout=STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        raise
+
+
 def _run_batch(run: Runner, command: list[str]) -> int:
-    """One batch's exit code; an interrupt (Ctrl-C) counts as a failed batch."""
+    """One batch's exit code; an interrupt ends it with 130 (Ctrl-C) or 143 (SIGTERM)."""
     try:
         return run(command, cwd=ROOT)
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGINT
+    except Terminated:
+        return 128 + signal.SIGTERM
+
+
+def _interrupted(number: int, count: int, batch: list[str], code: int, untouched: list[str]):
+    """Say which batch an interrupt stopped and which hosts the rollout never reached."""
+    _say(
+        f"interrupted ({INTERRUPTED[code]}) during batch {number}/{count} "
+        f"({', '.join(batch)}): its hosts may be part-way through the change; "
+        "run the rollout again to finish",
+        error=True,
+    )
+    if untouched:
+        _say(f"not touched, still on the previous version: {', '.join(untouched)}", error=True)
 
 
 def _stopped(number: int, count: int, batch: list[str], code: int, untouched: list[str]) -> None:
@@ -113,17 +162,23 @@ def roll(
     hosts: Sequence[str],
     batch: int,
     extra: Sequence[str] = (),
-    run: Runner = subprocess.call,
+    run: Runner = call,
 ) -> int:
     """Deploy to ``hosts`` ``batch`` at a time, each batch only after the previous succeeded;
-    0 when every batch succeeded, 1 at the first failing one (later batches never run)."""
+    0 when every batch succeeded, 1 at the first failing one (later batches never run), 130
+    or 143 when interrupted (the batch's run ended by SIGINT or SIGTERM, or exiting so)."""
     started = time.monotonic()
     groups = batches(hosts, batch)
     for number, group in enumerate(groups, start=1):
         _say(f"batch {number}/{len(groups)}: {', '.join(group)}")
         code = _run_batch(run, deploy_command(inventory, group, extra))
+        code = 128 - code if code < 0 else code  # killed by a signal: as the shell says it
+        untouched = [h for g in groups[number:] for h in g]
+        if code in INTERRUPTED:
+            _interrupted(number, len(groups), group, code, untouched)
+            return code
         if code != 0:
-            _stopped(number, len(groups), group, code, [h for g in groups[number:] for h in g])
+            _stopped(number, len(groups), group, code, untouched)
             return 1
     seconds = time.monotonic() - started
     _say(f"done: {len(hosts)} host(s) in {len(groups)} batch(es) in {seconds:.0f}s")
@@ -163,8 +218,10 @@ def _split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def main(argv: Sequence[str] | None = None, run: Runner = subprocess.call) -> int:
-    """Validate, then roll; 0 done, 1 a batch failed, 2 refused before anything ran."""
+def main(argv: Sequence[str] | None = None, run: Runner = call) -> int:
+    """Validate, then roll; 0 done, 1 a batch failed, 2 refused before anything ran, 130 or
+    143 interrupted."""
+    signal.signal(signal.SIGTERM, _terminated)
     own, extra = _split_extra(list(sys.argv[1:] if argv is None else argv))
     parser = _parser()
     args = parser.parse_args(own)
