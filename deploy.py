@@ -10,7 +10,9 @@ Every command, transfer and fact read on a host is bounded (operations.bounds): 
 stops answering, or whose facts cannot be read, fails alone with the reason while the
 others go on. Preflight always runs and gates the other layers; they run in stack order,
 after the package manager is made ready (apt waits for a held lock; an interrupted dpkg run
-is finished).
+is finished). Before that, the run takes the host's deploy lock (operations.lock) and holds
+it until it disconnects: a second deploy waits for it, then fails that host naming the
+holder.
 """
 
 from contextlib import suppress
@@ -18,7 +20,7 @@ from contextlib import suppress
 from pyinfra import host, state
 from pyinfra.context import ctx_host, ctx_state
 
-from operations import bounds, docker, driver, preflight, toolkit, vllm
+from operations import bounds, docker, driver, lock, preflight, toolkit, vllm
 from operations.fleet import host_config, summarise_at_exit
 from operations.packages import package_manager_ready
 
@@ -36,6 +38,8 @@ def plan() -> None:
     if profile is None:
         return
     if set(LAYERS) & set(config.deploy.layers):  # every layer installs packages
+        if not lock.take(config):  # another run holds this host: failed, nothing planned
+            return
         proxy = str(config.deploy.apt_proxy) if config.deploy.apt_proxy else None
         bypass = tuple(config.deploy.apt_proxy_bypass)
         package_manager_ready(config.deploy.lock_timeout_s, profile, proxy, bypass)

@@ -75,7 +75,10 @@ def test_a_converged_host_is_planned_nothing_and_reads_each_fact_once(tmp_path):
     # and daemon.json, read by the merge operation each time it is evaluated (here: change
     # detection, then the harness generating its commands)
     assert sum("daemon.json.last-good" in command for command in sent) == 2
-    assert len(sent) == 7
+    # and the deploy lock (operations.lock), taken once per run: its one command; releasing
+    # it costs none (it goes with the connection)
+    assert sum(command.startswith("sh -c ") and "gpufleet-lock" in command for command in sent) == 1
+    assert len(sent) == 8
 
 
 def test_a_file_that_differs_in_content_or_mode_is_put_again(tmp_path):
