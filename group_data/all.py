@@ -25,6 +25,8 @@ deploy_timeout_margin_s = 60
 deploy_keepalive_interval_s = 10
 # Keepalives left unanswered in a row before a host counts as stopped.
 deploy_keepalive_count = 3
+# How long a run waits for another run's lock on a host before failing that host (0: fail at once); the lock excludes two deploys at once.
+deploy_lock_wait_s = 300
 
 # --- host: What the operator declares about the machine itself.
 # The host has NVIDIA GPUs; false for GPU-less hosts (the lab): GPU checks say 'not applicable'.

@@ -575,6 +575,13 @@ class DeployConfig(Section):
         le=86400,
         description="Keepalives left unanswered in a row before a host counts as stopped.",
     )
+    lock_wait_s: Int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="How long a run waits for another run's lock on a host before failing "
+        "that host (0: fail at once); the lock excludes two deploys at once.",
+    )
 
     @field_validator("layers")
     @classmethod
