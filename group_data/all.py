@@ -25,7 +25,7 @@ deploy_timeout_margin_s = 60
 deploy_keepalive_interval_s = 10
 # Keepalives left unanswered in a row before a host counts as stopped.
 deploy_keepalive_count = 3
-# How long a run waits for another run's lock on a host before failing that host (0: fail at once); the lock excludes two deploys at once.
+# How long a deploy waits for another deploy's lock on a host (0: fail now).
 deploy_lock_wait_s = 300
 
 # --- host: What the operator declares about the machine itself.

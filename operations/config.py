@@ -579,8 +579,7 @@ class DeployConfig(Section):
         default=300,
         ge=0,
         le=86400,
-        description="How long a run waits for another run's lock on a host before failing "
-        "that host (0: fail at once); the lock excludes two deploys at once.",
+        description="How long a deploy waits for another deploy's lock on a host (0: fail now).",
     )
 
     @field_validator("layers")
