@@ -9,6 +9,8 @@ An interrupted run (Ctrl-C, SIGTERM) exits 130 or 143, not 0 (operations.fleet).
 
 from operations.fleet import exit_non_zero_on_signals
 from operations.inventory_guard import install
+from operations.lock import remember_run
 
 install()
+remember_run()  # the command line the deploy lock's owner line names, and --dry
 exit_non_zero_on_signals()

@@ -167,3 +167,5 @@ vllm_require_api_key = False
 vllm_restart_policy = "unless-stopped"
 # How long a (re)started server may take to get ready (model download too).
 vllm_ready_timeout_s = 1800
+# Most hosts a deploy takes out of service at once to replace a vLLM server.
+vllm_max_unavailable = "25%"

@@ -196,6 +196,23 @@ AbsPath = Annotated[
     AfterValidator(_no_dot_dot),
 ]
 Size = Annotated[str, _pattern(r"^[1-9][0-9]*[kmg]$", "a size such as 512m or 10g")]
+
+
+def _count_text(value: Any) -> Any:
+    """A count given as a number (``vllm_max_unavailable = 2``) is taken as its digits."""
+    if isinstance(value, bool):
+        raise ValueError("must be a count such as 2 or a percentage such as 25%, not true/false")
+    return str(value) if isinstance(value, int) else value
+
+
+CountOrPercent = Annotated[
+    str,
+    BeforeValidator(_count_text),
+    _pattern(
+        r"^([1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$",
+        "a count of hosts such as 2, or a percentage of the run's hosts such as 25% (1% to 100%)",
+    ),
+]
 EnvName = Annotated[str, _pattern(r"^[A-Za-z_][A-Za-z0-9_]*$", "an environment variable name")]
 UnixUser = Annotated[
     str,
@@ -883,6 +900,10 @@ class VllmConfig(VllmServer):
         ge=10,
         le=86400,
         description="How long a (re)started server may take to get ready (model download too).",
+    )
+    max_unavailable: CountOrPercent = Field(
+        default="25%",
+        description="Most hosts a deploy takes out of service at once to replace a vLLM server.",
     )
 
     @field_validator("image")

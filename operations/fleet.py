@@ -121,6 +121,21 @@ def summarise_at_exit(state: State) -> None:
 EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def _stop_host_greenlets() -> None:
+    """Kill the run's per-host greenlets (planning, facts, operations) without waiting.
+
+    pyinfra's disconnect on the way out spawns into the same bounded pool; with every slot
+    held by a host still planning or running a command it would wait for them all (a minute
+    and more), so the signal would not end the run. GreenletExit is not an Exception, so
+    pyinfra's per-host wrappers let it pass and the greenlets die quietly."""
+    if not ctx_state.isset():
+        return
+    state = ctx_state.get()
+    for pool in (getattr(state, "pool", None), getattr(state, "fact_pool", None)):
+        if pool is not None:
+            pool.kill(block=False)
+
+
 def _interrupted(signum: int, frame: object) -> None:
     """Say so and end the run with 128 + signum. SystemExit reaches the main greenlet from
     whichever one runs (gevent passes it on), so pyinfra's CLI disconnects every host on its
@@ -128,6 +143,7 @@ def _interrupted(signum: int, frame: object) -> None:
     stopped before its last operation."""
     name = signal.Signals(signum).name
     print(f"--> Interrupted by {name}: the run stopped early", file=sys.stderr, flush=True)
+    _stop_host_greenlets()
     raise SystemExit(128 + signum)
 
 

@@ -55,23 +55,52 @@ _STARTED = time.time()
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
+def fenced(script: str, directory: str = LOCK_DIR) -> str:
+    """``script`` run as a fenced command: should the run's connection go while it runs (a
+    controller killed, interrupted or given up on a hung host), the deploy lock's holder stops
+    it before the lock is released (lock.sh), so that it never acts under the next run (a
+    readiness wait that timed out later would roll back the next run's new server). It
+    registers its process group and that process's start time (a reused number is not
+    killed) in ``deploy.fenced``, removed when it ends."""
+    path = shell(f"{directory}/deploy.fenced")
+    register = (
+        "pg=$(cut -d' ' -f5 /proc/$$/stat) && since=$(cut -d' ' -f22 /proc/\"$pg\"/stat) && "
+        f'printf \'%s %s\\n\' "$pg" "$since" 2>/dev/null > {path}; '
+        f"trap {shell(f'rm -f {path}')} EXIT"
+    )
+    return f"{register}\n{script}"
+
+
 def printable(text: str, limit: int = 200) -> str:
     """One line of printable ASCII, at most ``limit`` characters (others become '?')."""
     text = _UNPRINTABLE.sub("?", " ".join(str(text).split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def run_command_line() -> str:
-    """The run's command as the owner line shows it: pyinfra, the inventory, the deploy
-    files and the --limit patterns, never a --data value or another option's value."""
+class _Run:
+    """The CLI run's command line and --dry, read once from click's context while config.py
+    runs (in pyinfra's main greenlet): the hosts' planning greenlets have no click context."""
+
+    command: str | None = None
+    dry: bool = False
+
+
+def remember_run() -> None:
+    """Called from the project's config.py, inside pyinfra's CLI (see _Run)."""
     context = click.get_current_context(silent=True)
     params = context.params if context is not None else {}
-    if "inventory" not in params:  # the pyinfra API (a test harness), not its CLI
-        return f"{Path(sys.argv[0]).name} (pyinfra API)"
+    if "inventory" not in params:
+        return
     words = ["pyinfra", str(params["inventory"]), *map(str, params.get("operations") or ())]
     for pattern in params.get("limit") or ():
         words += ["--limit", str(pattern)]
-    return " ".join(words)
+    _Run.command, _Run.dry = " ".join(words), bool(params.get("dry"))
+
+
+def run_command_line() -> str:
+    """The run's command as the owner line shows it: pyinfra, the inventory, the deploy
+    files and the --limit patterns, never a --data value or another option's value."""
+    return _Run.command or f"{Path(sys.argv[0]).name} (pyinfra API)"
 
 
 def owner() -> str:
@@ -125,8 +154,7 @@ def parse(lines: list[str]) -> Answer | None:
 
 def dry_run() -> bool:
     """Whether this is pyinfra's ``--dry`` (nothing will run: nothing to exclude)."""
-    context = click.get_current_context(silent=True)
-    return bool(context is not None and context.params.get("dry"))
+    return _Run.dry
 
 
 def take(config: FleetConfig) -> bool:

@@ -19,7 +19,7 @@ lock=$dir/deploy.lock info=$dir/deploy.owner
 say() { printf 'gpufleet-lock\t%s\n' "$1"; }
 holder() { head -c 300 "$info" 2>/dev/null | tr -d '\t\r\n'; }
 command -v flock >/dev/null 2>&1 || { say 'error	flock (util-linux) is not installed'; exit 0; }
-mkdir -p "$dir" 2>/dev/null && [ -d "$dir" ] || { say "error	cannot create $dir"; exit 0; }
+if ! { mkdir -p "$dir" 2>/dev/null && [ -d "$dir" ]; }; then say "error	cannot create $dir"; exit 0; fi
 # The process whose end releases the lock: this connection's sshd (sshd-session since
 # OpenSSH 9.8), found up the process tree; without SSH (@local) the shell that ran us.
 conn=${4:-$$}
@@ -41,10 +41,25 @@ if ! flock -n 9; then
   waited=$(($(date +%s) - start))
 fi
 printf '%s\n' "$owner" >"$info.$$" && mv -f "$info.$$" "$info"
-keep='while [ -d "/proc/$1" ]; do sleep 1; done'
+rm -f "$dir/deploy.fenced"
+# Once the connection is gone, a fenced command of this run still running on the host (its
+# process group and start time in deploy.fenced: a readiness wait that outlived a killed or
+# given-up controller) is stopped before the lock is released: it must not act under the
+# next run. TERM, then KILL after 10 s.
+# shellcheck disable=SC2016  # expanded by the holder's own shell, from its arguments
+keep='while [ -d "/proc/$1" ]; do sleep 1; done
+f=$2/deploy.fenced
+if read -r pg since <"$f" 2>/dev/null && [ "$pg" -gt 1 ] 2>/dev/null &&
+   [ "$(cut -d" " -f22 "/proc/$pg/stat" 2>/dev/null)" = "$since" ]; then
+  kill -TERM "-$pg" 2>/dev/null
+  n=0
+  while kill -0 "-$pg" 2>/dev/null && [ "$n" -lt 10 ]; do sleep 1; n=$((n + 1)); done
+  kill -KILL "-$pg" 2>/dev/null
+fi
+rm -f "$f"'
 if command -v setsid >/dev/null 2>&1; then
-  setsid sh -c "$keep" gpufleet-lock-holder "$conn" </dev/null >/dev/null 2>&1 &
+  setsid sh -c "$keep" gpufleet-lock-holder "$conn" "$dir" </dev/null >/dev/null 2>&1 &
 else
-  sh -c "$keep" gpufleet-lock-holder "$conn" </dev/null >/dev/null 2>&1 &
+  sh -c "$keep" gpufleet-lock-holder "$conn" "$dir" </dev/null >/dev/null 2>&1 &
 fi
 say "acquired	$waited	$held"

@@ -51,7 +51,7 @@ from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
 from pyinfra.facts.docker import DockerImage
 from pyinfra.operations import dnf, docker, files
 
-from operations import bounds, converged
+from operations import bounds, converged, lock
 from operations.common import url_host
 from operations.config import FleetConfig, VllmInstance
 from operations.preflight import EL_IDS, platform_key
@@ -64,6 +64,7 @@ from operations.quoting import (
     volume_source,
 )
 from operations.secrets import Sealed, env_file, vllm_secrets
+from operations.throttle import Throttled
 from operations.vllm_facts import LABEL, PREVIOUS, SECRETS_DIR, SPEC_LABEL, VllmState, ready_path
 
 converged.managed(SECRETS_DIR)
@@ -372,12 +373,12 @@ def _rollback(config: FleetConfig, server: VllmInstance, keep: dict[str, Any]) -
     )
 
 
-def start_and_gate(
+def _gate_script(
     config: FleetConfig, server: VllmInstance, run: str | None, keep: dict[str, Any] | None
-) -> StringCommand:
-    """Shell that starts the new container (``run``; None: it runs already), gates it on
-    readiness and marks the spec ready; on failure it rolls back to ``keep`` when there is one.
-    Bounded by the readiness bound, plus a second deadline for the rollback's wait."""
+) -> tuple[str, int]:
+    """(shell that starts the new container (``run``; None: it runs already), gates it on
+    readiness and marks the spec ready, rolling back to ``keep`` on failure; its bound: the
+    readiness bound, plus a second deadline for a rollback's wait, as bounds.restart_s)."""
     spec = spec_hash(container_args(config, server))
     start = f"{run} >/dev/null && " if run else ""
     previous = shell(server.container + PREVIOUS)
@@ -387,28 +388,42 @@ def start_and_gate(
         f"docker rm -f {previous} >/dev/null 2>&1 || true; {_mark_ready(server, spec)}\n"
         f"else\n{failed}\nfi"
     )
-    # a rollback waits a second time, within its own deadline (as bounds.restart_s)
-    bound = bounds.readiness_s(config) + (config.vllm.ready_timeout_s if keep else 0)
-    return StringCommand(script, _timeout=bound)
+    return script, bounds.readiness_s(config) + (config.vllm.ready_timeout_s if keep else 0)
+
+
+def start_and_gate(
+    config: FleetConfig, server: VllmInstance, run: str | None, keep: dict[str, Any] | None
+) -> StringCommand:
+    """The gate (_gate_script) as one fenced command (lock.fenced: stopped should the run's
+    connection go first), within its bound."""
+    script, bound = _gate_script(config, server, run, keep)
+    return StringCommand(lock.fenced(script), _timeout=bound)
 
 
 def replace_commands(
     config: FleetConfig, server: VllmInstance, keep: dict[str, Any] | None = None,
-    proven: bool = False,
+    proven: bool = False, serving: bool = False,
 ) -> list[str | StringCommand]:  # fmt: skip
     """Shell that (re)creates one instance: the cache space guard, the old container kept
     stopped as the previous server (``proven``: it passed the gate) or removed, its readiness
     mark removed, ``docker run`` (every argument one shell word) and the readiness gate, with
     the rollback to ``keep`` when it fails. Built while planning too (``apply``),
-    so a value that cannot be written stops the run before any host changes."""
+    so a value that cannot be written stops the run before any host changes.
+
+    When the old server is ``serving``, everything from its stop to the new one's readiness
+    is one Throttled command: at most vllm_max_unavailable hosts are in it at once."""
     args = container_args(config, server)
     run = ["docker", "run", "--detach", "--label", f"{SPEC_LABEL}={spec_hash(args)}", *args]
-    return [
-        cache_space_guard(config, server),
-        _keep_previous(server, proven),
-        f"rm -f {shell(ready_path(server.name))}",
-        start_and_gate(config, server, shell_join(run, "vllm container argument"), keep),
-    ]
+    unmark = f"rm -f {shell(ready_path(server.name))}"
+    gate = start_and_gate(config, server, shell_join(run, "vllm container argument"), keep)
+    guard = cache_space_guard(config, server)
+    if not serving:
+        return [guard, _keep_previous(server, proven), unmark, gate]
+    script, bound = _gate_script(config, server, shell_join(run, "vllm container argument"), keep)
+    replace = lock.fenced(f"{_keep_previous(server, proven)}\n{unmark}\n{script}")
+    setting = config.vllm.max_unavailable
+    margin = config.deploy.timeout_margin_s  # the old server's stop
+    return [guard, Throttled(replace, server.container, setting, _timeout=bound + margin)]
 
 
 @operation()
@@ -428,8 +443,9 @@ def container(config: FleetConfig, server: VllmInstance, secrets: Sealed):
     elif need.action == "gate":
         yield start_and_gate(config, server, None, need.keep)
     else:
-        proven = _proven(state, server) is not None
-        yield from replace_commands(config, server, need.keep, proven)
+        proven = _proven(state, server)
+        serving = bool(proven) and proven.get("State", {}).get("Status") == "running"
+        yield from replace_commands(config, server, need.keep, proven is not None, serving)
 
 
 @operation()

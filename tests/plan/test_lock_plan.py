@@ -96,12 +96,19 @@ def test_a_deploy_limited_to_preflight_takes_no_lock(tmp_path):
     assert lock_commands(planned.sent()["h"]) == []
 
 
+@pytest.fixture(autouse=True)
+def _forget_the_run():
+    yield
+    lock._Run.command, lock._Run.dry = None, False
+
+
 def test_dry_takes_no_lock(tmp_path):
     command = click.Command("pyinfra")
     with click.Context(command) as context:
         context.params.update(inventory="inventory/lab.py", operations=("deploy.py",), dry=True)
-        planned = fleet(tmp_path, {"h": answered(f"{MARK}\tbusy\t{HOLDER}")})
-        plans = planned.plan()
+        lock.remember_run()  # as config.py does, in the CLI's context
+    planned = fleet(tmp_path, {"h": answered(f"{MARK}\tbusy\t{HOLDER}")})
+    plans = planned.plan()  # planned outside click's context, as the hosts' greenlets are
     assert lock_commands(planned.sent()["h"]) == []
     assert "Deploy lock" not in [name for name, _ in plans["h"]]
 
@@ -126,7 +133,8 @@ def test_the_owner_names_user_host_pid_start_and_command_without_data_values():
             data=("vllm_api_key=sk-secret-value",),
             ssh_password="hunter2",
         )
-        line = owner()
+        lock.remember_run()
+    line = owner()  # outside the context, as in a host's planning greenlet
     assert f"pid {__import__('os').getpid()} since 20" in line
     assert line.endswith("UTC (pyinfra inventory/prod.py deploy.py --limit gpu)")
     assert "@" in line.split(" pid ")[0]
@@ -187,3 +195,59 @@ def test_the_fact_command_carries_hostile_values_as_plain_words(tmp_path):
     assert parse(done.stdout.splitlines()).status == "acquired", done.stdout + done.stderr
     assert (directory / "deploy.owner").read_text() == holder + "\n"
     assert not (tmp_path / "pwned").exists()
+
+
+# --- fenced commands: stopped with their run's connection -------------------------------------
+
+
+def _fenced_command(tmp_path, script: str) -> subprocess.Popen:
+    """A fenced command in a session of its own, as sshd starts each command of a connection."""
+    command = lock.fenced(script, str(tmp_path))
+    return subprocess.Popen(["sh", "-c", command], start_new_session=True)
+
+
+def _gone(process: subprocess.Popen, timeout: float) -> bool:
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def test_a_fenced_command_is_stopped_when_its_connection_goes(tmp_path):
+    """A readiness wait that outlived its controller must not act under the next run."""
+    keeper = subprocess.Popen(["sleep", "60"])  # the run's connection
+    assert _script(tmp_path, 0, "killed run", keeper.pid).status == "acquired"
+    acted = tmp_path / "acted"
+    command = _fenced_command(tmp_path, f"sleep 30; touch {acted}")
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "deploy.fenced").exists():
+        assert time.monotonic() < deadline, "the command did not register"
+        time.sleep(0.05)
+    assert not _gone(command, 1.5)  # the connection lives: it runs on
+    keeper.kill()
+    keeper.wait()
+    got = _script(tmp_path, 20, "next run")  # the lock is released after the stop
+    assert got.status == "acquired", got
+    assert _gone(command, 1)  # stopped before the lock was free
+    assert command.returncode != 0 and not acted.exists()
+    assert not (tmp_path / "deploy.fenced").exists()
+
+
+def test_a_fenced_command_that_ended_leaves_nothing_to_stop(tmp_path):
+    """It removes its registration; a stale one whose start time differs kills nothing."""
+    done = _fenced_command(tmp_path, "true")
+    assert _gone(done, 10) and done.returncode == 0
+    assert not (tmp_path / "deploy.fenced").exists()
+    bystander = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    (tmp_path / "deploy.fenced").write_text(f"{bystander.pid} 1\n")  # a reused number
+    keeper = subprocess.Popen(["sleep", "60"])
+    try:
+        assert _script(tmp_path, 0, "run", keeper.pid).status == "acquired"
+        (tmp_path / "deploy.fenced").write_text(f"{bystander.pid} 1\n")
+        keeper.kill()
+        keeper.wait()
+        assert _script(tmp_path, 20, "next run").status == "acquired"
+        assert not _gone(bystander, 1)  # not the registered process: left alone
+    finally:
+        bystander.kill()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 
 import pytest
@@ -66,8 +67,9 @@ def secrets_line(name: str, secrets: dict[str, str]) -> str:
 
 
 def plan_of(
-    tmp_path, monkeypatch, state=("docker=up",), image_present=True, secrets=None, gpu=True, **data
-):
+    tmp_path, monkeypatch, state=("docker=up",), image_present=True, secrets=None, gpu=True,
+    raw=False, **data,
+):  # fmt: skip
     for name, value in (secrets if secrets is not None else {"VLLM_API_KEY": KEY}).items():
         monkeypatch.setenv(name, value)
     responses = {
@@ -76,7 +78,24 @@ def plan_of(
         "docker image inspect": ['[{"Id": "sha256:abc"}]'] if image_present else [],
     }
     host = {"fake_responses": responses, "deploy_layers": "vllm", **data}
-    return by_name(FakeFleet(tmp_path, {"h": host}).plan()["h"])
+    planned = by_name(FakeFleet(tmp_path, {"h": host}).plan()["h"])
+    return planned if raw else {name: steps(commands) for name, commands in planned.items()}
+
+
+FENCE = "pg=$(cut -d' ' -f5 /proc/$$/stat) && "
+UNMARK = re.compile(rf"\n(rm -f {SECRETS_DIR}/[a-z0-9-]+\.ready)\n")
+
+
+def steps(commands: list[str]) -> list[str]:
+    """Commands as the steps they run: a fenced command without its registration line
+    (lock.fenced), and a throttled replacement (stop the serving server, unmark, start and
+    gate: one command, operations.throttle) as those three steps."""
+    out = []
+    for command in commands:
+        if command.startswith(FENCE):
+            command = command.partition("\n")[2]
+        out += UNMARK.split(command, maxsplit=1)  # [command] or [keep, unmark, gate]
+    return out
 
 
 def gate_of(commands: list[str]) -> str:
@@ -231,8 +250,9 @@ def test_image_archive_is_loaded_when_the_host_lacks_the_image(tmp_path, monkeyp
 # --- readiness marks, the kept previous server, the rollback, leftovers ---------------------
 
 
-def recreation(tmp_path, monkeypatch, state, **data) -> list[str]:
-    return plan_of(tmp_path, monkeypatch, state=["docker=up", *state], **data)["vLLM vllm-main"]
+def recreation(tmp_path, monkeypatch, state, raw=False, **data) -> list[str]:
+    planned = plan_of(tmp_path, monkeypatch, state=["docker=up", *state], raw=raw, **data)
+    return planned["vLLM vllm-main"]
 
 
 @pytest.mark.parametrize("mark", [None, "0000000000000000"])
@@ -502,3 +522,44 @@ def test_the_recreation_keeps_and_restores_the_previous_server_on_a_host(
     if rc:
         assert "INFO the new server's log line" in done.stderr  # quoted as before
         assert "rolled back to the previous server" in done.stderr.splitlines()[-1], why
+
+
+# --- a serving server's replacement: throttled, fenced ---------------------------------------
+
+
+def test_replacing_a_serving_server_is_one_throttled_fenced_command(tmp_path, monkeypatch):
+    """From the serving server's stop to the new one's readiness is one command, so the slot
+    (vllm_max_unavailable) covers the whole time the host does not serve; it is fenced."""
+    guard, replace = recreation(tmp_path, monkeypatch, deployed(config_of()), raw=True,
+                                vllm_dtype="half")  # fmt: skip
+    assert "df -Pk" in guard
+    assert replace.startswith(FENCE)
+    stop, rename = replace.index("docker stop vllm-main"), replace.index("docker rename vllm-main")
+    assert stop < rename < replace.index("docker run --detach") < replace.index("not ready after")
+
+
+def test_a_server_not_serving_is_replaced_without_a_slot(tmp_path, monkeypatch):
+    """A stopped or never-ready server: its replacement loses nothing, so it waits for none."""
+    config = config_of()
+    state = [running(config, status="exited"), ready_line("main", spec_of(config)),
+             secrets_line("main", {"VLLM_API_KEY": KEY})]  # fmt: skip
+    commands = recreation(tmp_path, monkeypatch, state, raw=True)
+    assert commands[-3].startswith("if docker inspect vllm-main ")  # kept: it was proven
+    assert commands[-2] == f"rm -f {SECRETS_DIR}/main.ready"  # separate steps: no slot
+    assert commands[-1].startswith(FENCE)  # the gate is fenced all the same
+
+
+def test_the_throttled_command_carries_the_setting_and_the_bound(tmp_path):
+    from operations import bounds
+    from operations.throttle import Throttled
+    from operations.vllm import replace_commands
+
+    config = config_of(vllm_max_unavailable=2, vllm_ready_timeout_s=60)
+    (server,) = config.vllm.servers()
+    keep = json.loads(running(config).removeprefix("container="))
+    _, throttled = replace_commands(config, server, keep, proven=True, serving=True)
+    assert isinstance(throttled, Throttled)
+    assert (throttled.instance, throttled.setting) == ("vllm-main", "2")
+    margin = config.deploy.timeout_margin_s
+    assert throttled.connector_arguments["_timeout"] == bounds.readiness_s(config) + 60 + margin
+    assert not any(isinstance(c, Throttled) for c in replace_commands(config, server, keep, True))

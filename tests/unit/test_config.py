@@ -60,6 +60,9 @@ def test_schema_covers_every_setting_and_validates_types():
         {"docker_daemon_options": {"dns": ["10.0.0.2"]}, "docker_data_root": "/data/docker"},
         {"toolkit_version": "1.17.8-1", "docker_version": "27.5.1"},
         {"ssh_port": 2222, "ssh_user": "ubuntu", "_sudo": True, "_own_note": "kept"},
+        {"vllm_max_unavailable": 2},
+        {"vllm_max_unavailable": "100%"},
+        {"vllm_max_unavailable": "1%"},
     ],
 )
 def test_good_values_are_accepted(data):
@@ -110,6 +113,11 @@ def test_good_values_are_accepted(data):
         ({"vllm_prot": 8000}, "vllm_prot = 8000: unknown setting; did you mean 'vllm_port'?"),
         ({"ssh_hostnme": "x"}, "unknown setting; did you mean 'ssh_hostname'?"),
         ({"whatever": 1}, "whatever = 1: unknown setting; see the config reference in README.md"),
+        ({"vllm_max_unavailable": 0}, "vllm_max_unavailable = 0: must be a count of hosts such"),
+        ({"vllm_max_unavailable": "0%"}, "vllm_max_unavailable = '0%': must be a count of hos"),
+        ({"vllm_max_unavailable": "101%"}, "= '101%': must be a count of hosts such as 2, or a"),
+        ({"vllm_max_unavailable": "25 %"}, "vllm_max_unavailable = '25 %': must be a count"),
+        ({"vllm_max_unavailable": True}, "vllm_max_unavailable = True: must be a count such"),
     ],
 )
 def test_bad_values_are_refused_with_host_key_value_and_what_is_allowed(data, message):

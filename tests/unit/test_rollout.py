@@ -100,13 +100,13 @@ def test_failing_last_batch_says_no_host_is_left(capsys):
     assert "no host is left untouched" in capsys.readouterr().err
 
 
-def test_interrupt_counts_as_a_failed_batch(capsys):
+def test_interrupt_stops_the_rollout_with_130_naming_the_batch(capsys):
     def interrupted(command, cwd):
         raise KeyboardInterrupt
 
-    assert roll("/inv.py", HOSTS, 2, run=interrupted) == 1
+    assert roll("/inv.py", HOSTS, 2, run=interrupted) == 130
     err = capsys.readouterr().err
-    assert "batch 1/3 (h1, h2) failed: pyinfra exited 130" in err
+    assert "interrupted (SIGINT) during batch 1/3 (h1, h2)" in err
     assert "h3, h4, h5" in err
 
 
