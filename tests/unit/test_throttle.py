@@ -19,9 +19,7 @@ from operations.throttle import Throttled, slot_count
     [("25%", 3, 1), ("25%", 8, 2), ("25%", 9, 2), ("100%", 5, 5), ("1%", 10, 1), ("50%", 1, 1),
      ("2", 10, 2), ("1", 1, 1), ("5", 2, 5)],
 )  # fmt: skip
-def test_slot_count_is_the_count_or_the_percentage_rounded_down_at_least_one(
-    setting, hosts, slots
-):
+def test_slot_count_is_the_count_or_the_percentage_rounded_down_at_least_one(setting, hosts, slots):
     assert slot_count(setting, hosts) == slots
 
 
