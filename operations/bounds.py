@@ -219,6 +219,13 @@ def install(state: State, host: Host, config: FleetConfig) -> Watch:
     return bounds
 
 
+def stopped_answering(host: Host) -> bool:
+    """Whether the bounds gave up on this host (it stopped answering): a host fault, not a
+    failure of what it was asked to do."""
+    watch = _WATCHES.get(host)
+    return watch is not None and watch.stopped is not None
+
+
 def _host_cannot_go_on(state: State, host: Host, bounds: Watch) -> None:
     """A fact of this host could not be read: it is failed, and its deploy code must not go
     on with a missing fact. Planning: HostStopped (deploy.py ends that host's planning).

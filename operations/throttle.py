@@ -11,7 +11,9 @@ many hosts are without that server at any moment; the others wait their turn, an
 
 Once one host's replacement failed, the hosts still waiting do not try it: they fail at once
 with their server left as it was, as a rollout stops at a failed batch (a broken image would
-otherwise be tried, and waited for, a slot at a time across the whole fleet). Hosts whose
+otherwise be tried, and waited for, a slot at a time across the whole fleet). A host that
+stopped answering (operations.bounds: hung, or gone) fails alone and stops nobody: that is
+the host's fault, not the change's; its slot is free again. Hosts whose
 server is not serving (a first deploy, a crash-looping server) take no slot: nothing is lost.
 
 ``python -m operations.rollout`` stays the tool for canaries and explicit batches; inside a
@@ -27,6 +29,8 @@ from gevent.lock import BoundedSemaphore
 from pyinfra import logger
 from pyinfra.api import Host, State, StringCommand
 from pyinfra.connectors.util import CommandOutput
+
+from operations import bounds
 
 SETTING = "vllm_max_unavailable"
 
@@ -84,7 +88,7 @@ class Throttled(StringCommand):
             if group.failed:
                 return False, self._held_back(host, group)
             status, output = super().execute(state, host, connector_arguments)
-            if status is False:
+            if status is False and not bounds.stopped_answering(host):
                 group.failed = group.failed or host.name
             return status, output
 

@@ -168,14 +168,6 @@ def test_host_paused_during_a_no_change_deploy_fails_alone_within_its_bound(conv
     converges_again()
 
 
-@pytest.mark.xfail(
-    reason="known defect (issue 14, item 2): after a pause in the middle of a recreation that "
-    "kept the previous server, the recovering run converges the host but the run after it still "
-    "changes its vLLM instance once (seen in CI here; not yet explained: a likely cause is the "
-    "given-up command itself, which may still run on the host once it is resumed and roll back "
-    "under the recovering run); the give-up and the other hosts pass",
-    strict=False,
-)
 def test_host_paused_in_the_readiness_wait_of_a_recreation_fails_alone(converged):
     """A slow-starting server (the stand-in's startup delay, baked into an image on each
     host) keeps every host in the readiness wait; lab-3 is paused during it."""

@@ -172,6 +172,51 @@ def test_rolling_update_in_batches_of_one_keeps_two_hosts_serving(deployed):
     assert down, "the sampler never saw a host restart: it proves nothing"
 
 
+def test_a_key_rotation_by_plain_deploy_keeps_the_fleet_serving(deployed):
+    """A plain deploy that recreates every server (a new API key) replaces them one host at a
+    time (vllm_max_unavailable 25% of 3 hosts: 1), each gated on readiness: at every moment
+    the other two serve. Then the key goes back, the same way."""
+    rotated = {"VLLM_API_KEY": "sk-lab-rotated-" + LAB_SECRETS["VLLM_API_KEY"][-12:]}
+    for env in (rotated, {}):
+        sampler = HealthSampler(deployed)
+        sampler.start()
+        try:
+            done = deploy("-y", env=env)
+        finally:
+            sampler.stop.set()
+            sampler.join()
+        assert done.returncode == 0, done.output
+        assert "waiting for a free slot (vllm_max_unavailable=25%: 1 host(s) at a time)" in (
+            done.output
+        )
+        fewest = min(len(answered) for answered in sampler.rounds)
+        down = Counter(name for answered in sampler.rounds for name in set(deployed) - answered)
+        assert len(sampler.rounds) > 20 and fewest >= 2, (len(sampler.rounds), down)
+        assert set(down) == set(deployed), down  # every host was replaced, one at a time
+    for name in deployed:
+        assert served(name) == [MODEL]  # the lab's own key works again
+
+
+def test_a_bad_change_by_plain_deploy_stops_at_the_first_host(deployed):
+    """An engine argument vLLM refuses: the first host to try it rolls back to its previous
+    server; the hosts waiting for their turn leave theirs untouched and serving."""
+    before = {name: container_ids(name) for name in deployed}
+    done = deploy("-y", "--data", "vllm_extra_args=--no-such-engine-flag")
+    assert done.returncode != 0, done.output
+    rolled = [name for name in deployed if f"[{name}] vllm-main: the new server did not get "
+              "ready (above): rolled back to the previous server" in done.output]  # fmt: skip
+    assert len(rolled) == 1, done.output
+    held = [name for name in deployed if f"[{name}] vllm-main: not replaced: replacing it "
+            f"failed on {rolled[0]}" in done.output]  # fmt: skip
+    assert sorted(held + rolled) == sorted(deployed), done.output
+    for name in held:
+        assert container_ids(name) == before[name]  # never stopped
+    for name in deployed:
+        assert served(name) == [MODEL]
+    again = deploy("-y")
+    assert again.returncode == 0, again.output
+
+
 def test_failing_batch_stops_the_roll_and_the_rest_keep_serving(deployed):
     before = {name: container_ids(name) for name in deployed}
     done = rollout("--batch", "1", "--", "--data", "vllm_image=gpufleet-standin/vllm:missing")

@@ -110,3 +110,12 @@ def test_each_run_and_each_instance_has_its_own_slots(fleet_of):
     assert throttle.slots(state, "vllm-a", "1") is first
     assert throttle.slots(state, "vllm-b", "1") is not first
     assert throttle.slots(State(), "vllm-a", "1") is not first
+
+
+def test_a_host_that_stopped_answering_fails_alone_and_holds_back_nobody(fleet_of, monkeypatch):
+    fleet_of(["1"] * 3)
+    hung = Host("h0", status=False)
+    monkeypatch.setattr(throttle.bounds, "stopped_answering", lambda host: host is hung)
+    hosts = [hung, Host("h1"), Host("h2")]
+    assert _run_all(State(), hosts, setting="1") == [False, True, True]
+    assert all(h.ran for h in hosts)
