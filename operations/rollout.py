@@ -5,9 +5,10 @@
     python -m operations.rollout inventory/prod.py -- --data vllm_image=vllm/vllm-openai:v0.11.1
 
 Why batches: pyinfra runs each operation on every targeted host before the next operation
-(``--parallel`` only caps how many hosts run it at once), so one plain run recreates every
-host's vLLM container at the same operation and the whole fleet stops serving together.
-``--serial`` goes host by host but has no batch size, and stops at a failure only with
+(``--parallel`` only caps how many hosts run it at once). A plain run bounds how many vLLM
+servers it replaces at once (``vllm_max_unavailable``, operations.throttle), but it still
+applies every other layer's change to every host, and takes no canary first. ``--serial``
+goes host by host but has no batch size, and stops at a failure only with
 ``--fail-percent``. This command instead runs ``pyinfra -y INVENTORY deploy.py`` on N hosts at
 a time, in inventory order (or the order of the ``--limit`` patterns: a canary group first),
 and starts a batch only when the one before succeeded. The deploy waits for every vLLM server

@@ -33,6 +33,10 @@ else. What a host gets, in order:
    server is ready, restored otherwise. A server that never passed the gate is not kept.
 7. The secrets' temporary file is removed on every path; one a lost connection left is removed
    by the next run (and reported by verify).
+8. Replacing a serving server (its stop to the new one's readiness) is one command that holds
+   one of the run's ``vllm_max_unavailable`` slots (operations.throttle): a plain deploy never
+   takes the whole fleet's servers down together. The readiness gate is fenced
+   (operations.lock.fenced): it is stopped should the run's connection go first.
 
 Rolling a change through a fleet a few hosts at a time: ``python -m operations.rollout``.
 """
