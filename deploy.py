@@ -5,12 +5,12 @@
     pyinfra inventory/prod.py deploy.py --limit gpu_servers --dry    # plan only
 
 Before anything is planned on any host, the config of every targeted host is validated
-(operations.fleet); one bad value stops the run with an error naming host, key and value.
-Every command, transfer and fact read on a host is bounded (operations.bounds): a host that
+(operations.run); one bad value stops the run with an error naming host, key and value.
+Every command, transfer and fact read on a host is bounded (operations.kit.bounds): a host that
 stops answering, or whose facts cannot be read, fails alone with the reason while the
 others go on. Preflight always runs and gates the other layers; they run in stack order,
 after the package manager is made ready (apt waits for a held lock; an interrupted dpkg run
-is finished). Before that, the run takes the host's deploy lock (operations.lock) and holds
+is finished). Before that, the run takes the host's deploy lock (operations.kit.lock) and holds
 it until it disconnects: a second deploy waits for it, then fails that host naming the
 holder.
 """
@@ -20,9 +20,10 @@ from contextlib import suppress
 from pyinfra import host, state
 from pyinfra.context import ctx_host, ctx_state
 
-from operations import bounds, docker, driver, lock, preflight, toolkit, vllm
-from operations.fleet import host_config, summarise_at_exit
-from operations.packages import package_manager_ready
+from operations import docker, driver, preflight, toolkit, vllm
+from operations.kit import bounds, lock
+from operations.kit.packages import package_manager_ready
+from operations.run import host_config, summarise_at_exit
 
 LAYERS = {
     "driver": driver.apply,

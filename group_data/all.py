@@ -1,4 +1,4 @@
-"""Defaults for every host: rendered by `python -m operations.render`, do not edit.
+"""Defaults for every host: rendered by `python -m operations.cli.render`, do not edit.
 
 Override any key in group_data/<group>.py, in host data in the inventory, or with
 `--data key=value`. The README's config reference says what each key allows.

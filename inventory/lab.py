@@ -21,7 +21,7 @@ if str(_ROOT) not in _sys.path:
 from lab import LabError as _LabError  # noqa: E402
 from lab.state import inventory_hosts as _inventory_hosts  # noqa: E402
 from lab.state import load_state as _load_state  # noqa: E402
-from operations.settings import checked_hosts as _checked_hosts  # noqa: E402
+from operations.config.load import checked_hosts as _checked_hosts  # noqa: E402
 
 try:
     _state = _load_state(_ROOT)

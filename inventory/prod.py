@@ -13,7 +13,7 @@ _ROOT = _Path(__file__).resolve().parent.parent  # pyinfra sets __file__ when it
 if str(_ROOT) not in _sys.path:
     _sys.path.insert(0, str(_ROOT))
 
-from operations.settings import checked_hosts  # noqa: E402
+from operations.config.load import checked_hosts  # noqa: E402
 
 # 8-GPU HGX/DGX nodes: NVSwitch, so the fabric manager is installed (driver_fabric_manager=auto).
 gpu_servers = checked_hosts(

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only build and serve the stand-in toolkit repository (hosts untouched)",
     )
     ask = sub.add_parser("ask", help="ask every vLLM server of a targets file for a completion")
-    ask.add_argument("targets", help="Prometheus file_sd file (python -m operations.prometheus)")
+    ask.add_argument("targets", help="Prometheus file_sd file (python -m operations.cli.targets)")
     image = sub.add_parser("image", help="build the host image (only if it is out of date)")
     image.add_argument("--rebuild", action="store_true", help="build even if up to date")
     image.add_argument("--mirror", metavar="URL", help=mirror_help)

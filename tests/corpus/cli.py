@@ -36,7 +36,7 @@ TOOLS = frozenset({"deploy", "verify", "rollout", "prometheus"})
 WITH_DATA = frozenset({"deploy", "rollout"})  # the tools that take --data
 GOOD = "gpu = ['@fake/a', '@fake/b']\n"
 TWO_GROUPS = "gpu = ['@fake/a']\ncpu = ['@fake/b']\n"
-CHECKED = "from operations.settings import checked_hosts\n\n"
+CHECKED = "from operations.config.load import checked_hosts\n\n"
 
 
 @dataclass(frozen=True)
@@ -271,13 +271,18 @@ def command(tool: str, case: CliCase, directory: Path) -> tuple[str, list[str]]:
         options = [f"{o}={v}" for o, v in zip(case.args[::2], case.args[1::2], strict=True)]
         return "pytest", [*verify, *options, *report, junit]
     if tool == "rollout":
-        return "operations.rollout", [inventory, *case.args, *(["--", *data] if data else [])]
-    return "operations.prometheus", [inventory, *case.args, "-o", case.output.format(dir=directory)]
+        return "operations.cli.rollout", [inventory, *case.args, *(["--", *data] if data else [])]
+    return "operations.cli.targets", [
+        inventory,
+        *case.args,
+        "-o",
+        case.output.format(dir=directory),
+    ]
 
 
 # --- the runner -----------------------------------------------------------------------------
 
-PRELOAD = ("pyinfra_cli.main", "pytest", "operations.fleet", "tests.verify.fleet")
+PRELOAD = ("pyinfra_cli.main", "pytest", "operations.run", "tests.verify.fleet")
 
 
 def _child(module: str, argv: list[str], log: int) -> None:

@@ -1,7 +1,7 @@
 """End to end: an operator's bad day with two terminals, on the lab fleet.
 
 Ctrl-C in the middle of a deploy exits 130 and the next run converges; two deploys at once
-with different values are excluded by the per-host lock (operations.lock): one changes the
+with different values are excluded by the per-host lock (operations.kit.lock): one changes the
 fleet, the other waits for it or fails every host naming the holder, and the fleet ends on
 one setting, with no container-name conflict; a run killed outright leaves no lock that
 blocks the next one. Every test leaves the fleet on its plain config.

@@ -88,7 +88,7 @@ def test_host_killed_mid_run_converges_on_the_next_run(converged):
     time.sleep(3)  # into the run: facts gathered, operations under way
     assert run("docker", "kill", "gpufleet-lab-2").returncode == 0
     output = proc.communicate(timeout=600)[0]
-    # a connection that drops mid-command fails that host alone (operations.bounds turns
+    # a connection that drops mid-command fails that host alone (operations.kit.bounds turns
     # paramiko's EOFError, which pyinfra 3 does not handle: pyinfra-dev/pyinfra#1220, into a
     # connection error pyinfra reports for that host): the others finish
     assert proc.returncode != 0, output

@@ -23,8 +23,8 @@ import time
 
 import pytest
 
-from operations.bounds import GRACE_S
-from operations.config import DeployConfig
+from operations.config.model import DeployConfig
+from operations.kit.bounds import GRACE_S
 from tests.e2e.helpers import HOSTS, LAB_SECRETS, ROOT, deploy, on_host, run
 from tests.e2e.test_lab_vllm import api
 

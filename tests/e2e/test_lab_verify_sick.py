@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from operations.config import DeployConfig
+from operations.config.model import DeployConfig
 from tests.e2e.helpers import HOSTS, deploy, on_host, run
 
 pytestmark = pytest.mark.lab

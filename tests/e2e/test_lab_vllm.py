@@ -152,7 +152,7 @@ class HealthSampler(threading.Thread):
 
 
 def rollout(*args: str) -> subprocess.CompletedProcess:
-    return run(sys.executable, "-m", "operations.rollout", "inventory/lab.py", *args)
+    return run(sys.executable, "-m", "operations.cli.rollout", "inventory/lab.py", *args)
 
 
 def test_rolling_update_in_batches_of_one_keeps_two_hosts_serving(deployed):
@@ -230,7 +230,7 @@ def test_failing_batch_stops_the_roll_and_the_rest_keep_serving(deployed):
 
 def test_prometheus_targets_cover_every_server_and_scrape(deployed, tmp_path):
     path = tmp_path / "targets.json"
-    done = run(sys.executable, "-m", "operations.prometheus", "inventory/lab.py", "-o", str(path))
+    done = run(sys.executable, "-m", "operations.cli.targets", "inventory/lab.py", "-o", str(path))
     assert done.returncode == 0, done.output
     groups = json.loads(path.read_text())
     targets = {g["labels"]["gpufleet_host"]: g["targets"] for g in groups}

@@ -4,7 +4,7 @@ Hosts get the real group_data (loaded by pyinfra's own inventory loader), script
 output (``fake_responses``) and no delay. ``FakeFleet.plan()`` returns, per host, the
 operations in order with the exact shell commands each would run: given facts -> commands.
 An operation that runs only if an earlier one changes something is named with CONDITIONAL.
-The "Package manager" step every layer shares (operations.packages.package_manager_ready) is
+The "Package manager" step every layer shares (operations.kit.packages.package_manager_ready) is
 left out of plans unless asked for (``plan(base=True)``), so layer tests see their layer.
 """
 

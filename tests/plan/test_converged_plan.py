@@ -1,14 +1,14 @@
 """Plan tests of what a converged host costs: facts read once, nothing planned for what the
-host already has (operations.converged), and pyinfra's operation where it differs."""
+host already has (operations.kit.converged), and pyinfra's operation where it differs."""
 
 from __future__ import annotations
 
 import hashlib
 
-from operations.config import DeployConfig
-from operations.converged import MARK
+from operations.config.model import DeployConfig
 from operations.docker import PIN_FILE
-from operations.packages import APT_LOCK_CONF, APT_PROXY_CONF, pin_text
+from operations.kit.converged import MARK
+from operations.kit.packages import APT_LOCK_CONF, APT_PROXY_CONF, pin_text
 from tests.plan.harness import FakeFleet
 from tests.plan.test_docker_plan import OURS, OWNED, by_name, daemon_files, dpkg, profile
 
@@ -75,7 +75,7 @@ def test_a_converged_host_is_planned_nothing_and_reads_each_fact_once(tmp_path):
     # and daemon.json, read by the merge operation each time it is evaluated (here: change
     # detection, then the harness generating its commands)
     assert sum("daemon.json.last-good" in command for command in sent) == 2
-    # and the deploy lock (operations.lock), taken once per run: its one command; releasing
+    # and the deploy lock (operations.kit.lock), taken once per run: its one command; releasing
     # it costs none (it goes with the connection)
     assert sum(command.startswith("sh -c ") and "gpufleet-lock" in command for command in sent) == 1
     assert len(sent) == 8

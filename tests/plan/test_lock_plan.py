@@ -1,4 +1,4 @@
-"""Plan tests of the per-host deploy lock (operations.lock): taken once, after preflight and
+"""Plan tests of the per-host deploy lock (operations.kit.lock): taken once, after preflight and
 before the package manager step; a host another run holds fails alone, naming the holder,
 with nothing else planned on it; --dry takes none. The lock script itself runs in a real
 shell here too: its flock, its wait, its owner line and its quoting."""
@@ -12,8 +12,8 @@ import time
 import click
 import pytest
 
-from operations import lock
-from operations.lock import MARK, SCRIPT, Answer, DeployLock, owner, parse, printable
+from operations.kit import lock
+from operations.kit.lock import MARK, SCRIPT, Answer, DeployLock, owner, parse, printable
 from tests.plan.harness import FakeFleet
 from tests.plan.test_docker_plan import profile
 

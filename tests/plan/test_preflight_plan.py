@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from operations.preflight_facts import profile_command
-from operations.settings import ConfigError
+from operations.config.load import ConfigError
+from operations.preflight.facts import profile_command
 from tests.plan.harness import FakeFleet
 
 DEBIAN12 = [

@@ -10,9 +10,9 @@ import shlex
 
 import pytest
 
-from operations.config import FleetConfig
-from operations.secrets import env_file
-from operations.settings import load_config
+from operations.config.load import load_config
+from operations.config.model import FleetConfig
+from operations.config.secrets import env_file
 from operations.vllm import container_args, spec_hash
 from tests.plan.harness import FakeFleet
 from tests.plan.test_docker_plan import by_name, profile
@@ -89,7 +89,7 @@ UNMARK = re.compile(rf"\n(rm -f {SECRETS_DIR}/[a-z0-9-]+\.ready)\n")
 def steps(commands: list[str]) -> list[str]:
     """Commands as the steps they run: a fenced command without its registration line
     (lock.fenced), and a throttled replacement (stop the serving server, unmark, start and
-    gate: one command, operations.throttle) as those three steps."""
+    gate: one command, operations.kit.throttle) as those three steps."""
     out = []
     for command in commands:
         if command.startswith(FENCE):
@@ -321,7 +321,7 @@ def test_the_rollback_waits_for_the_previous_server_as_it_was_created(tmp_path, 
 
 
 def test_gate_and_rollback_carry_the_readiness_bound(tmp_path):
-    from operations import bounds
+    from operations.kit import bounds
     from operations.vllm import start_and_gate
 
     config = config_of(vllm_ready_timeout_s=60)
@@ -422,7 +422,7 @@ def test_the_state_script_reports_marks_strays_and_kept_servers(tmp_path):
     with no Docker engine on the PATH."""
     import subprocess
 
-    from operations.vllm_facts import parse_state, state_command
+    from operations.vllm.facts import parse_state, state_command
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -550,8 +550,8 @@ def test_a_server_not_serving_is_replaced_without_a_slot(tmp_path, monkeypatch):
 
 
 def test_the_throttled_command_carries_the_setting_and_the_bound(tmp_path):
-    from operations import bounds
-    from operations.throttle import Throttled
+    from operations.kit import bounds
+    from operations.kit.throttle import Throttled
     from operations.vllm import replace_commands
 
     config = config_of(vllm_max_unavailable=2, vllm_ready_timeout_s=60)

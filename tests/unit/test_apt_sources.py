@@ -1,6 +1,6 @@
 """Adding apt components to the host's own sources without rewriting anything else."""
 
-from operations.apt_sources import AptSourceFiles, with_components
+from operations.kit.apt_sources import AptSourceFiles, with_components
 
 WANT = ("contrib", "non-free", "non-free-firmware")
 DEB822 = """\

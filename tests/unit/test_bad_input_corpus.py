@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from operations.settings import ConfigError
+from operations.config.load import ConfigError
 from tests.corpus.bad_input import CASES, HOST_CASES, Case, make_files
 from tests.plan.harness import ROOT, FakeFleet
 from tests.plan.test_docker_plan import by_name, profile
@@ -87,7 +87,7 @@ def test_broken_ssh_data_stops_the_cli_before_it_connects(tmp_path):
     inventory = tmp_path / "ssh.py"
     inventory.write_text(
         f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n"
-        "from operations.settings import checked_hosts\n\n"
+        "from operations.config.load import checked_hosts\n\n"
         f"fleet = checked_hosts([{rows}])\n"
     )
     done = subprocess.run(

@@ -1,4 +1,4 @@
-"""Unit tests of operations.bounds (the bound of every remote command) and of the verify
+"""Unit tests of operations.kit.bounds (the bound of every remote command) and of the verify
 suite's bounded commands: a host that stops answering fails within its bound, once, with
 the reason, and every later command on it fails at once."""
 
@@ -11,10 +11,10 @@ import gevent
 import pytest
 import testinfra
 
-from operations import bounds
-from operations.bounds import Watch, timeout_for
-from operations.config import FleetConfig
-from operations.settings import load_config
+from operations.config.load import load_config
+from operations.config.model import FleetConfig
+from operations.kit import bounds
+from operations.kit.bounds import Watch, timeout_for
 from tests.verify.fleet import FleetHost, Unreachable, _ssh_block
 
 # --- the policy ---------------------------------------------------------------------------
@@ -266,8 +266,8 @@ from pyinfra import host, state
 from pyinfra.api import FactBase, operation
 from pyinfra.context import ctx_host, ctx_state
 
-from operations import bounds
-from operations.config import FleetConfig
+from operations.kit import bounds
+from operations.config.model import FleetConfig
 
 
 class Probe(FactBase):

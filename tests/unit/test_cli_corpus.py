@@ -69,7 +69,7 @@ def test_case_is_refused_in_one_line(results, tool: str, case: CliCase):
     assert code != 0, output
     assert _line(output, fragments), f"no line holds {fragments}:\n{output}"
     assert "Traceback" not in output and "internal exception" not in output, output
-    assert "pyinfra error in" not in output and "operations/settings.py" not in output, output
+    assert "pyinfra error in" not in output and "operations/config/load.py" not in output, output
     assert "--limit" in case.args or "--limit" not in output, output  # not blamed on a limit
     assert case.secret is None or case.secret not in output, output
     assert not (directory / "targets.json").exists()  # prometheus: nothing written
@@ -89,8 +89,8 @@ def test_bad_input_corpus_is_refused_by_verify_rollout_and_prometheus(tmp_path):
             "pytest",
             ["tests/verify", "-p", "no:cacheprovider", f"--inventory={inventory}"],
         ),
-        "rollout": ("operations.rollout", [str(inventory)]),
-        "prometheus": ("operations.prometheus", [str(inventory), "-o", str(tmp_path / "t.json")]),
+        "rollout": ("operations.cli.rollout", [str(inventory)]),
+        "prometheus": ("operations.cli.targets", [str(inventory), "-o", str(tmp_path / "t.json")]),
     }
     outputs = run_commands([{"module": m, "argv": argv} for m, argv in tools.values()])
     for tool, out in zip(tools, outputs, strict=True):

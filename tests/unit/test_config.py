@@ -7,9 +7,9 @@ import runpy
 
 import pytest
 
-from operations import render
-from operations.config import SECTIONS, SETTINGS, FleetConfig
-from operations.settings import ConfigError, load_config, load_fleet
+from operations.cli import render
+from operations.config.load import ConfigError, load_config, load_fleet
+from operations.config.model import SECTIONS, SETTINGS, FleetConfig
 
 
 def problems(**data) -> list[str]:
@@ -25,7 +25,8 @@ def test_group_data_all_holds_exactly_the_model_defaults():
 
 
 def test_rendered_files_are_in_sync_with_the_model():
-    """group_data/all.py, JSON Schema, README reference: fix with `python -m operations.render`."""
+    """group_data/all.py, JSON Schema, README reference: fix with
+    `python -m operations.cli.render`."""
     assert render.main(["--check"]) == 0
 
 

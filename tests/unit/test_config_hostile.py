@@ -10,10 +10,10 @@ import pytest
 from pydantic import ValidationError
 from pyinfra_cli.util import parse_cli_arg
 
-from operations import render
-from operations.config import SETTINGS, FleetConfig, VllmConfig
-from operations.secrets import looks_secret, mask
-from operations.settings import ConfigError, Problem, checked_hosts, load_config, load_fleet
+from operations.cli import render
+from operations.config.load import ConfigError, Problem, checked_hosts, load_config, load_fleet
+from operations.config.model import SETTINGS, FleetConfig, VllmConfig
+from operations.config.secrets import looks_secret, mask
 from tests.corpus.bad_input import API_KEY, CASES, HF_TOKEN, RANDOM_KEY
 
 

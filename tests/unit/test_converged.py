@@ -1,4 +1,4 @@
-"""operations.converged: the one-command state read, run by a real shell (/bin/sh: dash on
+"""operations.kit.converged: the one-command state read, run by a real shell (/bin/sh: dash on
 Debian, as on the hosts) on real files."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 
-from operations.converged import MARK, ManagedState, PathState, _has, _owned
+from operations.kit.converged import MARK, ManagedState, PathState, _has, _owned
 
 
 def read(paths: tuple[str, ...], units: tuple[str, ...] = ()) -> dict:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from operations.daemon_json import holds, merge, parse, render
-from operations.docker_facts import parse_stack
+from operations.docker.facts import parse_stack
+from operations.kit.daemon_json import holds, merge, parse, render
 
 
 def test_merge_keeps_other_keys_and_merges_nested_objects():

@@ -2,7 +2,7 @@
 
 import subprocess
 
-from operations.driver_facts import driver_command, parse_driver_state
+from operations.driver.facts import driver_command, parse_driver_state
 
 H100_LINE = "gpu=0, 00000000:1B:00.0, NVIDIA H100 80GB HBM3, 580.95.05, Enabled, 0, No"
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from operations import prometheus, rollout
-from operations.rollout import roll
+from operations.cli import rollout
+from operations.cli import targets as prometheus
+from operations.cli.rollout import roll
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTS = ["h1", "h2", "h3", "h4", "h5"]
@@ -70,7 +71,7 @@ def test_a_pyinfra_run_interrupted_exits_128_plus_the_signal(tmp_path, signum, c
 def test_the_handler_is_installed_only_by_the_cli_config(tmp_path):
     """Imported elsewhere (the API, tests), the module leaves the signal handlers alone."""
     before = signal.getsignal(signal.SIGINT)
-    import operations.fleet  # noqa: F401
+    import operations.run  # noqa: F401
 
     assert signal.getsignal(signal.SIGINT) is before
 
@@ -136,7 +137,7 @@ def _rollout_call_in_a_child(tmp_path: Path) -> subprocess.Popen:
     """A process whose rollout.call runs a batch that waits for a signal."""
     script = tmp_path / "roll.py"
     script.write_text(
-        "import sys\nfrom pathlib import Path\nfrom operations import rollout\n"
+        "import sys\nfrom pathlib import Path\nfrom operations.cli import rollout\n"
         "import signal\nsignal.signal(signal.SIGTERM, rollout._terminated)\n"
         f"try:\n    rollout.call([sys.executable, '-c', {CHILD!r}], Path('.'))\n"
         "except (KeyboardInterrupt, rollout.Terminated) as stop:\n"

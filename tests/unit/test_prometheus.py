@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from operations import prometheus
-from operations.prometheus import file_sd, load_hosts, main, write_atomic
+from operations.cli import targets as prometheus
+from operations.cli.targets import file_sd, load_hosts, main, write_atomic
 
 INVENTORY = """\
 gpu = [

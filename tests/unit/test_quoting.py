@@ -1,4 +1,4 @@
-"""Each context's quoting rule (operations/quoting.py) against the injection corpus, read back
+"""Each context's quoting rule (operations/kit/quoting.py) against the injection corpus, read back
 by the real reader of that context: dash for shell, apt-config for apt.conf, apt-get for
 sources lines, json for JSON, dash sourcing the vLLM secrets file. Every payload is either
 refused with the usual error, or arrives as exactly the value given, and its canary file is
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from operations import quoting
-from operations.config import VllmConfig
-from operations.quoting import Unrepresentable
-from operations.secrets import SecretError, env_file, vllm_secrets
+from operations.config.model import VllmConfig
+from operations.config.secrets import SecretError, env_file, vllm_secrets
+from operations.kit import quoting
+from operations.kit.quoting import Unrepresentable
 from tests.corpus.injection import (
     APT_CONF,
     APT_CONF_NAMES,

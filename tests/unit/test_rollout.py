@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from operations.fleet import ROOT
-from operations.rollout import batches, data_overrides, deploy_command, main, roll
+from operations.cli.rollout import batches, data_overrides, deploy_command, main, roll
+from operations.run import ROOT
 
 INVENTORY = """\
 gpu = [

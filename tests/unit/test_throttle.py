@@ -1,4 +1,4 @@
-"""operations.throttle: a plain deploy replaces at most vllm_max_unavailable serving servers
+"""operations.kit.throttle: a plain deploy replaces at most vllm_max_unavailable serving servers
 at once; once one replacement failed, the hosts still waiting leave theirs serving."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import gevent
 import pytest
 from pyinfra.connectors.util import CommandOutput
 
-from operations import fleet, throttle
-from operations.throttle import Throttled, slot_count
+from operations import run as fleet
+from operations.kit import throttle
+from operations.kit.throttle import Throttled, slot_count
 
 
 @pytest.mark.parametrize(

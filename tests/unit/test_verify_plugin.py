@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from operations.config import FleetConfig
+from operations.config.model import FleetConfig
 from tests.verify.fleet import (
     BATCH_MARK,
     FleetHost,

@@ -7,7 +7,7 @@ from the host's pyinfra ``ssh_*`` data (same address, port, user, key and host-k
 ``ControlPersist`` keeps one connection per host for the whole run. ``@local`` is checked in
 place (``local://``), e.g. on a GPU machine itself.
 
-Every command is bounded like a deploy's fact read (operations.bounds): the connection sends
+Every command is bounded like a deploy's fact read (operations.kit.bounds): the connection sends
 reply-wanted keepalives (``ServerAliveInterval``/``ServerAliveCountMax``: a paused host still
 ACKs TCP, only an unanswered keepalive shows it is gone) and each command gets
 ``deploy_fact_timeout_s``. A host that stops answering fails its checks with the reason,
@@ -34,8 +34,8 @@ from typing import Any
 import testinfra
 from testinfra.backend.base import CommandResult
 
-from operations import bounds
-from operations.config import FleetConfig
+from operations.config.model import FleetConfig
+from operations.kit import bounds
 
 ROOT = Path(__file__).resolve().parents[2]
 

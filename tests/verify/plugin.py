@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from pyinfra.api.exceptions import PyinfraError
 
-from operations.config import LAYERS
-from operations.fleet import select
+from operations.config.model import LAYERS
+from operations.run import select
 from tests.verify.fleet import (
     ROOT,
     FleetHost,

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from operations.daemon_json import DaemonJson, holds, parse
 from operations.docker import daemon_keys
-from operations.docker_facts import parse_stack, stack_command
+from operations.docker.facts import parse_stack, stack_command
+from operations.kit.daemon_json import DaemonJson, holds, parse
 from tests.verify.fleet import FleetHost, prefetched
 
 pytestmark = pytest.mark.docker

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from operations.driver_facts import (
+from operations.driver.facts import (
     driver_command,
     is_driver_package,
     parse_driver_state,
 )
-from operations.preflight_facts import parse_profile, profile_command
+from operations.preflight.facts import parse_profile, profile_command
 from tests.verify.fleet import FleetHost, prefetched
 
 pytestmark = pytest.mark.driver

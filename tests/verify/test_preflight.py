@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from operations import preflight
-from operations.preflight_facts import parse_profile, profile_command
+from operations.preflight.facts import parse_profile, profile_command
 from tests.verify.fleet import FleetHost, prefetched
 
 pytestmark = pytest.mark.preflight

@@ -8,8 +8,8 @@ import fnmatch
 
 import pytest
 
-from operations.daemon_json import holds, parse
-from operations.packages import version_glob
+from operations.kit.daemon_json import holds, parse
+from operations.kit.packages import version_glob
 from operations.toolkit import PACKAGES, daemon_keys
 from tests.verify.fleet import FleetHost
 from tests.verify.test_docker import daemon_files, stack

@@ -17,10 +17,10 @@ import shlex
 
 import pytest
 
-from operations.config import VllmInstance
-from operations.secrets import env_file, vllm_secrets
+from operations.config.model import VllmInstance
+from operations.config.secrets import env_file, vllm_secrets
 from operations.vllm import CONTAINER_PORT, key_to_curl, probe_address, secrets_path
-from operations.vllm_facts import SECRETS_DIR, SPEC_LABEL, parse_state, state_command
+from operations.vllm.facts import SECRETS_DIR, SPEC_LABEL, parse_state, state_command
 from tests.verify.fleet import FleetHost, prefetched
 
 pytestmark = pytest.mark.vllm

@@ -5,7 +5,7 @@ distribution's containerd/runc), then the source: Docker's repository with its k
 fingerprint checked before the entry trusts it (base URL overridable for mirrors), or the
 distribution's ``docker.io``. An optional version is pinned with apt preferences; a config
 change of version moves the engine deliberately. daemon.json is merged, never clobbered
-(``operations.daemon_json``): log rotation, ``live-restore`` (on by default, so a daemon
+(``operations.kit.daemon_json``): log rotation, ``live-restore`` (on by default, so a daemon
 restart leaves the serving container running), data-root, registry mirrors, cgroup driver
 and any ``docker_daemon_options``. Docker is enabled and running; users are added to the
 docker group only when configured (membership is root-equivalent).
@@ -24,10 +24,10 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Users
 from pyinfra.operations import apt, dnf, server
 
-from operations import bounds, converged, daemon_json
-from operations.common import fail_host
-from operations.config import DockerConfig, FleetConfig
-from operations.packages import (
+from operations.config.model import DockerConfig, FleetConfig
+from operations.kit import bounds, converged, daemon_json
+from operations.kit.common import fail_host
+from operations.kit.packages import (
     APT_ARCH,
     apt_pin,
     apt_pinned_install,
@@ -35,8 +35,8 @@ from operations.packages import (
     signed_dnf_repo,
     version_glob,
 )
+from operations.kit.quoting import json_text, package, shell
 from operations.preflight import platform_key
-from operations.quoting import json_text, package, shell
 
 DOCKER_REPO = "https://download.docker.com"
 KEYRING = "/etc/apt/keyrings/docker.gpg"

@@ -1,7 +1,7 @@
 """Files rendered from the config model, so defaults, docs and schema never drift from it.
 
-    python -m operations.render            # rewrite all three files
-    python -m operations.render --check    # exit 1 if any is stale (CI)
+    python -m operations.cli.render            # rewrite all three files
+    python -m operations.cli.render --check    # exit 1 if any is stale (CI)
 
 The three outputs: ``group_data/all.py`` (every default with its comment),
 ``schema/gpufleet.schema.json`` (JSON Schema of the flat data keys, for editors) and the
@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from operations.config import SECTIONS, SETTINGS, FleetConfig
+from operations.config.model import SECTIONS, SETTINGS, FleetConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GROUP_DATA_ALL = ROOT / "group_data" / "all.py"
 SCHEMA = ROOT / "schema" / "gpufleet.schema.json"
 README = ROOT / "README.md"
@@ -43,7 +43,7 @@ def _python_literal(value: Any) -> str:
 def render_group_data() -> str:
     """group_data/all.py: every setting, its default and its one-line doc."""
     lines = [
-        '"""Defaults for every host: rendered by `python -m operations.render`, do not edit.',
+        '"""Defaults for every host: rendered by `python -m operations.cli.render`, do not edit.',
         "",
         "Override any key in group_data/<group>.py, in host data in the inventory, or with",
         "`--data key=value`. The README's config reference says what each key allows.",
@@ -128,7 +128,7 @@ def main(argv: list[str]) -> int:
     ]
     if "--check" in argv:
         for path in stale:
-            print(f"stale: {path.relative_to(ROOT)} (run: python -m operations.render)")
+            print(f"stale: {path.relative_to(ROOT)} (run: python -m operations.cli.render)")
         return 1 if stale else 0
     for path, text in outputs().items():
         path.parent.mkdir(parents=True, exist_ok=True)

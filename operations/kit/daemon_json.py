@@ -33,7 +33,7 @@ from pyinfra.api import FactBase, operation
 from pyinfra.api.command import FileUploadCommand, StringCommand
 from pyinfra.context import ctx_host
 
-from operations.quoting import json_text
+from operations.kit.quoting import json_text
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 STATE_DIR = "/etc/gpufleet"

@@ -4,7 +4,7 @@ The Hugging Face token and the vLLM API key come from an environment variable of
 controller (``vllm_hf_token_env``, ``vllm_api_key_env``) or a file on it (``*_file``, which
 wins when set). Their values never enter the config model, pyinfra's output, a command line
 or a container's configuration: the vLLM layer uploads them into a root-only file on the host
-that the container reads at start (see operations/vllm.py). Problems are reported like any
+that the container reads at start (see operations/vllm/__init__.py). Problems are reported like any
 bad setting (host, key, what is allowed), never with the value.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # config.py uses looks_secret below: no import cycle at run time
-    from operations.config import VllmConfig
+    from operations.config.model import VllmConfig
 
 # Printable ASCII without blanks, quotes or backslashes: safe in the env file (quoted anyway)
 # and in the readiness probe's curl config, and what HF tokens and API keys look like.

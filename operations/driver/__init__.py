@@ -29,11 +29,8 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.operations import apt, dnf, files, server
 
-from operations import converged
-from operations.apt_sources import AptSourceFiles, with_components
-from operations.common import fail_host
-from operations.config import DriverConfig, FleetConfig
-from operations.driver_facts import (
+from operations.config.model import DriverConfig, FleetConfig
+from operations.driver.facts import (
     APT_DRIVER_GLOBS,
     EL_DRIVER_GLOBS,
     INSTALLED_VERSION_SH,
@@ -42,9 +39,12 @@ from operations.driver_facts import (
     installed_apt_packages,
     shell_globs,
 )
-from operations.packages import apt_move, signed_apt_repo, signed_dnf_repo
+from operations.kit import converged
+from operations.kit.apt_sources import AptSourceFiles, with_components
+from operations.kit.common import fail_host
+from operations.kit.packages import apt_move, signed_apt_repo, signed_dnf_repo
+from operations.kit.quoting import apt_field, package
 from operations.preflight import platform_key
-from operations.quoting import apt_field, package
 
 NOUVEAU_CONF = converged.managed("/etc/modprobe.d/gpufleet-blacklist-nouveau.conf")
 NOUVEAU_TEXT = "# Written by gpufleet: the NVIDIA driver needs nouveau out of the way.\n" + (

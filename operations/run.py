@@ -24,10 +24,10 @@ from pyinfra.api import Host, State
 from pyinfra.api.state import BaseStateCallback
 from pyinfra.context import ContextObject, ctx_state
 
-from operations import inventory_guard
-from operations.config import FleetConfig
-from operations.inventory_guard import cli_error, host_sources
-from operations.settings import ConfigError, load_fleet
+from operations import inventory as guard
+from operations.config.load import ConfigError, load_fleet
+from operations.config.model import FleetConfig
+from operations.inventory import cli_error, host_sources
 
 _VALIDATED: WeakKeyDictionary[State, dict[str, FleetConfig] | ConfigError] = WeakKeyDictionary()
 
@@ -47,7 +47,7 @@ def fleet_config(state: State) -> dict[str, FleetConfig]:
     state = _run_state(state)
     if state not in _VALIDATED:
         targeted = [h for h in state.inventory if state.is_host_in_limit(h)]
-        early = inventory_guard.VALIDATED.get(state.inventory, {})
+        early = guard.VALIDATED.get(state.inventory, {})
         if all(h.name in early for h in targeted):  # the CLI guard did it before connecting
             _VALIDATED[state] = {h.name: early[h.name] for h in targeted}
             return _VALIDATED[state]
@@ -193,11 +193,11 @@ def select(
     like pyinfra's --limit/--exclude; InventoryError (one line) for a mistake in the
     inventory or group_data, or when no host is left."""
     limit, exclude = _patterns(limit), _patterns(exclude)
-    inventory, hosts = inventory_guard.load(inventory_path, limit, exclude, overrides, str(ROOT))
+    inventory, hosts = guard.load(inventory_path, limit, exclude, overrides, str(ROOT))
     warnings = [
-        *inventory_guard.warnings_of(inventory),
-        *inventory_guard.unmatched(inventory, limit, "--limit"),
-        *inventory_guard.unmatched(inventory, exclude, "--exclude"),
+        *guard.warnings_of(inventory),
+        *guard.unmatched(inventory, limit, "--limit"),
+        *guard.unmatched(inventory, exclude, "--exclude"),
     ]
     return Selection(
         {host.name: host.data.dict() for host in hosts},

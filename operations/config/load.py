@@ -1,7 +1,7 @@
 """From pyinfra host data to a validated FleetConfig, with errors an operator can act on.
 
 Every problem names the host, the data key, the value and what is allowed. Secrets are never
-echoed: whatever in a value looks like a credential (operations.secrets.looks_secret: hf_…,
+echoed: whatever in a value looks like a credential (operations.config.secrets.looks_secret: hf_…,
 sk-…, long random tokens, a URL's password) is shown as ``***``, and so is any string under a
 key named like a credential that is not one of our settings (``vllm_api_kye``).
 """
@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from pyinfra.api.connectors import get_all_connectors
 from pyinfra.api.exceptions import PyinfraError
 
-from operations.config import (
+from operations.config.model import (
     PATTERN_HINTS,
     SECTIONS,
     SETTINGS,
@@ -31,7 +31,7 @@ from operations.config import (
     is_host_name,
     is_ip_address,
 )
-from operations.secrets import SecretError, mask, secret_named, shared_mode, vllm_secrets
+from operations.config.secrets import SecretError, mask, secret_named, shared_mode, vllm_secrets
 
 
 @dataclass(frozen=True)

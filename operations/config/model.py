@@ -2,13 +2,13 @@
 
 This model is the single source of truth for every setting: its type, default, bounds and
 one-line doc. ``group_data/all.py``, ``schema/gpufleet.schema.json`` and the README's config
-reference are rendered from it (``python -m operations.render``) and a test keeps them in sync.
+reference are rendered from it (``python -m operations.cli.render``) and a test keeps them in sync.
 
 Values are refused here when they can never be legitimate, whatever later quotes them: a
 bool where a number goes, NaN or infinity, a number beyond a sane bound, a control or
 invisible character in any string, a path or name outside its character set, a daemon.json
 key or engine flag a setting owns, a secret on the vLLM command line. Each refusal says
-what is allowed; operations.settings turns it into one line naming host, key and file.
+what is allowed; operations.config.load turns it into one line naming host, key and file.
 
 In pyinfra, settings are flat data keys named ``<section>_<field>`` (``driver_branch``,
 ``vllm_port``), so pyinfra's own precedence applies to each setting on its own: ``--data`` >
@@ -40,7 +40,7 @@ from pydantic import (
     field_validator,
 )
 
-from operations.secrets import looks_secret, secret_flag
+from operations.config.secrets import looks_secret, secret_flag
 
 LAYERS = ("preflight", "driver", "docker", "toolkit", "vllm")
 Layer = Literal["preflight", "driver", "docker", "toolkit", "vllm"]
@@ -132,7 +132,7 @@ def _version_text(value: Any) -> Any:
     A float is refused: pyinfra reads ``--data docker_version=27.10`` as the number 27.1, so
     what the operator wrote cannot be known. The message says how to write it as a string
     (pyinfra_cli.util.parse_cli_arg reads a JSON string, quotes included, as a string);
-    ``<key>`` is filled in with the data key by operations.settings."""
+    ``<key>`` is filled in with the data key by operations.config.load."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
@@ -343,7 +343,7 @@ PinnedImage = Annotated[
 MAX_MODEL_LEN = 2**24  # tokens; the longest contexts of today's models are about 10 M
 
 # --- docker_daemon_options --------------------------------------------------------------
-# Keys the deploy writes itself (operations/docker.py, toolkit.py): a second value for one of
+# Keys the deploy writes itself (the docker and toolkit layers): a second value for one of
 # them would fight the setting that owns it on every run.
 DAEMON_KEYS_OWNED = {
     "data-root": "set docker_data_root instead",
@@ -454,7 +454,7 @@ def daemon_options_checked(options: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 # --- vllm_extra_args ------------------------------------------------------------------------
-# Flags operations/vllm.py (engine_args) sets from a setting: a second one would override it
+# Flags the vLLM layer (engine_args) sets from a setting: a second one would override it
 # unseen (or, for --host/--port, break the published port).
 ENGINE_FLAGS_OWNED = {
     "--model": "vllm_model",

@@ -34,11 +34,11 @@ else. What a host gets, in order:
 7. The secrets' temporary file is removed on every path; one a lost connection left is removed
    by the next run (and reported by verify).
 8. Replacing a serving server (its stop to the new one's readiness) is one command that holds
-   one of the run's ``vllm_max_unavailable`` slots (operations.throttle): a plain deploy never
+   one of the run's ``vllm_max_unavailable`` slots (operations.kit.throttle): a plain deploy never
    takes the whole fleet's servers down together. The readiness gate is fenced
-   (operations.lock.fenced): it is stopped should the run's connection go first.
+   (operations.kit.lock.fenced): it is stopped should the run's connection go first.
 
-Rolling a change through a fleet a few hosts at a time: ``python -m operations.rollout``.
+Rolling a change through a fleet a few hosts at a time: ``python -m operations.cli.rollout``.
 """
 
 from __future__ import annotations
@@ -55,11 +55,11 @@ from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
 from pyinfra.facts.docker import DockerImage
 from pyinfra.operations import dnf, docker, files
 
-from operations import bounds, converged, lock
-from operations.common import url_host
-from operations.config import FleetConfig, VllmInstance
-from operations.preflight import EL_IDS, platform_key
-from operations.quoting import (
+from operations.config.model import FleetConfig, VllmInstance
+from operations.config.secrets import Sealed, env_file, vllm_secrets
+from operations.kit import bounds, converged, lock
+from operations.kit.common import url_host
+from operations.kit.quoting import (
     container_value,
     image_reference,
     shell,
@@ -67,9 +67,9 @@ from operations.quoting import (
     shell_say,
     volume_source,
 )
-from operations.secrets import Sealed, env_file, vllm_secrets
-from operations.throttle import Throttled
-from operations.vllm_facts import LABEL, PREVIOUS, SECRETS_DIR, SPEC_LABEL, VllmState, ready_path
+from operations.kit.throttle import Throttled
+from operations.preflight import EL_IDS, platform_key
+from operations.vllm.facts import LABEL, PREVIOUS, SECRETS_DIR, SPEC_LABEL, VllmState, ready_path
 
 converged.managed(SECRETS_DIR)
 

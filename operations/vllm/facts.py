@@ -6,7 +6,7 @@ secrets file (the hash only: the files are root-only and their content stays the
 readiness mark of each instance (``<name>.ready``: the spec hash whose server passed the
 readiness gate, written only after it did) and any other file there (``strays``: a temporary
 file a failed run left, which may hold secrets). A container named ``<name>.previous`` is the
-server kept while its replacement proves ready (operations/vllm.py); it is listed apart, under
+server kept while its replacement proves ready (the vLLM layer); it is listed apart, under
 ``previous``. Without a Docker engine (a first run plans before the Docker layer installed it)
 it reports no container.
 """

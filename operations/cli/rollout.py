@@ -1,12 +1,12 @@
 """Roll a change (a new vLLM image or model, a driver update) through the fleet in batches.
 
-    python -m operations.rollout inventory/prod.py                    # one host at a time
-    python -m operations.rollout inventory/prod.py --batch 2 --limit gpu
-    python -m operations.rollout inventory/prod.py -- --data vllm_image=vllm/vllm-openai:v0.11.1
+    python -m operations.cli.rollout inventory/prod.py                    # one host at a time
+    python -m operations.cli.rollout inventory/prod.py --batch 2 --limit gpu
+    python -m operations.cli.rollout inventory/prod.py -- --data vllm_image=vllm/vllm-openai:v0.11.1
 
 Why batches: pyinfra runs each operation on every targeted host before the next operation
 (``--parallel`` only caps how many hosts run it at once). A plain run bounds how many vLLM
-servers it replaces at once (``vllm_max_unavailable``, operations.throttle), but it still
+servers it replaces at once (``vllm_max_unavailable``, operations.kit.throttle), but it still
 applies every other layer's change to every host, and takes no canary first. ``--serial``
 goes host by host but has no batch size, and stops at a failure only with
 ``--fail-percent``. This command instead runs ``pyinfra -y INVENTORY deploy.py`` on N hosts at
@@ -41,8 +41,8 @@ from typing import Any
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra_cli.util import parse_cli_arg
 
-from operations.fleet import ROOT, add_limit_option, select
-from operations.inventory_guard import check_data_args
+from operations.inventory import check_data_args
+from operations.run import ROOT, add_limit_option, select
 
 Runner = Callable[..., int]
 """Runs a command (a list of arguments) with ``cwd=``; returns its exit code."""
@@ -199,7 +199,7 @@ def _positive(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m operations.rollout",
+        prog="python -m operations.cli.rollout",
         description="Deploy to the fleet N hosts at a time, stopping at the first failed batch.",
         epilog="Arguments after -- are passed to every pyinfra run (e.g. -- --data key=value).",
     )

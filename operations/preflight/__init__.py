@@ -12,10 +12,10 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import deploy
 
-from operations.common import fail_host
-from operations.config import FleetConfig
-from operations.preflight_facts import REQUIRED as REQUIRED_WORDS
-from operations.preflight_facts import HostProfile, missing
+from operations.config.model import FleetConfig
+from operations.kit.common import fail_host
+from operations.preflight.facts import REQUIRED as REQUIRED_WORDS
+from operations.preflight.facts import HostProfile, missing
 
 # Operating systems this tool supports: os-release ID -> VERSION_ID (major only for EL).
 SUPPORTED_OS: dict[str, tuple[str, ...]] = {

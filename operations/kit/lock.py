@@ -7,10 +7,10 @@ change there (after preflight's read-only facts, before the package manager step
 it until it disconnects from the host:
 
 - the lock is ``flock`` on ``/run/gpufleet/deploy.lock``, held by a background process on
-  the host that lives as long as the run's SSH connection (operations/lock.sh). The
+  the host that lives as long as the run's SSH connection (operations/kit/scripts/lock.sh). The
   connection closes at the end of the run, whatever ended it: success, a failed host,
   Ctrl-C, SIGTERM, a controller killed outright (its kernel closes the socket), a host the
-  bounds gave up on (operations.bounds closes its connection). The lock goes with it within
+  bounds gave up on (operations.kit.bounds closes its connection). The lock goes with it within
   a second, so a crashed run never leaves a lock that blocks: staleness is "the holder
   process is gone on the host", which the kernel itself tracks. (A controller that vanishes
   from the network leaves its connection half-open until sshd notices: its keepalive, or
@@ -44,12 +44,12 @@ from pyinfra import host, logger
 from pyinfra.api import FactBase
 from pyinfra.connectors.fake import FakeConnector
 
-from operations.common import fail_host
-from operations.config import FleetConfig
-from operations.quoting import shell, shell_join
+from operations.config.model import FleetConfig
+from operations.kit.common import fail_host
+from operations.kit.quoting import shell, shell_join
 
 LOCK_DIR = "/run/gpufleet"
-SCRIPT = (Path(__file__).with_name("lock.sh")).read_text(encoding="utf-8")
+SCRIPT = (Path(__file__).parent / "scripts" / "lock.sh").read_text(encoding="utf-8")
 MARK = "gpufleet-lock"
 _STARTED = time.time()
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")

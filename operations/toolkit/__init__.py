@@ -29,18 +29,18 @@ from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.operations import apt, dnf, server
 
-from operations import bounds, converged, daemon_json
-from operations.config import FleetConfig, ToolkitConfig
-from operations.driver_facts import INSTALLED_VERSION_SH
-from operations.packages import (
+from operations.config.model import FleetConfig, ToolkitConfig
+from operations.driver.facts import INSTALLED_VERSION_SH
+from operations.kit import bounds, converged, daemon_json
+from operations.kit.packages import (
     apt_pin,
     apt_pinned_install,
     signed_apt_repo,
     signed_dnf_repo,
     version_glob,
 )
+from operations.kit.quoting import package
 from operations.preflight import platform_key
-from operations.quoting import package
 
 TOOLKIT_REPO = "https://nvidia.github.io/libnvidia-container"
 # NVIDIA's container toolkit repository key (its gpgkey file; docs/driver-sources.md)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyinfra.operations import server
 
-from operations.quoting import shell, shell_say
+from operations.kit.quoting import shell, shell_say
 
 
 def fail_host(name: str, message: str) -> None:

@@ -1,7 +1,7 @@
 """Prometheus scrape targets for the fleet's vLLM servers, as a file_sd targets file.
 
-    python -m operations.prometheus inventory/prod.py                 # every host
-    python -m operations.prometheus inventory/prod.py --limit gpu -o /etc/prometheus/vllm.json
+    python -m operations.cli.targets inventory/prod.py                 # every host
+    python -m operations.cli.targets inventory/prod.py --limit gpu -o /etc/prometheus/vllm.json
 
 Prometheus' ``file_sd_configs`` re-reads the file whenever it changes, so a scrape job such as
 
@@ -15,7 +15,7 @@ selected host whose ``deploy_layers`` include ``vllm``, labelled with the invent
 
 The address is where the server listens: ``vllm_bind_address`` when it is one specific
 address, else ``host_address``, else the host's ``ssh_hostname``, else its inventory name.
-Config is validated like a deploy validates it (operations.settings): a bad value is reported
+Config is validated like a deploy validates it (operations.config.load): a bad value is reported
 and nothing is written, as for an inventory that cannot be read, a selection of no host or an
 output that cannot be written. The file is replaced atomically, so Prometheus never reads half
 of it.
@@ -37,9 +37,9 @@ from typing import Any
 
 from pyinfra.api.exceptions import PyinfraError
 
-from operations.common import url_host
-from operations.config import FleetConfig
-from operations.fleet import add_limit_option, select
+from operations.config.model import FleetConfig
+from operations.kit.common import url_host
+from operations.run import add_limit_option, select
 
 DEFAULT_OUTPUT = Path("reports/prometheus/vllm-targets.json")
 
@@ -128,7 +128,7 @@ def _terminated(signum: int, frame: object) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m operations.prometheus",
+        prog="python -m operations.cli.targets",
         description="Write a Prometheus file_sd targets file for the fleet's vLLM servers.",
     )
     parser.add_argument("inventory", help="pyinfra inventory, e.g. inventory/prod.py")

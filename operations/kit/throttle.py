@@ -12,11 +12,11 @@ many hosts are without that server at any moment; the others wait their turn, an
 Once one host's replacement failed, the hosts still waiting do not try it: they fail at once
 with their server left as it was, as a rollout stops at a failed batch (a broken image would
 otherwise be tried, and waited for, a slot at a time across the whole fleet). A host that
-stopped answering (operations.bounds: hung, or gone) fails alone and stops nobody: that is
+stopped answering (operations.kit.bounds: hung, or gone) fails alone and stops nobody: that is
 the host's fault, not the change's; its slot is free again. Hosts whose
 server is not serving (a first deploy, a crash-looping server) take no slot: nothing is lost.
 
-``python -m operations.rollout`` stays the tool for canaries and explicit batches; inside a
+``python -m operations.cli.rollout`` stays the tool for canaries and explicit batches; inside a
 batch the limit applies to the batch's hosts.
 """
 
@@ -30,7 +30,7 @@ from pyinfra import logger
 from pyinfra.api import Host, State, StringCommand
 from pyinfra.connectors.util import CommandOutput
 
-from operations import bounds
+from operations.kit import bounds
 
 SETTING = "vllm_max_unavailable"
 
@@ -58,7 +58,7 @@ _RUNS: WeakKeyDictionary[State, dict[tuple[str, str], Slots]] = WeakKeyDictionar
 def slots(state: State, instance: str, setting: str) -> Slots:
     """The run's slots for ``instance`` among the hosts whose limit is ``setting``; a
     percentage counts the run's targeted hosts with that same setting."""
-    from operations.fleet import fleet_config  # fleet imports the layers' modules
+    from operations.run import fleet_config  # fleet imports the layers' modules
 
     groups = _RUNS.setdefault(state, {})
     if (instance, setting) not in groups:

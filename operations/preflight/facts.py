@@ -13,7 +13,7 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
-from operations.quoting import shell
+from operations.kit.quoting import shell
 
 NVIDIA_PCI_VENDOR = "0x10de"
 # PCI class codes (first four hex digits of /sys/.../class) of NVIDIA devices we care about.

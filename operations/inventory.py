@@ -42,8 +42,8 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.context import ctx_state
 from pyinfra_cli.exceptions import CliError, UnexpectedExternalError
 
-from operations.config import FleetConfig
-from operations.settings import ConfigError, load_fleet
+from operations.config.load import ConfigError, load_fleet
+from operations.config.model import FleetConfig
 
 # pyinfra's CLI options that set host data, by the data key they set; other keys: --data
 CLI_OPTIONS = {
@@ -64,7 +64,7 @@ class InventoryError(CliError, PyinfraError):
 
 class SourcedConfigError(ConfigError, CliError):
     """A ConfigError that pyinfra's CLI prints as its own message: a plain PyinfraError gets
-    a header naming the code that raised it (``operations/settings.py line 202``)."""
+    a header naming the code that raised it (``operations/config/load.py line 202``)."""
 
 
 def cli_error(error: ConfigError) -> ConfigError:

@@ -43,7 +43,7 @@ from pyinfra import logger
 from pyinfra.api import Host, State
 from pyinfra.connectors.util import CommandOutput, OutputLine
 
-from operations.config import FleetConfig
+from operations.config.model import FleetConfig
 
 GRACE_S = 2  # the hard bound is pyinfra's own _timeout (it bounds reading output) plus this
 

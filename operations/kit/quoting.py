@@ -27,7 +27,7 @@ what is allowed) while the deploy is planned, before anything runs on any host:
 - ``json_text``: daemon.json and other JSON files: ``json.dumps``, NaN and infinities refused
   (they are not JSON; dockerd would refuse the file).
 
-The vLLM secrets file (operations/secrets.py) single-quotes values whose characters it
+The vLLM secrets file (operations/config/secrets.py) single-quotes values whose characters it
 restricts to printable ASCII without quotes, blanks or backslashes.
 """
 
@@ -41,7 +41,7 @@ from typing import Any
 
 from pyinfra.context import ctx_host
 
-from operations.settings import ConfigError, Problem
+from operations.config.load import ConfigError, Problem
 
 # C0 and C1 controls, DEL, and the Unicode line and paragraph separators: whatever a reader
 # of a line-based file (or a person reading a log) could take for the end of a line.

@@ -20,10 +20,9 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.rpm import RpmPackages
 from pyinfra.operations import apt, dnf, server
 
-from operations import converged
-from operations.apt_sources import AptSourceFiles
-from operations.preflight import EL_IDS
-from operations.quoting import (
+from operations.kit import converged
+from operations.kit.apt_sources import AptSourceFiles
+from operations.kit.quoting import (
     apt_conf_name,
     apt_conf_string,
     apt_field,
@@ -34,6 +33,7 @@ from operations.quoting import (
     shell_join,
     shell_say,
 )
+from operations.preflight import EL_IDS
 
 APT_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # uname -m -> dpkg architecture
 
