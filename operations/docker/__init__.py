@@ -36,7 +36,7 @@ from operations.kit.packages import (
     version_glob,
 )
 from operations.kit.quoting import json_text, package, shell
-from operations.preflight import platform_key
+from operations.platform import platform_key
 
 DOCKER_REPO = "https://download.docker.com"
 KEYRING = "/etc/apt/keyrings/docker.gpg"

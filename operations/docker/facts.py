@@ -13,7 +13,7 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
-from operations.toolkit import CDI_SPEC, PACKAGES, UDEV_RULE
+from operations.toolkit.facts import CDI_SPEC, PACKAGES, UDEV_RULE
 
 STACK_PACKAGES = ("docker-ce", "docker-ce-cli", "docker.io", "containerd.io", *PACKAGES)
 

@@ -44,7 +44,7 @@ from operations.kit.apt_sources import AptSourceFiles, with_components
 from operations.kit.common import fail_host
 from operations.kit.packages import apt_move, signed_apt_repo, signed_dnf_repo
 from operations.kit.quoting import apt_field, package
-from operations.preflight import platform_key
+from operations.platform import platform_key
 
 NOUVEAU_CONF = converged.managed("/etc/modprobe.d/gpufleet-blacklist-nouveau.conf")
 NOUVEAU_TEXT = "# Written by gpufleet: the NVIDIA driver needs nouveau out of the way.\n" + (

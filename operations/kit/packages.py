@@ -33,7 +33,7 @@ from operations.kit.quoting import (
     shell_join,
     shell_say,
 )
-from operations.preflight import EL_IDS
+from operations.platform import family_of
 
 APT_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # uname -m -> dpkg architecture
 
@@ -237,7 +237,7 @@ def package_manager_ready(
     install leaves packages half-configured, and apt refuses to work until that is done).
     dnf waits for its own lock, so EL hosts need neither. With ``proxy`` (deploy_apt_proxy)
     apt fetches through it, so a fleet downloads each package once; without, the file goes."""
-    if profile.get("os_id") in EL_IDS:
+    if family_of(profile) == "dnf":
         return
     timeout = apt_conf_string(int(timeout_s), "deploy_lock_timeout_s")
     converged.put("apt waits for a held lock", f"DPkg::Lock::Timeout {timeout};\n", APT_LOCK_CONF)

@@ -14,37 +14,9 @@ from pyinfra.api import deploy
 
 from operations.config.model import FleetConfig
 from operations.kit.common import fail_host
+from operations.platform import SUPPORTED_ARCH, os_supported, supported_os_words
 from operations.preflight.facts import REQUIRED as REQUIRED_WORDS
 from operations.preflight.facts import HostProfile, missing
-
-# Operating systems this tool supports: os-release ID -> VERSION_ID (major only for EL).
-SUPPORTED_OS: dict[str, tuple[str, ...]] = {
-    "ubuntu": ("22.04", "24.04"),
-    "debian": ("12",),
-    "rocky": ("9",),
-    "rhel": ("9",),
-}
-SUPPORTED_ARCH = ("x86_64", "aarch64")
-EL_IDS = ("rocky", "rhel")
-
-
-def os_supported(os_id: str, version: str) -> bool:
-    """Whether os-release ID/VERSION_ID is in SUPPORTED_OS (EL compared by major version)."""
-    if os_id in EL_IDS:
-        version = version.split(".")[0]
-    return version in SUPPORTED_OS.get(os_id, ())
-
-
-def platform_key(profile: dict[str, Any]) -> tuple[str, str]:
-    """(os id, version) as the layers' PLATFORMS tables are keyed: EL by major version."""
-    version = profile["os_version"]
-    if profile["os_id"] in EL_IDS:
-        version = version.split(".")[0]
-    return profile["os_id"], version
-
-
-def supported_os_words() -> str:
-    return ", ".join(f"{os_id} {v}" for os_id, versions in SUPPORTED_OS.items() for v in versions)
 
 
 def problems(config: FleetConfig, profile: dict[str, Any]) -> list[str]:

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import FactBase, deploy
+from pyinfra.api import deploy
 from pyinfra.operations import apt, dnf, server
 
 from operations.config.model import FleetConfig, ToolkitConfig
-from operations.driver.facts import INSTALLED_VERSION_SH
 from operations.kit import bounds, converged, daemon_json
 from operations.kit.packages import (
     apt_pin,
@@ -40,7 +39,8 @@ from operations.kit.packages import (
     version_glob,
 )
 from operations.kit.quoting import package
-from operations.preflight import platform_key
+from operations.platform import platform_key
+from operations.toolkit.facts import CDI_SPEC, PACKAGES, UDEV_RULE, CdiSpec
 
 TOOLKIT_REPO = "https://nvidia.github.io/libnvidia-container"
 # NVIDIA's container toolkit repository key (its gpgkey file; docs/driver-sources.md)
@@ -48,13 +48,8 @@ FINGERPRINT = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
 KEYRING = "/etc/apt/keyrings/nvidia-container-toolkit.gpg"
 RPM_KEY = "/etc/pki/rpm-gpg/RPM-GPG-KEY-nvidia-container-toolkit"
 PIN_FILE = converged.managed("/etc/apt/preferences.d/gpufleet-nvidia-container-toolkit")
-PACKAGES = (
-    "nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
-    "libnvidia-container1",
-)  # fmt: skip
-CDI_SPEC = "/etc/cdi/nvidia.yaml"
 CDI_SINCE = (1, 12)  # nvidia-ctk cdi generate
-UDEV_RULE = converged.managed("/etc/udev/rules.d/71-nvidia-dev-char.rules")
+converged.managed(UDEV_RULE)
 DEV_CHAR_LINKS = "/usr/bin/nvidia-ctk system create-dev-char-symlinks --create-all"
 UDEV_TEXT = (
     "# Written by gpufleet: /dev/char links for the NVIDIA device nodes, so containers keep\n"
@@ -81,20 +76,6 @@ PLATFORMS: dict[tuple[str, str], Repo] = {
     ("rocky", "9"): _DNF,
     ("rhel", "9"): _DNF,
 }
-
-
-class CdiSpec(FactBase):
-    """'current' when the CDI spec names the installed driver's version, 'stale', 'missing'."""
-
-    def command(self) -> str:
-        return (
-            f"{INSTALLED_VERSION_SH}; if [ ! -f {CDI_SPEC} ]; then echo missing; "
-            f'elif [ -n "$installed" ] && grep -qF "$installed" {CDI_SPEC}; then echo current; '
-            "else echo stale; fi"
-        )
-
-    def process(self, output: list[str]) -> str:
-        return output[0].strip() if output else "missing"
 
 
 def daemon_keys(toolkit: ToolkitConfig) -> daemon_json.Managed:

@@ -68,7 +68,7 @@ from operations.kit.quoting import (
     volume_source,
 )
 from operations.kit.throttle import Throttled
-from operations.preflight import EL_IDS, platform_key
+from operations.platform import family_of
 from operations.vllm.facts import LABEL, PREVIOUS, SECRETS_DIR, SPEC_LABEL, VllmState, ready_path
 
 converged.managed(SECRETS_DIR)
@@ -78,8 +78,8 @@ CONTAINER_HF_HOME = "/root/.cache/huggingface"
 SECRETS_IN_CONTAINER = "/run/gpufleet/secrets.env"
 # Loads the secrets into the server's environment, then becomes the server (PID 1 stays it).
 WRAPPER = f'set -a; . {SECRETS_IN_CONTAINER}; set +a; exec "$@"'
-# The one OS difference of this layer: how curl is installed (EL host? -> operation).
-PACKAGES = {False: converged.apt_install, True: dnf.packages}
+# The one OS difference of this layer: how curl is installed, per package-manager family.
+PACKAGES = {"apt": converged.apt_install, "dnf": dnf.packages}
 LOG_LINES = 30  # of a failed container's log, quoted in the error
 
 
@@ -506,7 +506,7 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     """Run every configured vLLM instance of this host, each recreated only on change and
     gated on readiness (see the module doc)."""
     secrets = env_file(vllm_secrets(config.vllm))
-    install = PACKAGES[platform_key(profile)[0] in EL_IDS]
+    install = PACKAGES[family_of(profile)]
     install(name="Install curl (the readiness probe)", packages=["curl"])
     files.directory(name="vLLM model cache", path=config.vllm.hf_cache_dir, present=True)
     converged.directory(
