@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from lab import SUITE, LabError
+from operations.kit.apt_sources import apt_bool, deb822_fields
 
 MIRROR_ENV = "LAB_DEBIAN_MIRROR"
 ARCHIVE_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -68,25 +69,16 @@ def parse_one_line(text: str, origin: str = "") -> list[AptSource]:
 
 
 def _deb822_paragraphs(text: str) -> list[dict[str, str]]:
-    paragraphs: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    last_key = None
-    for raw in text.splitlines():
-        if raw.startswith("#"):
-            continue  # comments do not end a paragraph
-        if not raw.strip():
-            if current:
-                paragraphs.append(current)
-            current, last_key = {}, None
-        elif raw[0] in " \t":
-            if last_key is not None:  # continuation line (e.g. an inline Signed-By key)
-                current[last_key] += "\n" + raw.strip()
-        elif ":" in raw:
-            key, _, value = raw.partition(":")
-            last_key = key.strip().lower()
-            current[last_key] = value.strip()
-    if current:
-        paragraphs.append(current)
+    """The paragraphs' fields (operations.kit.apt_sources.deb822_fields, the deploy's reader);
+    blank lines end a paragraph, comment lines do not."""
+    paragraphs, current = [], []
+    for raw in [*text.splitlines(), ""]:
+        if raw.strip():
+            current.append(raw)
+        elif current:
+            fields = deb822_fields("\n".join(current))
+            paragraphs += [fields] if fields else []
+            current = []
     return paragraphs
 
 
@@ -94,7 +86,7 @@ def parse_deb822(text: str, origin: str = "") -> list[AptSource]:
     """Parse the deb822 format (`Types:`, `URIs:`, `Suites:`, `Components:` paragraphs)."""
     sources = []
     for para in _deb822_paragraphs(text):
-        if para.get("enabled", "yes").strip().lower() in ("no", "false", "0"):
+        if not apt_bool(para.get("enabled")):  # the deploy's rule (apt's StringToBool)
             continue
         types = tuple(para.get("types", "").split())
         uris = tuple(para.get("uris", "").split())

@@ -61,10 +61,44 @@ def _deb822(text: str, codename: str, wanted: tuple[str, ...]) -> str:
     return "\n".join(_deb822_stanza(stanza, codename, wanted) for stanza in stanzas)
 
 
+_FALSE = ("no", "false", "without", "off", "disable")
+_TRUE = ("yes", "true", "with", "on", "enable")
+
+
+def apt_bool(value: str | None, default: bool = True) -> bool:
+    """A boolean option as apt reads it (StringToBool: yes/true/with/on/enable, their
+    opposites, or a number; any case); ``default`` when absent or unreadable. The deploy and
+    the lab read ``Enabled:`` with this one rule."""
+    word = (value or "").strip().lower()
+    if word in _FALSE or word in _TRUE:
+        return word in _TRUE
+    try:
+        return int(word) != 0
+    except ValueError:
+        return default
+
+
+def deb822_fields(paragraph: str) -> dict[str, str]:
+    """The fields of one deb822 paragraph, keys lower-cased; comment lines skipped and
+    continuation lines (an inline Signed-By key) joined to their field."""
+    fields: dict[str, str] = {}
+    last = None
+    for raw in paragraph.splitlines():
+        if raw.startswith("#") or not raw.strip():
+            continue
+        if raw[0] in " \t":
+            if last is not None:
+                fields[last] += "\n" + raw.strip()
+        elif ":" in raw:
+            key, _, value = raw.partition(":")
+            last = key.strip().lower()
+            fields[last] = value.strip()
+    return fields
+
+
 def _deb822_stanza(stanza: str, codename: str, wanted: tuple[str, ...]) -> str:
-    fields = dict(re.findall(r"(?mi)^(Types|Suites|Enabled):\s*(.*)$", stanza))
-    fields = {key.lower(): value for key, value in fields.items()}
-    if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes") == "no":
+    fields = deb822_fields(stanza)
+    if "deb" not in fields.get("types", "").split() or not apt_bool(fields.get("enabled")):
         return stanza
     if not _ours(fields.get("suites", "").split(), codename):
         return stanza

@@ -1,5 +1,7 @@
 """Adding apt components to the host's own sources without rewriting anything else."""
 
+import pytest
+
 from operations.kit.apt_sources import AptSourceFiles, with_components
 
 WANT = ("contrib", "non-free", "non-free-firmware")
@@ -62,3 +64,32 @@ def test_fact_splits_files():
     fact = AptSourceFiles()
     out = fact.process(["@@gpufleet-file@@ /a.list", "deb x y z", "@@gpufleet-file@@ /b.sources"])
     assert out == {"/a.list": "deb x y z\n", "/b.sources": "\n"}
+
+
+# --- one reading of deb822 for the deploy and the lab ------------------------------------------
+
+ENTRY = """# the host's main archive
+Types: deb
+URIs: http://mirror.internal/debian
+Suites: bookworm bookworm-updates
+Components: main
+Enabled: {enabled}
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"""
+
+
+@pytest.mark.parametrize(
+    ("enabled", "on"),
+    [("yes", True), ("Yes", True), ("true", True), ("1", True), ("on", True), ("with", True),
+     ("no", False), ("No", False), ("FALSE", False), ("0", False), ("off", False),
+     ("without", False), ("disable", False), ("maybe", True)],
+)  # fmt: skip
+def test_the_deploy_and_the_lab_read_enabled_as_apt_does(enabled, on):
+    """apt's StringToBool, any case; an unreadable value keeps the default (enabled)."""
+    from lab.mirror import parse_deb822
+
+    text = ENTRY.format(enabled=enabled)
+    changed = with_components(text, "/etc/apt/sources.list.d/debian.sources", "bookworm",
+                              ("contrib", "non-free"))  # fmt: skip
+    assert ("Components: main contrib non-free" in changed) is on
+    assert bool(parse_deb822(text)) is on
