@@ -30,6 +30,7 @@ from pyinfra import logger
 from pyinfra.api import Host, State, StringCommand
 from pyinfra.connectors.util import CommandOutput
 
+from operations import run
 from operations.kit import bounds
 
 SETTING = "vllm_max_unavailable"
@@ -58,11 +59,9 @@ _RUNS: WeakKeyDictionary[State, dict[tuple[str, str], Slots]] = WeakKeyDictionar
 def slots(state: State, instance: str, setting: str) -> Slots:
     """The run's slots for ``instance`` among the hosts whose limit is ``setting``; a
     percentage counts the run's targeted hosts with that same setting."""
-    from operations.run import fleet_config  # fleet imports the layers' modules
-
     groups = _RUNS.setdefault(state, {})
     if (instance, setting) not in groups:
-        configs = fleet_config(state).values()
+        configs = run.fleet_config(state).values()
         sharing = sum(1 for config in configs if config.vllm.max_unavailable == setting) or 1
         groups[(instance, setting)] = Slots(slot_count(setting, sharing))
     return groups[(instance, setting)]
