@@ -11,7 +11,8 @@ Public API (stable, used by inventory/lab.py and tests):
 
 - `lab.LabError`: the one exception `python -m lab` turns into a one-line error.
 - `lab.state.load_state(root)`, `lab.state.inventory_hosts(state)`, `lab.state.state_path(root)`.
-- `lab.fleet.up(root, hosts)`, `lab.fleet.down(root)`, `lab.fleet.status(root)`,
+- `lab.fleet.up(root, hosts)`, `lab.fleet.down(root)`, `lab.fleet.status(root)` (the hosts as
+  containers: lab.hosts; their keys and readiness: lab.ready),
   `lab.fleet.serve_repo(root)`.
 - `lab.repo.ensure_repo(root)`: the stand-in repository, built and served; its entry in
   `.lab/state.json` is `toolkit_repo` = {url, fingerprint, container, versions}, and

@@ -1,12 +1,13 @@
-"""Unit tests of lab.fleet's pure parts: names, ports, docker arguments, inspect parsing."""
+"""Unit tests of the lab fleet's pure parts (lab.fleet, lab.hosts, lab.ready): names, ports,
+docker arguments, inspect parsing."""
 
 import pytest
 
-from lab import LabError, fleet
-from lab.fleet import (
+from lab import LabError, hosts, ready
+from lab.fleet import format_table
+from lab.hosts import (
     container_name,
     create_args,
-    format_table,
     host_name,
     parse_container,
     parse_index,
@@ -112,15 +113,15 @@ def test_container_remembers_which_keys_it_was_given():
 def test_hosts_that_exited_at_start_get_the_inotify_hint(tmp_path, monkeypatch):
     limit = tmp_path / "max_user_instances"
     limit.write_text("128\n")
-    monkeypatch.setattr(fleet, "INOTIFY_INSTANCES", limit)
+    monkeypatch.setattr(ready, "INOTIFY_INSTANCES", limit)
     containers = {
-        22: fleet.Container(22, "gpufleet-lab-22", "running", 2242, "sha256:x"),
-        23: fleet.Container(23, "gpufleet-lab-23", "exited", 2243, "sha256:x"),
+        22: hosts.Container(22, "gpufleet-lab-22", "running", 2242, "sha256:x"),
+        23: hosts.Container(23, "gpufleet-lab-23", "exited", 2243, "sha256:x"),
     }
-    monkeypatch.setattr(fleet, "list_containers", lambda: containers)
-    hint = fleet._exited_hint({23: 2243})
+    monkeypatch.setattr(ready, "list_containers", lambda: containers)
+    hint = ready.exited_hint({23: 2243})
     assert "1 container(s) exited at start" in hint and "max_user_instances = 128" in hint
-    assert fleet._exited_hint({22: 2242}) == ""  # running, only slow: no such hint
+    assert ready.exited_hint({22: 2242}) == ""  # running, only slow: no such hint
 
 
 class _Host:
@@ -152,10 +153,10 @@ def _keys(tmp_path):
 def test_a_host_whose_host_key_changed_gets_the_pinned_keys_back(tmp_path, monkeypatch):
     _keys(tmp_path)
     host, said = _Host(), []
-    monkeypatch.setattr(fleet, "_probe", host.probe)
-    monkeypatch.setattr(fleet, "docker", host.docker)
-    monkeypatch.setattr(fleet, "lab_dir", lambda root: root / ".lab")
-    assert fleet.wait_ready(tmp_path, {2: 2222}, timeout=10, log=said.append) == {2: "running"}
+    monkeypatch.setattr(ready, "probe", host.probe)
+    monkeypatch.setattr(ready, "docker", host.docker)
+    monkeypatch.setattr(ready, "lab_dir", lambda root: root / ".lab")
+    assert ready.wait_ready(tmp_path, {2: 2222}, timeout=10, log=said.append) == {2: "running"}
     assert host.calls == [("cp", "-"), ("exec", "gpufleet-lab-2")]  # once, into its container
     assert said == [
         "  lab-2: Host key verification failed (not the lab's pinned keys): "
@@ -166,12 +167,12 @@ def test_a_host_whose_host_key_changed_gets_the_pinned_keys_back(tmp_path, monke
 def test_a_host_whose_keys_cannot_be_put_back_gets_the_exact_repair(tmp_path, monkeypatch):
     _keys(tmp_path)
     host = _Host(repairable=False)
-    monkeypatch.setattr(fleet, "_probe", host.probe)
-    monkeypatch.setattr(fleet, "docker", host.docker)
-    monkeypatch.setattr(fleet, "lab_dir", lambda root: root / ".lab")
-    monkeypatch.setattr(fleet, "list_containers", dict)
+    monkeypatch.setattr(ready, "probe", host.probe)
+    monkeypatch.setattr(ready, "docker", host.docker)
+    monkeypatch.setattr(ready, "lab_dir", lambda root: root / ".lab")
+    monkeypatch.setattr(ready, "list_containers", dict)
     with pytest.raises(LabError) as refused:
-        fleet.wait_ready(tmp_path, {2: 2222}, timeout=1, log=lambda line: None)
+        ready.wait_ready(tmp_path, {2: 2222}, timeout=1, log=lambda line: None)
     message = str(refused.value)
     assert "lab-2 (Host key verification failed.)" in message
     assert "`docker rm -f gpufleet-lab-2` then `python -m lab up`" in message

@@ -4,7 +4,7 @@ when to recreate it, and the status line without an engine."""
 from dataclasses import replace
 from pathlib import Path
 
-from lab.fleet import parse_container, parse_index
+from lab.hosts import parse_container, parse_index
 from lab.repo import (
     REPO_CONTAINER,
     RepoContainer,
