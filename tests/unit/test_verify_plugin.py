@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,16 +12,23 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from operations.config.model import FleetConfig
+from tests.verify import facts
 from tests.verify.fleet import (
     BATCH_MARK,
+    FactSpec,
     FleetHost,
+    UndeclaredFact,
     close_connections,
+    declared,
+    declared_facts,
+    prefetch,
     split_batch,
     write_ssh_config,
 )
@@ -122,13 +130,89 @@ def test_prefetch_runs_every_script_in_one_round_trip_each_parsed_as_alone():
     `exit` inside a script; a failing script is not kept (its check runs it again)."""
     host = FleetHost("@local", FleetConfig(), {})
     scripts = ["printf 'a\\nb'", "echo x; echo; exit 0", "echo bad; exit 3", "true"]
-    runs = []
+    specs = [FactSpec(f"s{i}", lambda config, s=s: s, list) for i, s in enumerate(scripts)]
+    runs = _count_runs(host)
+    host.prefetch(specs)
+    assert len(runs) == 1
+    assert host._facts == {specs[0]: ["a", "b"], specs[1]: ["x", ""], specs[3]: []}
+    assert host.read(specs[3]) == [] and len(runs) == 1  # not run again
+    with pytest.raises(AssertionError, match=r"fact script failed \(rc 3\)"):
+        host.read(specs[2])  # not kept: read again, and its failure reported
+    assert len(runs) == 2
+
+
+def _count_runs(host: FleetHost) -> list[str]:
+    """The commands ``host`` runs from now on (it is connected first)."""
+    runs: list[str] = []
     real_run = host.host.run
     host.host.run = lambda command: runs.append(command) or real_run(command)
-    host.prefetch([lambda h, s=s: h.fact(s, list) for s in scripts])
+    return runs
+
+
+def _spec(name: str) -> FactSpec:
+    return FactSpec(name, lambda config: f"echo {name}", list)
+
+
+def test_the_prefetch_is_the_union_of_the_declarations_each_fact_once():
+    """Modules declare the facts they read; the union keeps each once, in declaration order,
+    and a module without FACTS adds none."""
+    a, b, c = _spec("a"), _spec("b"), _spec("c")
+    modules = [
+        types.SimpleNamespace(FACTS=(a, b)),
+        types.SimpleNamespace(FACTS=(b, c, a)),
+        types.SimpleNamespace(),
+    ]
+    assert declared_facts(modules) == [a, b, c]
+    from tests.verify import test_docker, test_driver, test_preflight, test_toolkit, test_vllm
+
+    assert declared_facts([test_toolkit]) == [facts.STACK, facts.DAEMON_JSON]
+    every = [test_preflight, test_driver, test_docker, test_toolkit, test_vllm]
+    assert declared_facts(every) == [
+        facts.PROFILE, facts.DRIVER, facts.STACK, facts.DAEMON_JSON, facts.VLLM,
+        test_vllm.ANSWERS,
+    ]  # fmt: skip
+
+
+def test_toolkit_checks_read_only_what_the_prefetch_of_their_declarations_read():
+    """After the prefetch of test_toolkit's FACTS alone, its fact-reading checks run no
+    further command on the host (GPU checks: not applicable on this config)."""
+    from tests.verify import test_toolkit
+
+    host = FleetHost("@local", FleetConfig(host={"has_gpus": False}), {})
+    runs = _count_runs(host)
+    prefetch([host], declared_facts([test_toolkit]))
     assert len(runs) == 1
-    assert host._facts == {scripts[0]: ["a", "b"], scripts[1]: ["x", ""], scripts[3]: []}
-    assert host.fact(scripts[3], lambda lines: "not run again") == []
+    checks = [getattr(test_toolkit, name) for name in dir(test_toolkit) if name.startswith("test_")]
+    with declared(test_toolkit.FACTS):
+        for check in checks:
+            with contextlib.suppress(AssertionError, pytest.skip.Exception):  # no toolkit here
+                check(host)
+    assert len(runs) == 1, runs[1:]
+
+
+def test_a_fact_the_module_does_not_declare_is_an_error_in_a_check():
+    """Inside a check only its module's FACTS may be read (the prefetch reads just those);
+    outside one (a direct call) a fact is read on demand."""
+    host = FleetHost("@local", FleetConfig(), {})
+    known, other = _spec("known"), _spec("other")
+    with declared([known]):
+        assert host.read(known) == ["known"]
+        with pytest.raises(UndeclaredFact, match="other is read but not declared"):
+            host.read(other)
+    assert host.read(other) == ["other"]
+
+
+def test_a_toolkit_selection_prefetches_what_toolkit_reads_and_nothing_else(tmp_path):
+    """`-m toolkit` alone (no docker check selected): the toolkit module's declarations are
+    prefetched, and no check fails for reading a fact it did not declare."""
+    _, output, report = run_verify(
+        tmp_path,
+        'hosts = [("@local", {"host_has_gpus": False, "preflight_min_free_disk_gib": 0})]',
+        "-m", "toolkit",
+    )  # fmt: skip
+    assert "prefetched ContainerStack, DaemonJson from 1 host(s) in " in output, output
+    assert list(report["hosts"]["@local"]) == ["toolkit"]
+    assert "UndeclaredFact" not in output
 
 
 def test_split_batch_keeps_lookalike_lines_and_drops_failed_and_unknown_scripts():

@@ -25,13 +25,16 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import testinfra
+from pyinfra.api import FactBase
 from testinfra.backend.base import CommandResult
 
 from operations.config.model import FleetConfig
@@ -59,6 +62,54 @@ def split_batch(stdout: str, count: int) -> dict[int, list[str]]:
         else:
             lines.append(line)
     return outputs
+
+
+@dataclass(frozen=True, eq=False)
+class FactSpec:
+    """One fact the checks read: a name for messages, its script (made from the host's
+    config) and how its output is parsed. Compared by identity: each is one module-level
+    constant, declared in ``FACTS`` by every check module that reads it."""
+
+    name: str
+    script: Callable[[FleetConfig], str]
+    parse: Callable[[list[str]], Any]
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def deploy_fact(fact: type[FactBase], **arguments: Callable[[FleetConfig], Any]) -> FactSpec:
+    """The deploy's fact class read as the deploy reads it: its own ``command`` with the
+    arguments the deploy's ``get_fact`` passes (each taken from the host's config), its own
+    ``process``."""
+
+    def script(config: FleetConfig) -> str:
+        return fact().command(**{name: value(config) for name, value in arguments.items()})
+
+    return FactSpec(fact.__name__, script, lambda lines: fact().process(lines))
+
+
+class UndeclaredFact(Exception):
+    """A check read a fact its module does not declare in ``FACTS``."""
+
+
+_DECLARED: ContextVar[frozenset[FactSpec] | None] = ContextVar("declared", default=None)
+
+
+@contextlib.contextmanager
+def declared(specs: Iterable[FactSpec]) -> Iterator[None]:
+    """While a check runs: the facts its module declares, the only ones it may read."""
+    token = _DECLARED.set(frozenset(specs))
+    try:
+        yield
+    finally:
+        _DECLARED.reset(token)
+
+
+def declared_facts(modules: Iterable[ModuleType]) -> list[FactSpec]:
+    """The union of the ``FACTS`` the modules declare, each fact once, in declaration order
+    (a module without ``FACTS`` reads none)."""
+    return list(dict.fromkeys(spec for module in modules for spec in getattr(module, "FACTS", ())))
 
 
 class Unreachable(Exception):
@@ -90,41 +141,37 @@ class FleetHost:
     config: FleetConfig
     data: dict[str, Any]
     ssh_config: Path | None = None
-    _facts: dict[str, Any] = field(default_factory=dict, repr=False)
-    _pending: list[tuple[str, Callable]] | None = field(default=None, repr=False)
+    _facts: dict[FactSpec, Any] = field(default_factory=dict, repr=False)
 
-    def fact(self, command: str, parse: Callable[[list[str]], Any]) -> Any:
-        """Run a deploy fact's script once per run and parse it the way the deploy does."""
-        if command not in self._facts:
-            if self._pending is not None:  # prefetching: run with the others, in one script
-                if command not in (queued for queued, _ in self._pending):
-                    self._pending.append((command, parse))
-                return None
-            result = self.host.run(command)
+    def read(self, spec: FactSpec) -> Any:
+        """A fact's value: from the prefetch, or read now (once per run) and parsed the way
+        the deploy parses it. Inside a check, a fact its module does not declare in ``FACTS``
+        is an error (UndeclaredFact): the declarations are what the plugin prefetches, so a
+        missing one would read hosts one by one, unnoticed."""
+        declared = _DECLARED.get()
+        if declared is not None and spec not in declared:
+            raise UndeclaredFact(f"{spec.name} is read but not declared in the module's FACTS")
+        if spec not in self._facts:
+            result = self.host.run(spec.script(self.config))
             assert result.rc == 0, f"fact script failed (rc {result.rc}): {result.stderr}"
-            self._facts[command] = parse(result.stdout.splitlines())
-        return self._facts[command]
+            self._facts[spec] = spec.parse(result.stdout.splitlines())
+        return self._facts[spec]
 
-    def prefetch(self, getters: list[FactGetter]) -> None:
-        """Run the scripts of ``getters`` in one round trip (each in its own subshell) and keep
-        each output parsed as if run alone. A script that fails is not kept: its check runs it
-        again and reports the failure."""
-        self._pending = []
-        try:
-            for getter in getters:
-                getter(self)
-        finally:
-            pending, self._pending = self._pending, None
+    def prefetch(self, specs: list[FactSpec]) -> None:
+        """Run the scripts of ``specs`` not yet read in one round trip (each in its own
+        subshell) and keep each output parsed as if run alone. A script that fails is not
+        kept: its check runs it again and reports the failure."""
+        pending = [spec for spec in dict.fromkeys(specs) if spec not in self._facts]
         if not pending:
             return
         script = "\n".join(
-            f"( {command}\n); printf '\\n{BATCH_MARK} %s {i}\\n' $?"
-            for i, (command, _) in enumerate(pending)
+            f"( {spec.script(self.config)}\n); printf '\\n{BATCH_MARK} %s {i}\\n' $?"
+            for i, spec in enumerate(pending)
         )
         outputs = split_batch(self.host.run(script).stdout, len(pending))
-        for i, (command, parse) in enumerate(pending):
+        for i, spec in enumerate(pending):
             if i in outputs:
-                self._facts[command] = parse(outputs[i])
+                self._facts[spec] = spec.parse(outputs[i])
 
     stopped: str | None = field(default=None, repr=False)  # why it stopped answering
     _probing: bool = field(default=False, repr=False)  # the first command: connecting
@@ -327,30 +374,17 @@ def _close_connections(config: Path, hosts: list[str]) -> None:
     shutil.rmtree(config.parent, ignore_errors=True)
 
 
-FactGetter = Callable[[FleetHost], Any]
-_PREFETCH: list[FactGetter] = []
-
-
-def prefetched(getter: FactGetter) -> FactGetter:
-    """Marks a check module's fact getter (one script, one round trip): the plugin runs it
-    for every host at once before the checks start, so a fleet is read in parallel."""
-    _PREFETCH.append(getter)
-    return getter
-
-
-def prefetch(hosts: list[FleetHost], modules: set[str], workers: int = 32) -> None:
-    """Connect to every host and run the marked fact getters of ``modules``, all of a host's
-    scripts in one round trip and hosts in parallel (one thread each: testinfra runs ssh
-    processes). Failures are left to the
-    checks, which report them (an unreachable host fails its row)."""
-    getters = [getter for getter in _PREFETCH if getter.__module__ in modules]
+def prefetch(hosts: list[FleetHost], specs: list[FactSpec], workers: int = 32) -> None:
+    """Connect to every host and read ``specs``, all of a host's scripts in one round trip
+    and hosts in parallel (one thread each: testinfra runs ssh processes). Failures are left
+    to the checks, which report them (an unreachable host fails its row)."""
 
     def warm(host: FleetHost) -> None:
         try:
-            host.prefetch(getters)
-        except Exception:  # noqa: BLE001 - the check calling it again reports it
+            host.prefetch(specs)
+        except Exception:  # noqa: BLE001 - the check reading it again reports it
             return
 
-    if hosts and getters:
+    if hosts and specs:
         with ThreadPoolExecutor(max_workers=min(workers, len(hosts))) as pool:
             list(pool.map(warm, hosts))

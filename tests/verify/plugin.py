@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,10 +27,13 @@ from operations.config.model import LAYERS
 from operations.run import select
 from tests.verify.fleet import (
     ROOT,
+    FactSpec,
     FleetHost,
     Unreachable,
     UnsafeSshValue,
     close_connections,
+    declared,
+    declared_facts,
     kill_running,
     prefetch,
     write_ssh_config,
@@ -130,10 +134,42 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("fleet_host", hosts, ids=[host.name for host in hosts])
 
 
+def _host_of(item: pytest.Item) -> FleetHost | None:
+    """The host a fleet check runs on; None for any other test."""
+    host = getattr(item, "callspec", None) and item.callspec.params.get("fleet_host")
+    return host if isinstance(host, FleetHost) else None
+
+
+def selected_facts(items: list[pytest.Item]) -> list[FactSpec]:
+    """The union of the ``FACTS`` declared by the modules of the selected fleet checks:
+    what those checks may read (``-m toolkit`` gets what toolkit's checks read)."""
+    modules = dict.fromkeys(item.module for item in items if _host_of(item) and item.module)
+    return declared_facts(modules)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Read every host at once (facts of the selected checks' modules) before the checks."""
+    """Read every host at once (the facts the selected checks' modules declare) before
+    the checks; how long it took goes under the fleet report."""
     hosts = session.config.stash.get(HOSTS, [])
-    prefetch(hosts, {item.module.__name__ for item in session.items if item.module})
+    specs = selected_facts(session.items)
+    started = time.monotonic()
+    prefetch(hosts, specs)
+    report = session.config.pluginmanager.get_plugin("fleet-report")
+    if report is not None and hosts and specs:
+        report.prefetched = (
+            f"prefetched {', '.join(spec.name for spec in specs)} from {len(hosts)} host(s) "
+            f"in {time.monotonic() - started:.1f} s"
+        )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """A fleet check may read only the facts its module declares (fleet.UndeclaredFact)."""
+    if _host_of(item) is None:
+        yield
+        return
+    with declared(declared_facts([item.module])):
+        yield
 
 
 def _layer(item: pytest.Item) -> str | None:
@@ -144,8 +180,8 @@ def _layer(item: pytest.Item) -> str | None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report = outcome.get_result()
-    host = getattr(item, "callspec", None) and item.callspec.params.get("fleet_host")
-    if isinstance(host, FleetHost):
+    host = _host_of(item)
+    if host is not None:
         report.user_properties += [("fleet_host", host.name), ("fleet_layer", _layer(item))]
         if call.excinfo is not None and call.excinfo.errisinstance(Unreachable):
             report.longrepr = f"{UNREACHABLE}: {call.excinfo.value}"
@@ -161,6 +197,7 @@ class FleetReport:
             lambda: {"passed": 0, "failed": 0, "not_applicable": 0, "skipped": 0, "failures": []}
         )
         self.unreachable: dict[str, str] = {}  # host -> why, from its first failed check
+        self.prefetched: str | None = None  # what was read before the checks, how fast
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
@@ -173,6 +210,8 @@ class FleetReport:
             terminalreporter.write_line(line)
         for line in self.unreachable_lines():
             terminalreporter.write_line(line)
+        if self.prefetched:
+            terminalreporter.write_line(self.prefetched)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
         terminalreporter.write_line(f"fleet report: {self.path}")

@@ -8,26 +8,16 @@ from __future__ import annotations
 import pytest
 
 from operations.docker import daemon_keys
-from operations.docker.facts import parse_stack, stack_command
-from operations.kit.daemon_json import DaemonJson, holds, parse
-from tests.verify.fleet import FleetHost, prefetched
+from operations.kit.daemon_json import holds, parse
+from tests.verify.facts import DAEMON_JSON, STACK
+from tests.verify.fleet import FleetHost
 
 pytestmark = pytest.mark.docker
-
-
-@prefetched
-def stack(fleet_host: FleetHost) -> dict:
-    return fleet_host.fact(stack_command(), parse_stack)
-
-
-@prefetched
-def daemon_files(fleet_host: FleetHost) -> dict:
-    fact = DaemonJson()
-    return fleet_host.fact(fact.command(), fact.process)
+FACTS = (STACK, DAEMON_JSON)
 
 
 def test_docker_active_and_enabled(fleet_host: FleetHost):
-    state = stack(fleet_host)
+    state = fleet_host.read(STACK)
     assert state["active"] == "active", f"docker.service is {state['active'] or 'missing'}"
     assert state["enabled"] == "enabled", f"docker.service is {state['enabled'] or 'missing'}"
     assert state["info"].get("ServerVersion"), "docker info does not answer"
@@ -37,21 +27,21 @@ def test_docker_version_as_pinned(fleet_host: FleetHost):
     pinned = fleet_host.config.docker.version
     if pinned is None:
         pytest.skip("not applicable: docker_version is not set")
-    version = stack(fleet_host)["server_version"]
+    version = fleet_host.read(STACK)["server_version"]
     assert version == pinned or version.startswith((f"{pinned}.", f"{pinned}+", f"{pinned}-")), (
         f"Docker {version or '(none)'} is not docker_version {pinned}"
     )
 
 
 def test_daemon_json_is_valid_and_holds_the_configured_keys(fleet_host: FleetHost):
-    current = parse(daemon_files(fleet_host)["current"])
+    current = parse(fleet_host.read(DAEMON_JSON)["current"])
     assert current is not None, "/etc/docker/daemon.json is not a JSON object"
     wrong = holds(current, daemon_keys(fleet_host.config.docker))
     assert not wrong, f"daemon.json differs from the config at: {', '.join(wrong)}"
 
 
 def test_running_daemon_uses_those_settings(fleet_host: FleetHost):
-    info, docker = stack(fleet_host)["info"], fleet_host.config.docker
+    info, docker = fleet_host.read(STACK)["info"], fleet_host.config.docker
     wanted = {"LiveRestoreEnabled": docker.live_restore, "LoggingDriver": "json-file"}
     wanted |= {"CgroupDriver": docker.cgroup_driver} if docker.cgroup_driver else {}
     wanted |= {"DockerRootDir": docker.data_root} if docker.data_root else {}
@@ -61,5 +51,5 @@ def test_running_daemon_uses_those_settings(fleet_host: FleetHost):
 
 
 def test_docker_group_holds_only_the_configured_users(fleet_host: FleetHost):
-    members = sorted(stack(fleet_host)["docker_group"])
+    members = sorted(fleet_host.read(STACK)["docker_group"])
     assert members == sorted(fleet_host.config.docker.users), "docker group is root-equivalent"

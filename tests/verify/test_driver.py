@@ -9,20 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from operations.driver.facts import (
-    driver_command,
-    is_driver_package,
-    parse_driver_state,
-)
-from operations.preflight.facts import parse_profile, profile_command
-from tests.verify.fleet import FleetHost, prefetched
+from operations.driver import fabric_manager_wanted
+from operations.driver.facts import is_driver_package
+from tests.verify.facts import DRIVER, PROFILE
+from tests.verify.fleet import FleetHost
 
 pytestmark = pytest.mark.driver
-
-
-@prefetched
-def _state(fleet_host: FleetHost) -> dict:
-    return fleet_host.fact(driver_command(), parse_driver_state)
+FACTS = (DRIVER, PROFILE)
 
 
 def _needs_gpus(fleet_host: FleetHost) -> None:
@@ -35,12 +28,12 @@ def _needs_gpus(fleet_host: FleetHost) -> None:
 def _gpu_state(fleet_host: FleetHost) -> dict:
     """The driver state, for checks that need GPUs (skipped as not applicable otherwise)."""
     _needs_gpus(fleet_host)
-    return _state(fleet_host)
+    return fleet_host.read(DRIVER)
 
 
 def test_driver_installed_at_configured_branch(fleet_host: FleetHost):
     driver = fleet_host.config.driver
-    installed = _state(fleet_host).get("nvml_version")
+    installed = fleet_host.read(DRIVER).get("nvml_version")
     assert installed, "no NVIDIA driver installed (no libnvidia-ml.so.1)"
     assert installed.split(".")[0] == driver.branch, f"{installed} is not branch {driver.branch}"
     if driver.version:
@@ -50,7 +43,7 @@ def test_driver_installed_at_configured_branch(fleet_host: FleetHost):
 def test_driver_packages_held(fleet_host: FleetHost):
     if not fleet_host.config.driver.hold_packages:
         pytest.skip("not applicable: driver_hold_packages is False")
-    state = _state(fleet_host)
+    state = fleet_host.read(DRIVER)
     ours = [p for p in state["packages"] if is_driver_package(p)]
     assert ours, "no driver package installed"
     unheld = sorted(set(ours) - set(state["held"]))
@@ -60,7 +53,7 @@ def test_driver_packages_held(fleet_host: FleetHost):
 def test_nouveau_blacklisted_and_not_loaded(fleet_host: FleetHost):
     if not fleet_host.config.driver.blacklist_nouveau:
         pytest.skip("not applicable: driver_blacklist_nouveau is False")
-    state = _state(fleet_host)
+    state = fleet_host.read(DRIVER)
     assert state["nouveau_blacklist"], "no modprobe.d file blacklists nouveau"
     assert not state["nouveau_loaded"], "nouveau is loaded"
 
@@ -82,7 +75,7 @@ def test_gpu_count_as_configured(fleet_host: FleetHost):
     _needs_gpus(fleet_host)
     if expected is None:
         pytest.skip("not applicable: host_gpu_count is not set")
-    found = len(_state(fleet_host)["gpus"])
+    found = len(fleet_host.read(DRIVER)["gpus"])
     assert found == expected, f"{found} GPU(s), host_gpu_count is {expected}"
 
 
@@ -107,10 +100,8 @@ def test_fabric_manager_active_on_nvswitch_systems(fleet_host: FleetHost):
     _needs_gpus(fleet_host)
     if config.driver.fabric_manager == "disabled":  # by config: before the host is read
         pytest.skip("not applicable: driver_fabric_manager is disabled")
-    if config.driver.fabric_manager == "auto":
-        profile = fleet_host.fact(profile_command(config.preflight.disk_path), parse_profile)
-        if not profile["nvswitches"]:
-            pytest.skip("not applicable: no NVSwitch and driver_fabric_manager is auto")
-    state = _state(fleet_host)
+    if not fabric_manager_wanted(config, fleet_host.read(PROFILE)):  # the deploy's rule
+        pytest.skip("not applicable: no NVSwitch and driver_fabric_manager is auto")
+    state = fleet_host.read(DRIVER)
     unit = state["units"].get("nvidia-fabricmanager", {})
     assert unit.get("active") == "active", f"nvidia-fabricmanager is {unit or 'missing'}"

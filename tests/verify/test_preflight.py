@@ -8,16 +8,11 @@ from __future__ import annotations
 import pytest
 
 from operations import preflight
-from operations.preflight.facts import parse_profile, profile_command
-from tests.verify.fleet import FleetHost, prefetched
+from tests.verify.facts import PROFILE
+from tests.verify.fleet import FleetHost
 
 pytestmark = pytest.mark.preflight
-
-
-@prefetched
-def _profile(fleet_host: FleetHost) -> dict:
-    """The host's profile, fetched once per run."""
-    return fleet_host.fact(profile_command(fleet_host.config.preflight.disk_path), parse_profile)
+FACTS = (PROFILE,)
 
 
 def test_reachable(fleet_host: FleetHost):
@@ -26,7 +21,7 @@ def test_reachable(fleet_host: FleetHost):
 
 
 def test_supported_os(fleet_host: FleetHost):
-    profile = _profile(fleet_host)
+    profile = fleet_host.read(PROFILE)
     assert preflight.os_supported(profile["os_id"], profile["os_version"]), (
         f"{profile['os_id']} {profile['os_version']} is not one of: "
         f"{preflight.supported_os_words()}"
@@ -34,17 +29,17 @@ def test_supported_os(fleet_host: FleetHost):
 
 
 def test_supported_arch(fleet_host: FleetHost):
-    arch = _profile(fleet_host)["arch"]
+    arch = fleet_host.read(PROFILE)["arch"]
     assert arch in preflight.SUPPORTED_ARCH, f"{arch} is not one of {preflight.SUPPORTED_ARCH}"
 
 
 def test_gpu_presence_matches_config(fleet_host: FleetHost):
-    gpus = len(_profile(fleet_host)["nvidia_gpus"])
+    gpus = len(fleet_host.read(PROFILE)["nvidia_gpus"])
     problems = preflight.gpu_problems(fleet_host.config, gpus)
     assert not problems, problems[0]
 
 
 def test_free_disk(fleet_host: FleetHost):
-    free = _profile(fleet_host)["disk_free_gib"]
+    free = fleet_host.read(PROFILE)["disk_free_gib"]
     needed = fleet_host.config.preflight.min_free_disk_gib
     assert free >= needed, f"{free} GiB free, preflight_min_free_disk_gib is {needed}"

@@ -11,10 +11,11 @@ import pytest
 from operations.kit.daemon_json import holds, parse
 from operations.kit.packages import version_glob
 from operations.toolkit import PACKAGES, daemon_keys
+from tests.verify.facts import DAEMON_JSON, STACK
 from tests.verify.fleet import FleetHost
-from tests.verify.test_docker import daemon_files, stack
 
 pytestmark = pytest.mark.toolkit
+FACTS = (STACK, DAEMON_JSON)
 
 
 def _gpu_host(fleet_host: FleetHost) -> None:
@@ -23,7 +24,7 @@ def _gpu_host(fleet_host: FleetHost) -> None:
 
 
 def test_toolkit_packages_installed_at_one_pinned_version(fleet_host: FleetHost):
-    installed = stack(fleet_host)["packages"]
+    installed = fleet_host.read(STACK)["packages"]
     missing = [name for name in PACKAGES if name not in installed]
     assert not missing, f"not installed: {', '.join(missing)}"
     versions = {installed[name] for name in PACKAGES}
@@ -35,33 +36,35 @@ def test_toolkit_packages_installed_at_one_pinned_version(fleet_host: FleetHost)
 
 
 def test_nvidia_ctk_is_the_installed_version(fleet_host: FleetHost):
-    state = stack(fleet_host)
+    state = fleet_host.read(STACK)
     upstream = state["packages"].get("nvidia-container-toolkit-base", "?").split("-")[0]
     assert state.get("ctk_version", "").endswith(f"version {upstream}"), state.get("ctk_version")
 
 
 def test_docker_lists_the_nvidia_runtime(fleet_host: FleetHost):
-    info = stack(fleet_host)["info"]
+    info = fleet_host.read(STACK)["info"]
     assert "nvidia" in info.get("Runtimes", {}), f"runtimes: {sorted(info.get('Runtimes', {}))}"
     if fleet_host.config.toolkit.default_runtime:
         assert info.get("DefaultRuntime") == fleet_host.config.toolkit.default_runtime
 
 
 def test_daemon_json_holds_the_runtime_keys(fleet_host: FleetHost):
-    current = parse(daemon_files(fleet_host)["current"]) or {}
+    current = parse(fleet_host.read(DAEMON_JSON)["current"]) or {}
     wrong = holds(current, daemon_keys(fleet_host.config.toolkit))
     assert not wrong, f"daemon.json differs from the config at: {', '.join(wrong)}"
 
 
 def test_dev_char_udev_rule_installed(fleet_host: FleetHost):
-    assert stack(fleet_host)["udev_rule"], "the /dev/char udev rule is missing (NVML after reload)"
+    assert fleet_host.read(STACK)["udev_rule"], (
+        "the /dev/char udev rule is missing (NVML after reload)"
+    )
 
 
 def test_cdi_spec_generated(fleet_host: FleetHost):
     _gpu_host(fleet_host)
     if not fleet_host.config.toolkit.cdi:
         pytest.skip("not applicable: toolkit_cdi is False")
-    assert stack(fleet_host)["cdi_spec"], "no /etc/cdi/nvidia.yaml"
+    assert fleet_host.read(STACK)["cdi_spec"], "no /etc/cdi/nvidia.yaml"
 
 
 def test_gpu_container_sees_every_gpu(fleet_host: FleetHost):

@@ -17,18 +17,14 @@ import shlex
 
 import pytest
 
-from operations.config.model import VllmInstance
+from operations.config.model import FleetConfig, VllmInstance
 from operations.config.secrets import env_file, vllm_secrets
 from operations.vllm import CONTAINER_PORT, key_to_curl, probe_address, secrets_path
-from operations.vllm.facts import SECRETS_DIR, SPEC_LABEL, parse_state, state_command
-from tests.verify.fleet import FleetHost, prefetched
+from operations.vllm.facts import SECRETS_DIR, SPEC_LABEL
+from tests.verify.facts import VLLM
+from tests.verify.fleet import FactSpec, FleetHost
 
 pytestmark = pytest.mark.vllm
-
-
-@prefetched
-def state(fleet_host: FleetHost) -> dict:
-    return fleet_host.fact(state_command(), parse_state)
 
 
 def servers(fleet_host: FleetHost) -> list[VllmInstance]:
@@ -36,7 +32,7 @@ def servers(fleet_host: FleetHost) -> list[VllmInstance]:
 
 
 def inspect_of(fleet_host: FleetHost, server: VllmInstance) -> dict:
-    found = state(fleet_host)["containers"].get(server.name)
+    found = fleet_host.read(VLLM)["containers"].get(server.name)
     assert found, f"{server.container}: no such container"
     return found
 
@@ -46,11 +42,11 @@ MISSING = f"{MARK}-missing"  # the line saying a tool the probes need is not on 
 PROBE_TOOLS = ("curl",)
 
 
-def _curl(fleet_host: FleetHost, server: VllmInstance, path: str, body=None, key=True) -> str:
+def _curl(config: FleetConfig, server: VllmInstance, path: str, body=None, key=True) -> str:
     """Shell for one request from the host to the instance's API, printing body, newline and
     HTTP status. The key goes from the host's secrets file to curl's stdin (printf is a
     shell builtin), never onto a command line."""
-    url = f"http://{probe_address(fleet_host.config)}:{server.port}{path}"
+    url = f"http://{probe_address(config)}:{server.port}{path}"
     options = ["-sS", "--max-time", "30", "-o", "/dev/stdout", "-w", r"\n%{http_code}"]
     if body is not None:
         options += ["-H", "Content-Type: application/json", "--data", json.dumps(body)]
@@ -81,25 +77,28 @@ def _parse_answers(lines: list[str]) -> dict[tuple[str, str], tuple[int, str]]:
     return found
 
 
-@prefetched
-def answers(fleet_host: FleetHost) -> dict[tuple[str, str], tuple[int, str]]:
-    """{(instance, probe): (HTTP status, body)}: every request of every instance in one
-    round trip to the host, once per run (0 when curl could not connect)."""
+def _answers_script(config: FleetConfig) -> str:
+    """Every request of every instance, in one script (one round trip to the host)."""
     steps = [
-        f"echo {MARK} {server.name} {name}; {_curl(fleet_host, server, *probe)}; echo"
-        for server in servers(fleet_host)
+        f"echo {MARK} {server.name} {name}; {_curl(config, server, *probe)}; echo"
+        for server in config.vllm.servers()
         for name, probe in _probes(server).items()
     ]
     tools = " ".join(PROBE_TOOLS)
     missing = f"for t in {tools}; do command -v $t >/dev/null 2>&1 || echo {MISSING} $t; done"
     script = f'm=$({missing}); if [ -n "$m" ]; then echo "$m"; else\n' + "\n".join(steps or [":"])
-    return fleet_host.fact(script + "\nfi", _parse_answers)
+    return script + "\nfi"
+
+
+# {(instance, probe): (HTTP status, body)}, once per run (0 when curl could not connect)
+ANSWERS = FactSpec("vLLM API answers", _answers_script, _parse_answers)
+FACTS = (VLLM, ANSWERS)
 
 
 def api(fleet_host: FleetHost, server: VllmInstance, probe: str) -> tuple[int, str]:
     """(HTTP status, body) of one probe; fails the check naming a probe tool the host lacks
     (its absence is no answer of the server's)."""
-    found = answers(fleet_host)
+    found = fleet_host.read(ANSWERS)
     missing = [tool for kind, tool in found if kind == MISSING]
     assert not missing, (
         f"{' and '.join(missing)} is not installed on the host: the API probes need it"
@@ -122,7 +121,7 @@ def test_containers_run_the_pinned_image_with_the_restart_policy(fleet_host: Fle
         assert inspect["State"]["Status"] == "running", f"{server.container}: {inspect['State']}"
         assert inspect["Config"]["Image"] == vllm.image
         assert inspect["HostConfig"]["RestartPolicy"]["Name"] == vllm.restart_policy
-    extra = set(state(fleet_host)["containers"]) - {s.name for s in servers(fleet_host)}
+    extra = set(fleet_host.read(VLLM)["containers"]) - {s.name for s in servers(fleet_host)}
     assert not extra, f"instances not in the config still exist: {sorted(extra)}"
 
 
@@ -141,21 +140,23 @@ def test_secrets_file_is_root_only_and_holds_the_controllers_secrets(fleet_host:
     digest = hashlib.sha256(expected.encode()).hexdigest()
     for server in servers(fleet_host):
         path = secrets_path(server)
-        assert state(fleet_host)["owners"].get(path) == "root:root:600", path
-        assert state(fleet_host)["secrets"].get(path) == digest, f"{path} differs from the config"
+        assert fleet_host.read(VLLM)["owners"].get(path) == "root:root:600", path
+        assert fleet_host.read(VLLM)["secrets"].get(path) == digest, (
+            f"{path} differs from the config"
+        )
 
 
 def test_no_temporary_file_is_left_beside_the_secrets(fleet_host: FleetHost):
     """Only secrets files and readiness marks belong in the secrets directory: anything else
     is what a failed write left (a temporary secrets file may hold a key)."""
-    strays = state(fleet_host)["strays"]
+    strays = fleet_host.read(VLLM)["strays"]
     assert not strays, f"left in {SECRETS_DIR} by a failed run (may hold secrets): {strays}"
 
 
 def test_servers_passed_the_readiness_gate_and_none_is_kept_aside(fleet_host: FleetHost):
     """Each server's spec is marked ready (the deploy's gate passed for it), and no previous
     server is still kept (a rollout that did not finish)."""
-    found = state(fleet_host)
+    found = fleet_host.read(VLLM)
     for server in servers(fleet_host):
         spec = (inspect_of(fleet_host, server)["Config"]["Labels"] or {}).get(SPEC_LABEL)
         assert found["ready"].get(server.name) == spec, (

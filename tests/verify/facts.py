@@ -1,0 +1,19 @@
+"""The deploy's facts as the verify checks read them: one constant each, shared by every check
+module that declares it in its ``FACTS`` (the plugin prefetches the union of the selected
+modules' declarations, one round trip per host). Each is read with the arguments the
+deploy's own ``get_fact`` passes, so verify sees what the deploy decides from."""
+
+from __future__ import annotations
+
+from operations.docker.facts import ContainerStack
+from operations.driver.facts import DriverState
+from operations.kit.daemon_json import DaemonJson
+from operations.preflight.facts import HostProfile
+from operations.vllm.facts import VllmState
+from tests.verify.fleet import deploy_fact
+
+PROFILE = deploy_fact(HostProfile, path=lambda config: config.preflight.disk_path)
+DRIVER = deploy_fact(DriverState)
+STACK = deploy_fact(ContainerStack)  # docker and the container toolkit
+DAEMON_JSON = deploy_fact(DaemonJson)
+VLLM = deploy_fact(VllmState)
