@@ -13,35 +13,20 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
+from operations.kit import scripts
+from operations.kit.quoting import shell_join
 from operations.toolkit.facts import CDI_SPEC, PACKAGES, UDEV_RULE
 
 STACK_PACKAGES = ("docker-ce", "docker-ce-cli", "docker.io", "containerd.io", *PACKAGES)
 
-_SCRIPT = r"""
-echo "active=$(systemctl is-active docker.service 2>/dev/null)"
-echo "enabled=$(systemctl is-enabled docker.service 2>/dev/null)"
-echo "server_version=$(docker version --format '{{.Server.Version}}' 2>/dev/null)"
-echo "info=$(docker info --format '{{json .}}' 2>/dev/null)"
-echo "docker_group=$(getent group docker | cut -d: -f4)"
-if command -v dpkg-query >/dev/null; then
-  dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version}\n' @PACKAGES@ 2>/dev/null \
-    | awk 'substr($1, 2, 1) == "i" { print "package=" $2 " " $3 }'
-else
-  rpm -q --qf 'package=%{NAME} %{VERSION}-%{RELEASE}\n' @PACKAGES@ 2>/dev/null | grep '^package='
-fi
-echo "ctk_version=$(nvidia-ctk --version 2>/dev/null | head -n 1)"
-[ -f @UDEV_RULE@ ] && echo "udev_rule=yes"
-[ -f @CDI_SPEC@ ] && echo "cdi_spec=yes"
-true
-"""
-
 
 def stack_command() -> str:
-    """The one shell script behind ContainerStack."""
-    return (
-        _SCRIPT.replace("@PACKAGES@", " ".join(STACK_PACKAGES))
-        .replace("@UDEV_RULE@", UDEV_RULE)
-        .replace("@CDI_SPEC@", CDI_SPEC)
+    """The one shell script behind ContainerStack (operations/kit/scripts/container_stack.sh)."""
+    return scripts.render(
+        "container_stack",
+        UDEV_RULE=UDEV_RULE,
+        CDI_SPEC=CDI_SPEC,
+        raw_values={"PACKAGES": shell_join(STACK_PACKAGES)},
     )
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
+from operations.kit import scripts
+
 GPU_QUERY = (
     "index,pci.bus_id,name,driver_version,persistence_mode,"
     "ecc.errors.uncorrected.volatile.total,retired_pages.pending"
@@ -59,53 +61,19 @@ def installed_apt_packages(awk_print: str) -> str:
     )
 
 
-_SCRIPT = r"""
-@INSTALLED@
-case "$installed" in [0-9]*.*) echo "nvml_version=$installed" ;; esac
-[ -r /sys/module/nvidia/version ] && echo "module_loaded=$(cat /sys/module/nvidia/version)"
-command -v modinfo >/dev/null && echo "module_on_disk=$(modinfo -F version nvidia 2>/dev/null)"
-[ -d /sys/module/nouveau ] && echo "nouveau_loaded=yes"
-grep -lsE '^[[:space:]]*blacklist[[:space:]]+nouveau' /etc/modprobe.d/*.conf \
-  /usr/lib/modprobe.d/*.conf | sed 's/^/nouveau_blacklist=/'
-if command -v dpkg-query >/dev/null; then
-  @DPKG@
-  apt-mark showhold 2>/dev/null | sed 's/^/held=/'
-elif command -v rpm >/dev/null; then
-  rpm -qa --qf 'package=%{NAME} %{VERSION}-%{RELEASE}\n' @EL_GLOBS@ \
-    | grep -vE '^package=@NOT_DRIVER@'
-
-  dnf -q versionlock list 2>/dev/null | sed -E 's/-([0-9]+:)?[^-]+-[^-]+$//; s/^/held=/'
-fi
-for unit in @UNITS@; do
-  enabled=$(systemctl is-enabled "$unit" 2>/dev/null)
-  active=$(systemctl is-active "$unit" 2>/dev/null)
-  echo "unit=$unit ${enabled:-missing} ${active:-unknown}"
-done
-if command -v update-initramfs >/dev/null; then echo "initramfs=update-initramfs -u"
-elif command -v dracut >/dev/null; then echo "initramfs=dracut -f"; fi
-{ [ -e /var/run/reboot-required ] || { command -v needs-restarting >/dev/null \
-  && ! needs-restarting -r >/dev/null 2>&1; }; } && echo "reboot_required=yes"
-if [ -r /sys/module/nvidia/version ] && command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=@QUERY@ --format=csv,noheader 2>&1 | sed 's/^/gpu=/'
-  echo "nvidia_smi_rc=$?"
-fi
-"""
-
-
 def driver_command() -> str:
-    """The shell script behind DriverState."""
-    parts = {
-        "@INSTALLED@": INSTALLED_VERSION_SH,
-        "@DPKG@": installed_apt_packages('"package=" $2 " " $3'),
-        "@EL_GLOBS@": shell_globs(EL_DRIVER_GLOBS),
-        "@NOT_DRIVER@": NOT_DRIVER_RE[1:],
-        "@UNITS@": " ".join(UNITS),
-        "@QUERY@": GPU_QUERY,
-    }
-    script = _SCRIPT
-    for marker, text in parts.items():
-        script = script.replace(marker, text)
-    return script.strip()
+    """The shell script behind DriverState (operations/kit/scripts/driver_state.sh)."""
+    return scripts.render(
+        "driver_state",
+        NOT_DRIVER_PACKAGE="^package=" + NOT_DRIVER_RE[1:],
+        QUERY=GPU_QUERY,
+        raw_values={
+            "INSTALLED": INSTALLED_VERSION_SH,
+            "DPKG": installed_apt_packages('"package=" $2 " " $3'),
+            "EL_GLOBS": shell_globs(EL_DRIVER_GLOBS),
+            "UNITS": shell_globs(UNITS),
+        },
+    ).strip()
 
 
 def _gpu(line: str) -> dict[str, str]:

@@ -33,6 +33,7 @@ from pyinfra.api import FactBase, operation
 from pyinfra.api.command import FileUploadCommand, StringCommand
 from pyinfra.context import ctx_host
 
+from operations.kit import scripts
 from operations.kit.quoting import json_text
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -214,45 +215,17 @@ def _upload(text: str, dest: str) -> FileUploadCommand:
 
 
 def apply_script(restart: bool, timeout_s: int, corrupt: bool) -> str:
-    """Shell that puts the staged files in place, restarting Docker with rollback."""
-    return _APPLY.format(
-        staged=STAGED,
-        staged_owned=STAGED_OWNED,
-        live=DAEMON_JSON,
-        prev=f"{STATE_DIR}/daemon.json.prev",
-        good=LAST_GOOD,
-        owned=OWNED,
-        restart="yes" if restart else "no",
-        corrupt="yes" if corrupt else "no",
-        timeout=timeout_s,
+    """Shell that puts the staged files in place, restarting Docker with rollback
+    (operations/kit/scripts/daemon_json_apply.sh)."""
+    return scripts.render(
+        "daemon_json_apply",
+        STAGED=STAGED,
+        STAGED_OWNED=STAGED_OWNED,
+        LIVE=DAEMON_JSON,
+        PREV=f"{STATE_DIR}/daemon.json.prev",
+        LAST_GOOD=LAST_GOOD,
+        OWNED=OWNED,
+        RESTART="yes" if restart else "no",
+        CORRUPT="yes" if corrupt else "no",
+        TIMEOUT=int(timeout_s),
     )
-
-
-_APPLY = """up() {{ i=0; until docker info >/dev/null 2>&1; do
-  i=$((i+1)); [ $i -ge {timeout} ] && return 1; sleep 1; done; }}
-restart() {{ systemctl reset-failed docker.service 2>/dev/null
-  systemctl restart docker.service && up; }}
-if command -v dockerd >/dev/null && dockerd --help 2>&1 | grep -q -- --validate; then
-  if ! out=$(dockerd --validate --config-file {staged} 2>&1); then
-    rm -f {staged} {staged_owned}
-    echo "daemon.json not changed: dockerd --validate refused the merged file: $out" >&2; exit 1
-  fi
-fi
-mkdir -p /etc/docker
-[ {corrupt} = yes ] && cp -p {live} {live}.corrupt-$(date +%Y%m%d%H%M%S) && \\
-  echo "daemon.json was not valid JSON: kept as {live}.corrupt-*, rebuilt" >&2
-if [ -e {live} ]; then cp -p {live} {prev}; had=yes; else had=no; fi
-mv -f {staged} {live}
-if [ {restart} = no ] || ! systemctl cat docker.service >/dev/null 2>&1; then
-  mv -f {staged_owned} {owned}; exit 0
-fi
-if restart; then cp -p {live} {good}; mv -f {staged_owned} {owned}; exit 0; fi
-why=$(journalctl -u docker.service _COMM=dockerd -n 1 --no-pager -o cat 2>/dev/null \\
-  | tr "\\n" " ")
-if [ $had = yes ]; then mv -f {prev} {live}; else rm -f {live}; fi
-rm -f {staged_owned}
-if restart; then now="dockerd is running on the previous file"
-else now="dockerd did not come back on the previous file either"; fi
-echo "daemon.json rolled back: dockerd did not start with the merged file ($why); $now" >&2
-exit 1
-"""

@@ -45,11 +45,12 @@ from pyinfra.api import FactBase
 from pyinfra.connectors.fake import FakeConnector
 
 from operations.config.model import FleetConfig
+from operations.kit import scripts
 from operations.kit.common import fail_host
 from operations.kit.quoting import shell, shell_join
 
 LOCK_DIR = "/run/gpufleet"
-SCRIPT = (Path(__file__).parent / "scripts" / "lock.sh").read_text(encoding="utf-8")
+SCRIPT = scripts.render("lock")
 MARK = "gpufleet-lock"
 _STARTED = time.time()
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")

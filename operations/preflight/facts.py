@@ -13,48 +13,23 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
-from operations.kit.quoting import shell
+from operations.kit import scripts
 
 NVIDIA_PCI_VENDOR = "0x10de"
 # PCI class codes (first four hex digits of /sys/.../class) of NVIDIA devices we care about.
 GPU_CLASSES = ("0x0300", "0x0302")  # VGA controller, 3D controller
 NVSWITCH_CLASS = "0x0680"  # bridge: NVSwitch on HGX/DGX baseboards
 
-_SCRIPT = r"""
-. /etc/os-release 2>/dev/null
-echo "os_id=${ID:-unknown}"
-echo "os_version=${VERSION_ID:-unknown}"
-echo "os_like=${ID_LIKE:-}"
-echo "os_codename=${VERSION_CODENAME:-}"
-echo "arch=$(uname -m)"
-echo "kernel=$(uname -r)"
-for dev in /sys/bus/pci/devices/*; do
-  [ "$(cat "$dev/vendor" 2>/dev/null)" = "@VENDOR@" ] || continue
-  echo "pci=${dev##*/} $(cat "$dev/class") $(cat "$dev/device")"
-done
-if [ ! -d /sys/firmware/efi ]; then echo "secure_boot=not-efi"
-else
-  var=$(ls /sys/firmware/efi/efivars/SecureBoot-* 2>/dev/null | head -n 1)
-  if [ -z "$var" ]; then echo "secure_boot=unknown"
-  elif [ "$(od -An -t u1 -j 4 -N 1 "$var" | tr -d ' ')" = 1 ]; then echo "secure_boot=enabled"
-  else echo "secure_boot=disabled"; fi
-fi
-if command -v dpkg >/dev/null && [ -n "$(dpkg --audit 2>/dev/null)" ]; then
-  echo "dpkg_interrupted=yes"
-fi
-path=@PATH@
-while [ ! -e "$path" ]; do path=$(dirname "$path"); done
-df -Pk "$path" | awk 'NR == 2 { print "disk_free_kib=" $4 }'
-"""
-
 
 def profile_command(path: str = "/") -> str:
-    """The shell script behind HostProfile, for the given disk path."""
-    return (
-        _SCRIPT.replace("@VENDOR@", NVIDIA_PCI_VENDOR)
-        .replace("@PATH@", shell(path, "preflight_disk_path"))
-        .strip()
-    )
+    """The shell script behind HostProfile, for the given disk path
+    (operations/kit/scripts/host_profile.sh)."""
+    return scripts.render(
+        "host_profile",
+        VENDOR=NVIDIA_PCI_VENDOR,
+        PATH=path,
+        keys={"PATH": "preflight_disk_path"},
+    ).strip()
 
 
 # What every profile must hold; a host whose script printed less could not be read.

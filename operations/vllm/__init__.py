@@ -174,46 +174,22 @@ def key_to_curl(secrets: str) -> str:
     )
 
 
-_READY = r"""
-name=@NAME@ url=@URL@ secrets=@SECRETS@ served=@SERVED@ timeout=@TIMEOUT@
-fail() {
-  echo "$name: $1; its last log lines:" >&2
-  docker logs --tail @LINES@ "$name" 2>&1 | sed 's/^/  | /' >&2
-  exit 1
-}
-api() {  # with the API key, never on a command line (key_to_curl)
-  @KEY_TO_CURL@curl -sS --max-time 5 -K - "$url$1" 2>/dev/null
-}
-deadline=$(( $(date +%s) + timeout ))
-while :; do
-  set -- $(docker inspect --format '{{.State.Status}} {{.RestartCount}}' "$name" 2>/dev/null)
-  case "${1:-gone}" in exited|dead|gone) fail "the container stopped (${1:-gone})";; esac
-  [ "${2:-0}" = 0 ] || fail "the container restarted $2 time(s)"
-  if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url/health")" = 200 ] &&
-     api /v1/models | tr -d ' \n' | grep -qF "\"id\":\"$served\""; then
-    echo "$name: ready, serving $served"; exit 0
-  fi
-  [ "$(date +%s)" -lt "$deadline" ] ||
-    fail "not ready after ${timeout}s (/health 200 and $served in /v1/models)"
-  sleep 2
-done
-"""
-
-
 def ready_script(config: FleetConfig, server: VllmInstance) -> str:
-    """Shell that waits until the instance serves, or fails with its last log lines."""
-    values = {
-        "NAME": server.container,
-        "URL": f"http://{probe_address(config)}:{server.port}",
-        "SECRETS": secrets_path(server),
-        "SERVED": server.served_name,
-        "TIMEOUT": str(config.vllm.ready_timeout_s),
-        "LINES": str(LOG_LINES),
-    }
-    script = _READY.replace("@KEY_TO_CURL@", key_to_curl('"$secrets"'))
-    for key, value in values.items():
-        script = script.replace(f"@{key}@", shell(value, _READY_KEYS.get(key, key)))
-    return script
+    """Shell that waits until the instance serves, or fails with its last log lines
+    (operations/kit/scripts/vllm_ready.sh)."""
+    from operations.kit import scripts  # here: the top of this module is another change's
+
+    return scripts.render(
+        "vllm_ready",
+        NAME=server.container,
+        URL=f"http://{probe_address(config)}:{server.port}",
+        SECRETS=secrets_path(server),
+        SERVED=server.served_name,
+        TIMEOUT=config.vllm.ready_timeout_s,
+        LINES=LOG_LINES,
+        keys=_READY_KEYS,
+        raw_values={"KEY_TO_CURL": key_to_curl('"$secrets"')},
+    )
 
 
 _READY_KEYS = {"NAME": "vllm_instances.name", "SERVED": "vllm_served_model_name"}

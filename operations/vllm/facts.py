@@ -18,30 +18,18 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
+from operations.kit import scripts
+
 LABEL = "gpufleet.vllm"  # value: the instance name
 SPEC_LABEL = "gpufleet.spec"  # value: hash of everything the container was created from
 SECRETS_DIR = "/etc/gpufleet/vllm"
 PREVIOUS = ".previous"  # suffix of the name of a server kept while its replacement starts
 
-_SCRIPT = rf"""
-ids=$(docker ps -aq --filter label={LABEL} 2>/dev/null) && echo docker=up || echo docker=down
-[ -z "$ids" ] || docker inspect --format 'container={{{{json .}}}}' $ids
-for f in {SECRETS_DIR}/*.env; do
-  [ -f "$f" ] && echo "secrets=$(sha256sum "$f")" && echo "owner=$(stat -c %U:%G:%a "$f") $f"
-done
-for f in {SECRETS_DIR}/*.ready; do
-  [ -f "$f" ] && echo "ready=$(head -c 64 "$f" | tr -dc 0-9a-f) $f"
-done
-for f in {SECRETS_DIR}/* {SECRETS_DIR}/.[!.]*; do
-  case "$f" in *.env|*.ready) ;; *) [ ! -e "$f" ] || echo "stray=$f";; esac
-done
-true
-"""
-
 
 def state_command() -> str:
-    """The one shell script behind VllmState (also run by the verify checks)."""
-    return _SCRIPT
+    """The one shell script behind VllmState (also run by the verify checks;
+    operations/kit/scripts/vllm_state.sh)."""
+    return scripts.render("vllm_state", LABEL=LABEL, SECRETS_DIR=SECRETS_DIR)
 
 
 def ready_path(name: str) -> str:
