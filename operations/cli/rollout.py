@@ -41,8 +41,8 @@ from typing import Any
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra_cli.util import parse_cli_arg
 
-from operations.inventory import check_data_args
-from operations.run import ROOT, add_limit_option, select
+from operations.guard import check_data_args
+from operations.inventory import ROOT, add_limit_option, select
 
 Runner = Callable[..., int]
 """Runs a command (a list of arguments) with ``cwd=``; returns its exit code."""

@@ -38,8 +38,8 @@ from typing import Any
 from pyinfra.api.exceptions import PyinfraError
 
 from operations.config.model import FleetConfig
+from operations.inventory import add_limit_option, select
 from operations.kit.common import url_host
-from operations.run import add_limit_option, select
 
 DEFAULT_OUTPUT = Path("reports/prometheus/vllm-targets.json")
 

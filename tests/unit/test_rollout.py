@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from operations.cli.rollout import batches, data_overrides, deploy_command, main, roll
-from operations.run import ROOT
+from operations.inventory import ROOT
 
 INVENTORY = """\
 gpu = [

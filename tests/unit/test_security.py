@@ -21,8 +21,8 @@ from operations import run as fleet
 from operations.config.load import ConfigError, Problem, load_config
 from operations.config.model import SETTINGS, FleetConfig, VllmConfig, VllmInstance, VllmServer
 from operations.config.secrets import Sealed, env_file, vllm_secrets
+from operations.inventory import inventory_data
 from operations.kit.packages import proxy_text
-from operations.run import inventory_data
 from operations.vllm import cache_space_guard, container_args
 from tests.corpus.injection import MARK, SHELL, SSH, Payload, Sandbox
 from tests.plan.harness import FakeFleet

@@ -24,7 +24,7 @@ import pytest
 from pyinfra.api.exceptions import PyinfraError
 
 from operations.config.model import LAYERS
-from operations.run import select
+from operations.inventory import select
 from tests.verify.fleet import (
     ROOT,
     FactSpec,
