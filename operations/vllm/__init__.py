@@ -57,7 +57,7 @@ from pyinfra.operations import dnf, docker, files
 
 from operations.config.model import FleetConfig, VllmInstance
 from operations.config.secrets import Sealed, env_file, vllm_secrets
-from operations.kit import bounds, converged, lock
+from operations.kit import bounds, converged, lock, scripts
 from operations.kit.common import url_host
 from operations.kit.quoting import (
     container_value,
@@ -177,8 +177,6 @@ def key_to_curl(secrets: str) -> str:
 def ready_script(config: FleetConfig, server: VllmInstance) -> str:
     """Shell that waits until the instance serves, or fails with its last log lines
     (operations/kit/scripts/vllm_ready.sh)."""
-    from operations.kit import scripts  # here: the top of this module is another change's
-
     return scripts.render(
         "vllm_ready",
         NAME=server.container,
