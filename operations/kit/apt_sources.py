@@ -12,27 +12,21 @@ import re
 
 from pyinfra.api import FactBase
 
+from operations.kit import files
+
 SOURCE_FILES = (
     "/etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources"
 )
-_MARK = "@@gpufleet-file@@ "
 
 
 class AptSourceFiles(FactBase):
     """{path: text} of sources.list and every sources.list.d/*.list|*.sources, one command."""
 
     def command(self) -> str:
-        return f'for f in {SOURCE_FILES}; do [ -f "$f" ] && echo "{_MARK}$f" && cat "$f"; done'
+        return files.cat_command(SOURCE_FILES)
 
     def process(self, output: list[str]) -> dict[str, str]:
-        files: dict[str, list[str]] = {}
-        current: list[str] = []
-        for line in output:
-            if line.startswith(_MARK):
-                current = files.setdefault(line[len(_MARK) :], [])
-            else:
-                current.append(line)
-        return {path: "\n".join(lines) + "\n" for path, lines in files.items()}
+        return {path: "\n".join(lines) + "\n" for path, lines in files.split(output).items()}
 
 
 def _ours(suites: list[str], codename: str) -> bool:

@@ -33,7 +33,7 @@ from pyinfra.api import FactBase, operation
 from pyinfra.api.command import FileUploadCommand, StringCommand
 from pyinfra.context import ctx_host
 
-from operations.kit import scripts
+from operations.kit import files, scripts
 from operations.kit.quoting import json_text
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -42,7 +42,6 @@ OWNED = f"{STATE_DIR}/daemon-json-owned.json"  # {layer: [key path, ...]}
 LAST_GOOD = f"{STATE_DIR}/daemon.json.last-good"
 STAGED = f"{STATE_DIR}/daemon.json.staged"
 STAGED_OWNED = f"{STATE_DIR}/daemon-json-owned.json.staged"
-_MARK = "@@gpufleet-file@@ "
 _FILES = {"current": DAEMON_JSON, "last_good": LAST_GOOD, "owned": OWNED}
 
 KeyPath = tuple[str, ...]
@@ -53,17 +52,10 @@ class DaemonJson(FactBase):
     """{"current": text | None, "last_good": …, "owned": …}: the three files, one command."""
 
     def command(self) -> str:
-        paths = " ".join(_FILES.values())
-        return f'for f in {paths}; do [ -f "$f" ] && echo "{_MARK}$f" && cat "$f"; done; true'
+        return files.cat_command(" ".join(_FILES.values()))
 
     def process(self, output: list[str]) -> dict[str, str | None]:
-        texts: dict[str, list[str]] = {}
-        current: list[str] | None = None
-        for line in output:
-            if line.startswith(_MARK):
-                current = texts.setdefault(line[len(_MARK) :], [])
-            elif current is not None:
-                current.append(line)
+        texts = files.split(output)
         return {key: _joined(texts.get(path)) for key, path in _FILES.items()}
 
     @staticmethod

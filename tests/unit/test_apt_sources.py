@@ -93,3 +93,18 @@ def test_the_deploy_and_the_lab_read_enabled_as_apt_does(enabled, on):
                               ("contrib", "non-free"))  # fmt: skip
     assert ("Components: main contrib non-free" in changed) is on
     assert bool(parse_deb822(text)) is on
+
+
+def test_the_files_reader_succeeds_when_a_glob_matches_nothing(tmp_path):
+    """Debian 12 as installed has no sources.list.d/*.sources: the apt sources fact's last
+    glob matches nothing, which must be an answer (no such file), not a failed command."""
+    import subprocess
+
+    from operations.kit import files
+
+    (tmp_path / "sources.list").write_text("deb http://m/debian bookworm main\n")
+    paths = f"{tmp_path}/sources.list {tmp_path}/d/*.list {tmp_path}/d/*.sources"
+    done = subprocess.run(["dash", "-c", files.cat_command(paths)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    found = files.split(done.stdout.splitlines())
+    assert found == {f"{tmp_path}/sources.list": ["deb http://m/debian bookworm main"]}
