@@ -29,15 +29,19 @@ DASH = shutil.which("dash")
 needs_dash = pytest.mark.skipif(DASH is None, reason="dash is not installed")
 
 
+ENTRY_POINTS = (ROOT / "dev", ROOT / ".ci" / "run")  # the project's own bash commands
+
+
 def _tracked_sh() -> list[Path]:
-    """The repository's tracked *.sh files outside operations/kit/scripts."""
+    """The project's own shell commands (./dev, .ci/run) and its tracked *.sh files outside
+    operations/kit/scripts."""
     if shutil.which("git") is None or not (ROOT / ".git").exists():
-        return []
+        return list(ENTRY_POINTS)
     done = subprocess.run(
         ["git", "ls-files", "*.sh"], cwd=ROOT, capture_output=True, text=True, check=True
     )
     paths = [ROOT / line for line in done.stdout.splitlines() if line]
-    return [path for path in paths if path.parent != scripts.DIRECTORY]
+    return [*ENTRY_POINTS, *(path for path in paths if path.parent != scripts.DIRECTORY)]
 
 
 def _shellcheck() -> str:
@@ -59,10 +63,9 @@ def test_every_script_passes_shellcheck():
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
 
 
-def test_every_other_tracked_shell_file_passes_shellcheck():
+def test_dev_ci_and_every_other_tracked_shell_file_pass_shellcheck():
     others = _tracked_sh()
-    if not others:
-        pytest.skip("no other tracked *.sh file")
+    assert all(path.exists() for path in ENTRY_POINTS)
     done = subprocess.run([_shellcheck(), *map(str, others)], capture_output=True)
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
 
