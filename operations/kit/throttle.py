@@ -32,8 +32,23 @@ from pyinfra.connectors.util import CommandOutput
 
 from operations import run
 from operations.kit import bounds
+from operations.kit.quoting import shell
 
 SETTING = "vllm_max_unavailable"
+# Printed by a throttled script that ran to its end and failed (its server did not come up,
+# or it rolled back): the change's failure, which holds the waiting hosts back. A command that
+# failed without it (the connection dropped, the host was killed or hung) is the host's fault.
+FAILED = "gpufleet: this host's replacement failed (above)"
+
+
+def reporting(script: str) -> str:
+    """``script`` in a subshell that prints FAILED when it fails (exit 1 either way)."""
+    return f"(\n{script}\n) || {{ echo {shell(FAILED)} >&2; exit 1; }}"
+
+
+def change_failed(output: CommandOutput) -> bool:
+    """Whether the command's own script said it failed (see FAILED)."""
+    return any(line.line == FAILED for line in output)
 
 
 def slot_count(setting: str, hosts: int) -> int:
@@ -87,7 +102,7 @@ class Throttled(StringCommand):
             if group.failed:
                 return False, self._held_back(host, group)
             status, output = super().execute(state, host, connector_arguments)
-            if status is False and not bounds.stopped_answering(host):
+            if status is False and change_failed(output) and not bounds.stopped_answering(host):
                 group.failed = group.failed or host.name
             return status, output
 

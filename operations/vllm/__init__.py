@@ -57,7 +57,7 @@ from pyinfra.operations import dnf, docker, files
 
 from operations.config.model import FleetConfig, VllmInstance
 from operations.config.secrets import Sealed, env_file, vllm_secrets
-from operations.kit import bounds, converged, lock, scripts
+from operations.kit import bounds, converged, lock, scripts, throttle
 from operations.kit.common import url_host
 from operations.kit.quoting import (
     container_value,
@@ -398,7 +398,9 @@ def replace_commands(
     if not serving:
         return [guard, _keep_previous(server, proven), unmark, gate]
     script, bound = _gate_script(config, server, shell_join(run, "vllm container argument"), keep)
-    replace = lock.fenced(f"{_keep_previous(server, proven)}\n{unmark}\n{script}")
+    replace = lock.fenced(
+        throttle.reporting(f"{_keep_previous(server, proven)}\n{unmark}\n{script}")
+    )
     setting = config.vllm.max_unavailable
     margin = config.deploy.timeout_margin_s  # the old server's stop
     return [guard, Throttled(replace, server.container, setting, _timeout=bound + margin)]

@@ -13,6 +13,7 @@ import pytest
 from operations.config.load import load_config
 from operations.config.model import FleetConfig
 from operations.config.secrets import env_file
+from operations.kit import throttle
 from operations.vllm import container_args, spec_hash
 from tests.plan.harness import FakeFleet
 from tests.plan.test_docker_plan import by_name, profile
@@ -83,17 +84,21 @@ def plan_of(
 
 
 FENCE = "pg=$(cut -d' ' -f5 /proc/$$/stat) && "
+REPORTED = throttle.reporting("@").split("@")  # the subshell a throttled script runs in
 UNMARK = re.compile(rf"\n(rm -f {SECRETS_DIR}/[a-z0-9-]+\.ready)\n")
 
 
 def steps(commands: list[str]) -> list[str]:
     """Commands as the steps they run: a fenced command without its registration line
     (lock.fenced), and a throttled replacement (stop the serving server, unmark, start and
-    gate: one command, operations.kit.throttle) as those three steps."""
+    gate: one command, operations.kit.throttle, in its FAILED-reporting subshell) as those
+    three steps."""
     out = []
     for command in commands:
         if command.startswith(FENCE):
             command = command.partition("\n")[2]
+        if command.startswith(REPORTED[0]) and command.endswith(REPORTED[1]):
+            command = command[len(REPORTED[0]) : -len(REPORTED[1])]
         out += UNMARK.split(command, maxsplit=1)  # [command] or [keep, unmark, gate]
     return out
 
@@ -534,6 +539,7 @@ def test_replacing_a_serving_server_is_one_throttled_fenced_command(tmp_path, mo
                                 vllm_dtype="half")  # fmt: skip
     assert "df -Pk" in guard
     assert replace.startswith(FENCE)
+    assert replace.endswith(REPORTED[1])  # it says when it failed: that holds others back
     stop, rename = replace.index("docker stop vllm-main"), replace.index("docker rename vllm-main")
     assert stop < rename < replace.index("docker run --detach") < replace.index("not ready after")
 

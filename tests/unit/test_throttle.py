@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import gevent
 import pytest
-from pyinfra.connectors.util import CommandOutput
+from pyinfra.connectors.util import CommandOutput, OutputLine
 
 from operations import run as fleet
 from operations.kit import throttle
@@ -35,8 +35,9 @@ class Host:
     inside = 0
     most = 0
 
-    def __init__(self, name: str, status: bool = True, seconds: float = 0.05):
-        self.name, self.status, self.seconds = name, status, seconds
+    def __init__(self, name: str, status: bool = True, seconds: float = 0.05, lost=False):
+        """``lost``: the command failed without its script saying so (connection dropped)."""
+        self.name, self.status, self.seconds, self.lost = name, status, seconds, lost
         self.print_prefix = f"[{name}] "
         self.ran = False
 
@@ -46,7 +47,8 @@ class Host:
         self.ran = True
         gevent.sleep(self.seconds)
         Host.inside -= 1
-        return self.status, CommandOutput([])
+        said = [] if self.status or self.lost else [OutputLine("stderr", throttle.FAILED)]
+        return self.status, CommandOutput(said)
 
 
 @pytest.fixture
@@ -120,3 +122,22 @@ def test_a_host_that_stopped_answering_fails_alone_and_holds_back_nobody(fleet_o
     hosts = [hung, Host("h1"), Host("h2")]
     assert _run_all(State(), hosts, setting="1") == [False, True, True]
     assert all(h.ran for h in hosts)
+
+
+def test_a_host_lost_mid_command_fails_alone_and_holds_back_nobody(fleet_of):
+    """Killed or disconnected: the command fails without its script's FAILED line."""
+    fleet_of(["1"] * 3)
+    hosts = [Host("h0", status=False, lost=True), Host("h1"), Host("h2")]
+    assert _run_all(State(), hosts, setting="1") == [False, True, True]
+    assert all(h.ran for h in hosts)
+
+
+def test_the_script_says_failed_only_when_it_fails():
+    import subprocess
+
+    for script, code, said in [("true", 0, False), ("exit 1", 1, True), ("false", 1, True)]:
+        done = subprocess.run(["dash", "-c", throttle.reporting(script)], capture_output=True,
+                              text=True)  # fmt: skip
+        assert done.returncode == code
+        lines = [OutputLine("stderr", line) for line in done.stderr.splitlines()]
+        assert throttle.change_failed(CommandOutput(lines)) is said
