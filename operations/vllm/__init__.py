@@ -392,15 +392,16 @@ def replace_commands(
     is one Throttled command: at most vllm_max_unavailable hosts are in it at once."""
     args = container_args(config, server)
     run = ["docker", "run", "--detach", "--label", f"{SPEC_LABEL}={spec_hash(args)}", *args]
-    unmark = f"rm -f {shell(ready_path(server.name))}"
-    gate = start_and_gate(config, server, shell_join(run, "vllm container argument"), keep)
-    guard = cache_space_guard(config, server)
+    start = shell_join(run, "vllm container argument")
+    guard, *stop = [
+        cache_space_guard(config, server),
+        _keep_previous(server, proven),
+        f"rm -f {shell(ready_path(server.name))}",
+    ]
     if not serving:
-        return [guard, _keep_previous(server, proven), unmark, gate]
-    script, bound = _gate_script(config, server, shell_join(run, "vllm container argument"), keep)
-    replace = lock.fenced(
-        throttle.reporting(f"{_keep_previous(server, proven)}\n{unmark}\n{script}")
-    )
+        return [guard, *stop, start_and_gate(config, server, start, keep)]
+    script, bound = _gate_script(config, server, start, keep)
+    replace = lock.fenced(throttle.reporting("\n".join([*stop, script])))
     setting = config.vllm.max_unavailable
     margin = config.deploy.timeout_margin_s  # the old server's stop
     return [guard, Throttled(replace, server.container, setting, _timeout=bound + margin)]
