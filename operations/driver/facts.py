@@ -110,6 +110,16 @@ def parse_driver_state(lines: list[str]) -> dict[str, Any]:
     return state
 
 
+def loaded_driver(state: dict[str, Any]) -> str | None:
+    """The version of the NVIDIA driver the host runs: NVML's answer, else the loaded kernel
+    module's, else the library userspace would load; None where there is no driver."""
+    probe = state.get("nvml") or {}
+    driver = probe.get("driver")
+    if isinstance(driver, str) and driver:
+        return driver
+    return state.get("proc_version") or state.get("module_loaded") or state.get("nvml_version")
+
+
 class DriverState(FactBase):
     """Installed, loaded and held state of the NVIDIA driver on a host (see module doc)."""
 
