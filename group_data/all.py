@@ -43,7 +43,7 @@ preflight_min_free_disk_gib = 30.0
 preflight_disk_path = "/"
 
 # --- driver: Layer 1: the NVIDIA driver.
-# Where the driver comes from: NVIDIA's CUDA repository or the distribution.
+# cuda-repo (NVIDIA's), distro, or preinstalled (cloud image: installs none).
 driver_source = "cuda-repo"
 # Driver branch to install and hold.
 driver_branch = "580"
@@ -73,6 +73,16 @@ driver_allow_reboot = True
 driver_reboot_local = False
 # How long to wait for a rebooted host.
 driver_reboot_timeout_s = 900
+
+# --- gpu: GPU health limits the verify checks apply (operations/driver/health.py).
+# Xid codes that fail the kernel log check; others are reported only.
+gpu_fatal_xids = [48, 63, 64, 74, 79, 92, 94, 95, 119, 120]
+# A GPU this close to its slowdown temperature (degrees C) fails.
+gpu_temperature_margin_c = 5
+# Rows remapped for correctable errors a GPU may have; unset = not checked.
+gpu_max_correctable_remapped_rows = None
+# CUDA version the driver must support; auto = the vLLM image tag's (README).
+gpu_min_cuda_driver = "auto"
 
 # --- docker: Layer 2: Docker Engine.
 # Docker's own signed repository (docker-ce) or the distribution's docker.io.

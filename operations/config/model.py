@@ -313,6 +313,14 @@ Branch = Annotated[
     BeforeValidator(_version_text),
     _pattern(r"^[0-9]{3}$", "a 3-digit driver branch such as 550, 570 or 580"),
 ]
+CudaVersion = Annotated[
+    str,
+    BeforeValidator(_version_text),
+    _pattern(r"^(auto|[0-9]{1,2}\.[0-9]{1,2})$", "auto, or a CUDA version such as 12.8"),
+]
+# NVIDIA's classification (XID catalogue): memory, bus, NVLink and GSP faults that leave a GPU
+# unfit to serve; application faults (13, 31, 43, 45: a bad kernel, a killed process) are not.
+FATAL_XIDS = (48, 63, 64, 74, 79, 92, 94, 95, 119, 120)
 DriverVersion = Annotated[
     str,
     BeforeValidator(_version_text),
@@ -640,9 +648,9 @@ class PreflightConfig(Section):
 class DriverConfig(Section):
     """Layer 1: the NVIDIA driver."""
 
-    source: Literal["cuda-repo", "distro"] = Field(
+    source: Literal["cuda-repo", "distro", "preinstalled"] = Field(
         default="cuda-repo",
-        description="Where the driver comes from: NVIDIA's CUDA repository or the distribution.",
+        description="cuda-repo (NVIDIA's), distro, or preinstalled (cloud image: installs none).",
     )
     branch: Branch = Field(
         default="580",
@@ -696,6 +704,33 @@ class DriverConfig(Section):
         if version and branch and version.split(".")[0] != branch:
             raise ValueError(f"must be a version of branch {branch} ({branch}.x.y)")
         return version
+
+
+class GpuConfig(Section):
+    """GPU health limits the verify checks apply (operations/driver/health.py)."""
+
+    fatal_xids: Annotated[
+        list[Annotated[Int, Field(ge=1, le=1000)]], BeforeValidator(_split_csv)
+    ] = Field(
+        default=list(FATAL_XIDS),
+        description="Xid codes that fail the kernel log check; others are reported only.",
+    )
+    temperature_margin_c: Int = Field(
+        default=5,
+        ge=0,
+        le=50,
+        description="A GPU this close to its slowdown temperature (degrees C) fails.",
+    )
+    max_correctable_remapped_rows: Int | None = Field(
+        default=None,
+        ge=0,
+        le=100_000,
+        description="Rows remapped for correctable errors a GPU may have; unset = not checked.",
+    )
+    min_cuda_driver: CudaVersion = Field(
+        default="auto",
+        description="CUDA version the driver must support; auto = the vLLM image tag's (README).",
+    )
 
 
 class DockerConfig(Section):
@@ -933,6 +968,7 @@ class FleetConfig(BaseModel):
     host: HostConfig = HostConfig()
     preflight: PreflightConfig = PreflightConfig()
     driver: DriverConfig = DriverConfig()
+    gpu: GpuConfig = GpuConfig()
     docker: DockerConfig = DockerConfig()
     toolkit: ToolkitConfig = ToolkitConfig()
     vllm: VllmConfig = VllmConfig()

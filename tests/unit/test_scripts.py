@@ -163,9 +163,12 @@ def test_driver_state_reads_packages_holds_and_units_from_the_host_tools(tmp_pat
             "systemctl": 'case "$1" in is-enabled) echo enabled;; is-active) echo active;; esac',
         },
     )
-    done = _dash(driver_command(), tmp_path, path)
+    booted = tmp_path / "systemd"  # sd_booted()'s directory, here where systemd is not PID 1
+    booted.mkdir()
+    done = _dash(driver_command().replace("/run/systemd/system", str(booted)), tmp_path, path)
     assert done.returncode == 0, done.stderr
     state = parse_driver_state(done.stdout.splitlines())
+    assert state["init"] == "systemd"
     assert state["packages"] == {"nvidia-open-580": "580.95.05-1"}  # not the toolkit's
     assert state["held"] == ["nvidia-open-580"] and state["module_on_disk"] == "580.95.05"
     assert state["units"] == {

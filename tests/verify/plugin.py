@@ -198,6 +198,8 @@ class FleetReport:
         )
         self.unreachable: dict[str, str] = {}  # host -> why, from its first failed check
         self.prefetched: str | None = None  # what was read before the checks, how fast
+        self.unhealthy: dict[str, list[dict]] = defaultdict(list)  # host -> GPU, check, reason
+        self.notes: dict[str, list[str]] = defaultdict(list)  # host -> reported, not failed
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
@@ -219,7 +221,12 @@ class FleetReport:
     def add(self, host: str, layer: str, report: pytest.TestReport) -> None:
         cell = self.cells[(host, layer)]
         check = report.nodeid.split("::")[-1].split("[")[0]
+        props = dict(report.user_properties)
+        self.notes[host] += props.get("gpu_notes", [])
         if report.failed:
+            self.unhealthy[host] += [
+                gpu | {"check": check} for gpu in props.get("unhealthy_gpus", [])
+            ]
             cell["failed"] += 1
             message = _short(report)
             cell["failures"].append({"check": check, "message": message})
@@ -275,6 +282,8 @@ class FleetReport:
     def as_dict(self) -> dict:
         return {
             "unreachable": dict(self.unreachable),
+            "unhealthy_gpus": {host: gpus for host, gpus in self.unhealthy.items() if gpus},
+            "gpu_notes": {host: notes for host, notes in self.notes.items() if notes},
             "hosts": {
                 host: {
                     layer: {"status": self.status(self.cells.get((host, layer))).split()[0]}

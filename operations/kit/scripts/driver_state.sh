@@ -1,10 +1,26 @@
 ## DriverState (operations/driver/facts.py): the driver stack's state as key=value lines.
-## @INSTALLED@, @DPKG@: shell fragments of operations/driver/facts.py (@INSTALLED@ sets
-## $installed); @EL_GLOBS@, @UNITS@: lists of words, each already quoted.
-# shellcheck disable=SC2154  # $installed is set by @INSTALLED@
-@INSTALLED@
+## @LIBRARY@ (driver_library.sh) sets $lib and $installed; @DPKG@: a shell fragment of
+## operations/driver/facts.py; @PROBE@: the NVML probe (operations/driver/nvml.py), one JSON
+## line; @EL_GLOBS@, @UNITS@: lists of words, each already quoted.
+# shellcheck disable=SC2154  # $lib and $installed are set by @LIBRARY@
+@LIBRARY@
 case "$installed" in [0-9]*.*) echo "nvml_version=$installed" ;; esac
+if [ -n "$lib" ]; then
+  real=$(readlink -f "$lib")
+  echo "library=$real"
+  if command -v dpkg-query >/dev/null; then
+    owner=$(dpkg -S "$real" 2>/dev/null | sed -n '/^diversion/!{s/[:,].*//p;q;}')
+  elif command -v rpm >/dev/null; then
+    owner=$(rpm -qf --qf '%{NAME}\n' "$real" 2>/dev/null | grep -v ' ' | head -n 1)
+  fi
+  echo "library_owner=${owner:-none}"
+fi
 [ -r /sys/module/nvidia/version ] && echo "module_loaded=$(cat /sys/module/nvidia/version)"
+if [ -r /proc/driver/nvidia/version ]; then
+  awk '/^NVRM version:/ {
+    for (i = 3; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+(\.[0-9]+)?$/) { print "proc_version=" $i; break }
+    print "proc_flavour=" (/Open Kernel Module/ ? "open" : "proprietary") }' /proc/driver/nvidia/version
+fi
 command -v modinfo >/dev/null && echo "module_on_disk=$(modinfo -F version nvidia 2>/dev/null)"
 [ -d /sys/module/nouveau ] && echo "nouveau_loaded=yes"
 grep -lsE '^[[:space:]]*blacklist[[:space:]]+nouveau' /etc/modprobe.d/*.conf \
@@ -18,17 +34,34 @@ elif command -v rpm >/dev/null; then
 
   dnf -q versionlock list 2>/dev/null | sed -E 's/-([0-9]+:)?[^-]+-[^-]+$//; s/^/held=/'
 fi
-# shellcheck disable=SC2043  # @UNITS@ is a list of words once rendered
-for unit in @UNITS@; do
-  enabled=$(systemctl is-enabled "$unit" 2>/dev/null)
-  active=$(systemctl is-active "$unit" 2>/dev/null)
-  echo "unit=$unit ${enabled:-missing} ${active:-unknown}"
-done
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+  echo "init=systemd"
+  # shellcheck disable=SC2043  # @UNITS@ is a list of words once rendered
+  for unit in @UNITS@; do
+    enabled=$(systemctl is-enabled "$unit" 2>/dev/null)
+    active=$(systemctl is-active "$unit" 2>/dev/null)
+    echo "unit=$unit ${enabled:-missing} ${active:-unknown}"
+  done
+else
+  echo "init=other"
+fi
 if command -v update-initramfs >/dev/null; then echo "initramfs=update-initramfs -u"
 elif command -v dracut >/dev/null; then echo "initramfs=dracut -f"; fi
 { [ -e /var/run/reboot-required ] || { command -v needs-restarting >/dev/null \
   && ! needs-restarting -r >/dev/null 2>&1; }; } && echo "reboot_required=yes"
-if [ -r /sys/module/nvidia/version ] && command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=@QUERY@ --format=csv,noheader 2>&1 | sed 's/^/gpu=/'
-  echo "nvidia_smi_rc=$?"
+if [ -n "$installed" ] || [ -r /sys/module/nvidia/version ] || [ -r /proc/driver/nvidia/version ]
+then
+  probe=$(@PROBE@)
+  echo "nvml=$probe"
+  case "$probe" in
+    *'"probe": "none"'*)
+      if command -v nvidia-smi >/dev/null; then
+        csv=$(nvidia-smi --query-gpu=@QUERY@ --format=csv,noheader 2>&1)
+        rc=$?
+        printf '%s\n' "$csv" | sed 's/^/gpu=/'
+        echo "nvidia_smi_rc=$rc"
+      fi ;;
+  esac
 fi
+{ journalctl -k -b -q -o cat --no-pager 2>/dev/null; dmesg 2>/dev/null; } \
+  | sed -n 's/^\[[^]]*\] *//; /NVRM: Xid/p' | sort -u | tail -n 200 | sed 's/^/xid=/'
