@@ -53,5 +53,9 @@ class ContainerStack(FactBase):
     def command(self) -> str:
         return stack_command()
 
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return parse_stack([])
+
     def process(self, output: list[str]) -> dict[str, Any]:
         return parse_stack(output)

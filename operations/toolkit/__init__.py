@@ -17,19 +17,29 @@ one run of it now. It works on cgroup v1 and v2 and with either cgroup driver, w
 alternative (``native.cgroupdriver=cgroupfs``) goes against Docker's advice on cgroup v2.
 
 CDI specs (``/etc/cdi/nvidia.yaml``) are generated on GPU hosts and regenerated when they
-do not name the installed driver's version (after a driver upgrade).
+do not name the version of the driver the host runs (operations.driver.facts.loaded_driver,
+the one reader every layer keys on), or when this run changes the toolkit's packages. The
+vLLM layer recreates its GPU containers on the same two changes (operations.vllm: the spec
+hash covers the driver and toolkit versions), so the spec and the containers follow a
+driver or toolkit change in the same run: the toolkit's in this run (``runtime_changes``:
+the package install, which the planning facts cannot see yet), the driver's in the run
+whose facts first name the new driver (the run after the reboot that loaded it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import Host, deploy
+from pyinfra.api.operation import OperationMeta
+from pyinfra.context import ctx_host
 from pyinfra.operations import apt, dnf, server
 
 from operations.config.model import FleetConfig, ToolkitConfig
+from operations.driver.facts import DriverState, loaded_driver
 from operations.kit import bounds, converged, daemon_json
 from operations.kit.packages import (
     apt_pin,
@@ -57,6 +67,8 @@ UDEV_TEXT = (
     f'ACTION=="add", DEVPATH=="/bus/pci/drivers/nvidia", RUN+="{DEV_CHAR_LINKS}"\n'
 )
 RUNTIME = {"path": "nvidia-container-runtime", "args": []}
+# Per host, this run's operations that may change what the runtime gives a GPU container.
+_CHANGES: WeakKeyDictionary[Host, list[OperationMeta]] = WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,8 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     generate CDI specs (see the module doc for what is built and why)."""
     repo = PLATFORMS[platform_key(profile)]
     install = FAMILIES[repo.family](config, repo)
+    if install.will_change:  # planned on the facts of before the run: a change to come
+        _CHANGES.setdefault(ctx_host.get(), []).append(install)
     daemon_json.merged(
         name="Register the nvidia runtime in daemon.json",
         layer="toolkit",
@@ -111,12 +125,23 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
         return  # no device nodes to link, no GPUs to describe
     server.shell(name="Create the /dev/char links", commands=[DEV_CHAR_LINKS], _if=rule.did_change)
     if config.toolkit.cdi and cdi_supported(config.toolkit.version):
-        now = host.get_fact(CdiSpec) != "current"
-        server.shell(
-            name="Generate the CDI spec",
-            commands=[f"nvidia-ctk cdi generate --output={CDI_SPEC}"],
-            **({} if now else {"_if": install.did_change}),
-        )
+        driver = loaded_driver(converged.planned(DriverState)) or ""
+        now = host.get_fact(CdiSpec, driver=driver) != "current"
+        changes = runtime_changes()
+        if now or changes:
+            server.shell(
+                name="Generate the CDI spec",
+                commands=[f"nvidia-ctk cdi generate --output={CDI_SPEC}"],
+                **({} if now else {"_if": lambda: any(op.did_change() for op in changes)}),
+            )
+
+
+def runtime_changes() -> list[OperationMeta]:
+    """The operations planned so far in this run, on the current host, that will change what
+    the container runtime gives a GPU container (the toolkit's package install or move): the
+    facts read while planning show the host before them, so what keys on the toolkit's
+    version (the CDI spec, the vLLM containers' spec) is decided again once they ran."""
+    return list(_CHANGES.get(ctx_host.get(), ()))
 
 
 def _base(config: FleetConfig) -> str:

@@ -2,9 +2,10 @@
 
 Why an operation of our own: pyinfra's ``docker.container`` has no GPU, IPC or log flags and
 never recreates a container whose spec changed. Here each container carries a label with the
-hash of everything it was created from (its full ``docker run`` argument list); a run
-recreates exactly the containers whose hash, secrets or state differ, and changes nothing
-else. What a host gets, in order:
+hash of everything it was created from (its full ``docker run`` argument list, and on GPU
+hosts the driver and container toolkit it was created under: see "Driver and toolkit
+changes" below); a run recreates exactly the containers whose hash, secrets or state
+differ, and changes nothing else. What a host gets, in order:
 
 1. ``curl`` (the readiness probe) and the Hugging Face cache directory, which is a host path
    so downloaded models survive every recreation and image upgrade.
@@ -38,6 +39,32 @@ else. What a host gets, in order:
    takes the whole fleet's servers down together. The readiness gate is fenced
    (operations.kit.lock.fenced): it is stopped should the run's connection go first.
 
+Driver and toolkit changes. A GPU container keeps the driver files the runtime put in it
+when it was created (libcuda, libnvidia-ml and the rest, mounted by the NVIDIA Container
+Toolkit, plus the mount points it made in the container's own filesystem): after a driver
+upgrade every container with GPU access has to be restarted or it holds stale references to
+the previous driver's files (NVIDIA/gpu-operator#416, "Driver won't fully start without
+manually draining node"), and a container only restarted keeps the old driver's files as
+empty stand-ins beside the new ones (NVIDIA/libnvidia-container#50). So on GPU hosts the spec
+hash covers, besides the ``docker run`` arguments, the driver version the host runs
+(operations.driver.facts.loaded_driver, the reader the toolkit layer's CDI check uses too)
+and the toolkit's installed packages (operations.toolkit.facts.toolkit_version): a change of
+either recreates the containers, with the same keep-and-roll-back and throttle as any other
+recreation. The arguments themselves are unchanged; a host with neither (no GPUs, no driver,
+no toolkit) hashes its arguments alone, as before, so it is never recreated for this.
+
+When: the label and the readiness mark are written with the versions read as the
+recreation executes (an operation's facts are read again then), so they are what the next
+run's planning facts read, and a converged host plans no change. A toolkit upgrade in this
+run (its install is planned: operations.toolkit.runtime_changes) adds each instance's
+operation on the condition that the install changed something; it then decides again on
+the host's facts of that moment and recreates in the same run (a first run on a GPU host
+creates its servers after the toolkit, under the new versions). A driver change is seen in
+the run whose facts first name it: the driver layer loads a new driver only by rebooting the
+host, which the facts of this run's planning predate, so its servers are recreated by the
+next run (and the CDI spec regenerated in that same run, operations.toolkit); a preinstalled
+driver changed outside the deploy, by the first run after it.
+
 Rolling a change through a fleet a few hosts at a time: ``python -m operations.cli.rollout``.
 """
 
@@ -55,8 +82,11 @@ from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
 from pyinfra.facts.docker import DockerImage
 from pyinfra.operations import dnf, docker, files
 
+from operations import toolkit
 from operations.config.model import FleetConfig, VllmInstance
 from operations.config.secrets import Sealed, env_file, vllm_secrets
+from operations.docker.facts import ContainerStack
+from operations.driver.facts import DriverState, loaded_driver
 from operations.kit import bounds, converged, lock, scripts, throttle
 from operations.kit.common import url_host
 from operations.kit.quoting import (
@@ -69,6 +99,7 @@ from operations.kit.quoting import (
 )
 from operations.kit.throttle import Throttled
 from operations.platform import family_of
+from operations.toolkit.facts import toolkit_version
 from operations.vllm.facts import LABEL, PREVIOUS, SECRETS_DIR, SPEC_LABEL, VllmState, ready_path
 
 converged.managed(SECRETS_DIR)
@@ -121,7 +152,7 @@ def _gpu_flags(config: FleetConfig, server: VllmInstance) -> list[str]:
 
 def container_args(config: FleetConfig, server: VllmInstance) -> list[str]:
     """Everything ``docker run`` gets for one instance, but the spec label (whose value is
-    this list's hash)."""
+    the hash of this list and the host's Runtime: spec_of)."""
     vllm, docker_config = config.vllm, config.docker
     shm = container_value(vllm.shm_size, "vllm_shm_size")
     ipc = ["--ipc", "host"] if vllm.ipc_host else ["--shm-size", shm]
@@ -147,9 +178,40 @@ def container_args(config: FleetConfig, server: VllmInstance) -> list[str]:
     ]  # fmt: skip
 
 
-def spec_hash(args: list[str]) -> str:
-    """Short stable hash of a container's arguments: its spec label."""
-    return hashlib.sha256(json.dumps(args).encode()).hexdigest()[:16]
+class Runtime(NamedTuple):
+    """What the host's container runtime puts in a GPU container, as read at one moment: the
+    driver version the host runs and the installed container toolkit ("" for none)."""
+
+    driver: str = ""
+    toolkit: str = ""
+
+
+NO_RUNTIME = Runtime()
+
+
+def runtime_of(config: FleetConfig) -> Runtime:
+    """The host's Runtime: the driver layer's and the Docker layer's facts (read once while
+    planning, afresh by an operation as it executes: converged.planned). A GPU-less host's is
+    empty whatever is installed: its containers get no GPU, so no driver file goes stale."""
+    if not config.host.has_gpus:
+        return NO_RUNTIME
+    driver = loaded_driver(converged.planned(DriverState)) or ""
+    return Runtime(driver, toolkit_version(converged.planned(ContainerStack)) or "")
+
+
+def spec_hash(args: list[str], runtime: Runtime) -> str:
+    """Short stable hash of a container's arguments and the runtime it is created under: its
+    spec label and readiness mark. With no runtime (no GPUs, or no driver and no toolkit),
+    the arguments' hash alone, as before the runtime counted."""
+    material: Any = args
+    if runtime != NO_RUNTIME:
+        material = {"args": args, "driver": runtime.driver, "toolkit": runtime.toolkit}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def spec_of(config: FleetConfig, server: VllmInstance, runtime: Runtime) -> str:
+    """The spec one instance's container has when created now under ``runtime``."""
+    return spec_hash(container_args(config, server), runtime)
 
 
 def secrets_path(server: VllmInstance) -> str:
@@ -263,12 +325,15 @@ def _proven(state: dict[str, Any], server: VllmInstance) -> dict[str, Any] | Non
     return current if ready and labels.get(SPEC_LABEL) == ready else None
 
 
-def needs(state: dict[str, Any], config: FleetConfig, server: VllmInstance, content: str) -> Needs:
-    """What one instance needs (see Needs). A server that is not marked ready never counts as
-    converged: a run whose readiness gate failed is gated again by the next one. A kept
-    previous server with no current one (a run that died mid-way) is kept again: the new
-    server replaces it once ready, or it is restored."""
-    spec = spec_hash(container_args(config, server))
+def needs(
+    state: dict[str, Any], config: FleetConfig, server: VllmInstance, content: str,
+    runtime: Runtime,
+) -> Needs:  # fmt: skip
+    """What one instance needs (see Needs), its spec taken under ``runtime``. A server that is
+    not marked ready never counts as converged: a run whose readiness gate failed is gated
+    again by the next one. A kept previous server with no current one (a run that died
+    mid-way) is kept again: the new server replaces it once ready, or it is restored."""
+    spec = spec_of(config, server, runtime)
     digest = hashlib.sha256(content.encode()).hexdigest()
     new_secrets = state["secrets"].get(secrets_path(server)) != digest
     proven = _proven(state, server)
@@ -352,12 +417,12 @@ def _rollback(config: FleetConfig, server: VllmInstance, keep: dict[str, Any]) -
 
 
 def _gate_script(
-    config: FleetConfig, server: VllmInstance, run: str | None, keep: dict[str, Any] | None
-) -> tuple[str, int]:
+    config: FleetConfig, server: VllmInstance, spec: str, run: str | None,
+    keep: dict[str, Any] | None,
+) -> tuple[str, int]:  # fmt: skip
     """(shell that starts the new container (``run``; None: it runs already), gates it on
-    readiness and marks the spec ready, rolling back to ``keep`` on failure; its bound: the
+    readiness and marks ``spec`` ready, rolling back to ``keep`` on failure; its bound: the
     readiness bound, plus a second deadline for a rollback's wait, as bounds.restart_s)."""
-    spec = spec_hash(container_args(config, server))
     start = f"{run} >/dev/null && " if run else ""
     previous = shell(server.container + PREVIOUS)
     failed = _rollback(config, server, keep) if keep else "exit 1"
@@ -370,28 +435,30 @@ def _gate_script(
 
 
 def start_and_gate(
-    config: FleetConfig, server: VllmInstance, run: str | None, keep: dict[str, Any] | None
-) -> StringCommand:
+    config: FleetConfig, server: VllmInstance, spec: str, run: str | None,
+    keep: dict[str, Any] | None,
+) -> StringCommand:  # fmt: skip
     """The gate (_gate_script) as one fenced command (lock.fenced: stopped should the run's
     connection go first), within its bound."""
-    script, bound = _gate_script(config, server, run, keep)
+    script, bound = _gate_script(config, server, spec, run, keep)
     return StringCommand(lock.fenced(script), _timeout=bound)
 
 
 def replace_commands(
-    config: FleetConfig, server: VllmInstance, keep: dict[str, Any] | None = None,
+    config: FleetConfig, server: VllmInstance, spec: str, keep: dict[str, Any] | None = None,
     proven: bool = False, serving: bool = False,
 ) -> list[str | StringCommand]:  # fmt: skip
-    """Shell that (re)creates one instance: the cache space guard, the old container kept
-    stopped as the previous server (``proven``: it passed the gate) or removed, its readiness
-    mark removed, ``docker run`` (every argument one shell word) and the readiness gate, with
-    the rollback to ``keep`` when it fails. Built while planning too (``apply``),
-    so a value that cannot be written stops the run before any host changes.
+    """Shell that (re)creates one instance with the label ``spec`` (spec_of): the cache space
+    guard, the old container kept stopped as the previous server (``proven``: it passed the
+    gate) or removed, its readiness mark removed, ``docker run`` (every argument one shell
+    word) and the readiness gate, with the rollback to ``keep`` when it fails. Built while
+    planning too (``apply``), so a value that cannot be written stops the run before any host
+    changes.
 
     When the old server is ``serving``, everything from its stop to the new one's readiness
     is one Throttled command: at most vllm_max_unavailable hosts are in it at once."""
-    args = container_args(config, server)
-    run = ["docker", "run", "--detach", "--label", f"{SPEC_LABEL}={spec_hash(args)}", *args]
+    run = ["docker", "run", "--detach", "--label", f"{SPEC_LABEL}={spec}",
+           *container_args(config, server)]  # fmt: skip
     start = shell_join(run, "vllm container argument")
     guard, *stop = [
         cache_space_guard(config, server),
@@ -399,8 +466,8 @@ def replace_commands(
         f"rm -f {shell(ready_path(server.name))}",
     ]
     if not serving:
-        return [guard, *stop, start_and_gate(config, server, start, keep)]
-    script, bound = _gate_script(config, server, start, keep)
+        return [guard, *stop, start_and_gate(config, server, spec, start, keep)]
+    script, bound = _gate_script(config, server, spec, start, keep)
     replace = lock.fenced(throttle.reporting("\n".join([*stop, script])))
     setting = config.vllm.max_unavailable
     margin = config.deploy.timeout_margin_s  # the old server's stop
@@ -409,12 +476,13 @@ def replace_commands(
 
 @operation()
 def container(config: FleetConfig, server: VllmInstance, secrets: Sealed):
-    """Create or recreate one instance's container when its spec, its secrets or its state
-    differ from the config, gate it on readiness and roll back to the previous server when it
-    fails; gate again a server that never passed the gate (see the module doc)."""
+    """Create or recreate one instance's container when its spec (under the host's runtime
+    as read now: the versions a recreation is labelled with), its secrets or its state differ
+    from the config, gate it on readiness and roll back to the previous server when it fails;
+    gate again a server that never passed the gate (see the module doc)."""
     content = secrets.reveal()
     state = host.get_fact(VllmState)
-    need = needs(state, config, server, content)
+    need = needs(state, config, server, content, runtime_of(config))
     if need.secrets:
         yield from _upload_secrets(secrets_path(server), content)
     if need.action == "none":
@@ -422,11 +490,13 @@ def container(config: FleetConfig, server: VllmInstance, secrets: Sealed):
     elif need.action == "cleanup":
         yield f"docker rm -f {shell(server.container + PREVIOUS)}"
     elif need.action == "gate":
-        yield start_and_gate(config, server, None, need.keep)
+        yield start_and_gate(config, server, need.spec, None, need.keep)
     else:
         proven = _proven(state, server)
         serving = bool(proven) and proven.get("State", {}).get("Status") == "running"
-        yield from replace_commands(config, server, need.keep, proven is not None, serving)
+        yield from replace_commands(
+            config, server, need.spec, need.keep, proven is not None, serving
+        )
 
 
 @operation()
@@ -506,9 +576,17 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     if any(retired_in(state, names)):
         retired(name="Remove retired vLLM instances", keep=names)
     content = secrets.reveal()
+    runtime = runtime_of(config)
+    # a toolkit upgrade planned in this run: decided again once it ran (see the module doc)
+    changes = toolkit.runtime_changes() if config.host.has_gpus else []
     for instance in servers:
-        replace_commands(config, instance)  # refused now, while planning, if unwritable
-        if needs(state, config, instance, content).action != "none":
+        need = needs(state, config, instance, content, runtime)
+        replace_commands(config, instance, need.spec)  # refused now, while planning, if unwritable
+        name = f"vLLM {instance.container}"
+        if need.action != "none":
+            container(name=name, config=config, server=instance, secrets=secrets)
+        elif changes:
             container(
-                name=f"vLLM {instance.container}", config=config, server=instance, secrets=secrets
-            )
+                name=name, config=config, server=instance, secrets=secrets,
+                _if=lambda: any(op.did_change() for op in changes),
+            )  # fmt: skip

@@ -68,9 +68,78 @@ def test_gpu_less_host_gets_the_runtime_and_rule_but_no_links_or_cdi(tmp_path):
     assert not [n for n in commands if "/dev/char links" in n or "CDI" in n]
 
 
-def test_cdi_spec_naming_the_installed_driver_is_only_regenerated_on_a_toolkit_change(tmp_path):
-    commands = toolkit_plan(tmp_path, cdi="current")
+DRIVER, OLD_DRIVER = "580.159.04", "570.172.08"
+AT_PIN = dpkg(*(f"{p} 1.17.8-1" for p in FOUR.split()))
+
+
+def runs(driver: str | None) -> dict[str, list[str]]:
+    """DriverState output (matched by a line only its script prints) of a host running
+    ``driver``; None: no driver."""
+    lines = [f"module_loaded={driver}", f"proc_version={driver}"] if driver else []
+    return {"module_loaded=": lines}
+
+
+def spec_names(driver: str) -> dict[str, list[str]]:
+    """A CDI spec naming ``driver``: the CdiSpec script says current when asked about that
+    version (stale otherwise: toolkit_plan's cdi)."""
+    return {f"grep -qF -- {driver} /etc/cdi/nvidia.yaml": ["current"]}
+
+
+def test_cdi_spec_naming_the_loaded_driver_is_only_regenerated_on_a_toolkit_change(tmp_path):
+    facts = {**spec_names(DRIVER), **runs(DRIVER)}
+    commands = toolkit_plan(tmp_path, cdi="stale", extra_responses=facts)  # nothing installed
     assert "Generate the CDI spec [if changed]" in commands
+    converged = toolkit_plan(tmp_path / "converged", cdi="stale", extra_responses=facts,
+                             installed=AT_PIN, toolkit_version="1.17.8")  # fmt: skip
+    assert not [name for name in converged if "CDI" in name]  # nothing will change it
+
+
+def test_a_changed_loaded_driver_regenerates_the_cdi_spec(tmp_path):
+    """The spec names the driver the host ran before (a reboot loaded a new one since): it is
+    regenerated, toolkit unchanged; the check asks about the loaded driver's version."""
+    fleet_facts = {**spec_names(OLD_DRIVER), **runs(DRIVER)}
+    planned = plan_of(tmp_path, cdi_state="stale", extra_responses=fleet_facts,
+                      layers="toolkit", installed=AT_PIN, toolkit_version="1.17.8")  # fmt: skip
+    commands = by_name(planned)
+    assert commands["Generate the CDI spec"] == [
+        "nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml"
+    ]
+    same = toolkit_plan(tmp_path / "same", cdi="stale", installed=AT_PIN, toolkit_version="1.17.8",
+                        extra_responses={**spec_names(DRIVER), **runs(DRIVER)})  # fmt: skip
+    assert not [name for name in same if "CDI" in name]
+
+
+def test_no_loaded_driver_never_counts_as_current(tmp_path):
+    """No driver read: the spec cannot be known to match, it is generated (as before)."""
+    commands = toolkit_plan(tmp_path, cdi="stale", installed=AT_PIN, toolkit_version="1.17.8",
+                            extra_responses={**spec_names(""), **runs(None)})  # fmt: skip
+    assert "Generate the CDI spec" in commands
+
+
+@pytest.mark.parametrize(
+    ("spec", "driver", "expected"),
+    [
+        (None, DRIVER, "missing"),
+        (f"- hostPath: /usr/lib/x86_64-linux-gnu/libcuda.so.{DRIVER}\n", DRIVER, "current"),
+        (f"- hostPath: /usr/lib/x86_64-linux-gnu/libcuda.so.{OLD_DRIVER}\n", DRIVER, "stale"),
+        (f"- hostPath: /usr/lib/x86_64-linux-gnu/libcuda.so.{DRIVER}\n", "", "stale"),
+        ("- hostPath: /usr/lib/libcuda.so.1\n", "-v", "stale"),  # an option-like value
+    ],
+)
+def test_the_cdi_spec_script_under_dash(tmp_path, spec, driver, expected):
+    import shutil
+    import subprocess
+
+    from operations.toolkit.facts import CDI_SPEC, CdiSpec
+
+    path = tmp_path / "nvidia.yaml"
+    if spec is not None:
+        path.write_text(spec)
+    script = CdiSpec().command(driver=driver).replace(CDI_SPEC, str(path))
+    shell = shutil.which("dash") or "sh"
+    done = subprocess.run([shell, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert CdiSpec().process(done.stdout.splitlines()) == expected
 
 
 def test_toolkit_older_than_cdi_support_generates_no_spec(tmp_path):

@@ -14,7 +14,8 @@ from operations.config.load import load_config
 from operations.config.model import FleetConfig
 from operations.config.secrets import env_file
 from operations.kit import throttle
-from operations.vllm import container_args, spec_hash
+from operations.vllm import NO_RUNTIME, Runtime
+from operations.vllm import spec_of as spec_under
 from tests.plan.harness import FakeFleet
 from tests.plan.test_docker_plan import by_name, profile
 
@@ -29,9 +30,11 @@ def config_of(**data) -> FleetConfig:
     return config
 
 
-def spec_of(config: FleetConfig, name: str = "main") -> str:
+def spec_of(config: FleetConfig, name: str = "main", runtime: Runtime = NO_RUNTIME) -> str:
+    """The spec label of instance ``name`` (on a host whose facts name no driver and no
+    toolkit, as plan_of's do unless given them: the arguments' hash alone)."""
     (server,) = [s for s in config.vllm.servers() if s.name == name]
-    return spec_hash(container_args(config, server))
+    return spec_under(config, server, runtime)
 
 
 def running(
@@ -69,11 +72,14 @@ def secrets_line(name: str, secrets: dict[str, str]) -> str:
 
 def plan_of(
     tmp_path, monkeypatch, state=("docker=up",), image_present=True, secrets=None, gpu=True,
-    raw=False, **data,
+    raw=False, facts=None, **data,
 ):  # fmt: skip
+    """The vLLM layer's plan; ``facts``: more scripted fact output, matched first (the driver
+    and toolkit facts the spec hash reads: none by default, so no driver, no toolkit)."""
     for name, value in (secrets if secrets is not None else {"VLLM_API_KEY": KEY}).items():
         monkeypatch.setenv(name, value)
     responses = {
+        **(facts or {}),
         "os-release": [line for line in profile() if gpu or not line.startswith("pci=")],
         "label=gpufleet.vllm": list(state),
         "docker image inspect": ['[{"Id": "sha256:abc"}]'] if image_present else [],
@@ -125,7 +131,7 @@ def test_fresh_host_gets_the_full_container_spec_and_a_readiness_gate(tmp_path, 
     ]
     commands = planned["vLLM vllm-main"]
     run = docker_run(commands)
-    spec = spec_hash(container_args(config_of(), config_of().vllm.servers()[0]))
+    spec = spec_of(config_of())
     assert run[:5] == ["docker", "run", "--detach", "--label", f"gpufleet.spec={spec}"]
     text = " ".join(run)
     for flag in [
@@ -331,10 +337,10 @@ def test_gate_and_rollback_carry_the_readiness_bound(tmp_path):
 
     config = config_of(vllm_ready_timeout_s=60)
     (server,) = config.vllm.servers()
-    alone = start_and_gate(config, server, None, None)
+    alone = start_and_gate(config, server, spec_of(config), None, None)
     assert alone.connector_arguments["_timeout"] == bounds.readiness_s(config)
     keep = json.loads(running(config).removeprefix("container="))
-    both = start_and_gate(config, server, "docker run x", keep)
+    both = start_and_gate(config, server, spec_of(config), "docker run x", keep)
     assert both.connector_arguments["_timeout"] == bounds.readiness_s(config) + 60
 
 
@@ -510,7 +516,7 @@ def test_the_recreation_keeps_and_restores_the_previous_server_on_a_host(
     (tmp_path / "etc" / "main.env").write_text("VLLM_API_KEY='k'\n")
     old, new = config_of(), config_of(vllm_dtype="half")
     keep = json.loads(running(old).removeprefix("container="))
-    commands = replace_commands(new, new.vllm.servers()[0], keep, proven=True)
+    commands = replace_commands(new, new.vllm.servers()[0], spec_of(new), keep, proven=True)
     env = {"PATH": f"{tmp_path}/bin:/usr/bin:/bin", "SIM": str(tmp_path),
            "NEW_READY": new_ready, "NEW_STATUS": new_status}  # fmt: skip
     for command in commands[1:]:  # not the cache space guard
@@ -563,9 +569,11 @@ def test_the_throttled_command_carries_the_setting_and_the_bound(tmp_path):
     config = config_of(vllm_max_unavailable=2, vllm_ready_timeout_s=60)
     (server,) = config.vllm.servers()
     keep = json.loads(running(config).removeprefix("container="))
-    _, throttled = replace_commands(config, server, keep, proven=True, serving=True)
+    spec = spec_of(config)
+    _, throttled = replace_commands(config, server, spec, keep, proven=True, serving=True)
     assert isinstance(throttled, Throttled)
     assert (throttled.instance, throttled.setting) == ("vllm-main", "2")
     margin = config.deploy.timeout_margin_s
     assert throttled.connector_arguments["_timeout"] == bounds.readiness_s(config) + 60 + margin
-    assert not any(isinstance(c, Throttled) for c in replace_commands(config, server, keep, True))
+    alone = replace_commands(config, server, spec, keep, True)
+    assert not any(isinstance(c, Throttled) for c in alone)
