@@ -710,7 +710,8 @@ class GpuConfig(Section):
     """GPU health limits the verify checks apply (operations/driver/health.py)."""
 
     fatal_xids: Annotated[
-        list[Annotated[Int, Field(ge=1, le=1000)]], BeforeValidator(_split_csv)
+        list[Annotated[int, Field(ge=1, le=1000), BeforeValidator(_whole)]],
+        BeforeValidator(_split_csv),
     ] = Field(
         default=list(FATAL_XIDS),
         description="Xid codes that fail the kernel log check; others are reported only.",
@@ -721,10 +722,10 @@ class GpuConfig(Section):
         le=50,
         description="A GPU this close to its slowdown temperature (degrees C) fails.",
     )
-    max_correctable_remapped_rows: Int | None = Field(
+    max_correctable_remapped_rows: (
+        Annotated[int, Field(ge=0, le=100_000), BeforeValidator(_whole)] | None
+    ) = Field(
         default=None,
-        ge=0,
-        le=100_000,
         description="Rows remapped for correctable errors a GPU may have; unset = not checked.",
     )
     min_cuda_driver: CudaVersion = Field(

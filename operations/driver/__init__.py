@@ -37,14 +37,16 @@ from operations.driver.facts import (
     NOT_DRIVER_RE,
     DriverState,
     installed_apt_packages,
+    loaded_driver,
     shell_globs,
+    unmanaged,
 )
 from operations.kit import converged
 from operations.kit.apt_sources import AptSourceFiles, with_components
 from operations.kit.common import fail_host
 from operations.kit.packages import apt_move, signed_apt_repo, signed_dnf_repo
 from operations.kit.quoting import apt_field, package
-from operations.platform import platform_key
+from operations.platform import family_of, platform_key
 
 NOUVEAU_CONF = converged.managed("/etc/modprobe.d/gpufleet-blacklist-nouveau.conf")
 NOUVEAU_TEXT = "# Written by gpufleet: the NVIDIA driver needs nouveau out of the way.\n" + (
@@ -231,10 +233,15 @@ def _any_changed(ops: list) -> dict:
 
 @deploy("NVIDIA driver")
 def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
-    """Install, hold and activate the configured driver (see the module doc for what is built)."""
+    """Install, hold and activate the configured driver (see the module doc for what is built),
+    or, with ``driver_source = "preinstalled"``, adopt the driver the host came with."""
+    if config.driver.source == "preinstalled":
+        _adopt(config, profile, host.get_fact(DriverState))
+        return
     source = source_of(config, profile)
     found = problems(config, profile, source)
     state = host.get_fact(DriverState) if not found else {}
+    found += _unmanaged_problem(state)
     if source and source.family == "dnf" and upgrade_from(config.driver, state):
         found.append("changing the branch on EL (dnf module reset) is not automated yet")
     if found:
@@ -243,8 +250,49 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     flavour, _ = module_flavour(config.driver, profile["nvidia_gpus"], source.flavours)
     install = FAMILIES[source.family](config, profile, source, flavour, state)
     _blacklist_nouveau(config, state)
-    _services(config, profile)
+    _services(config, profile, state)
     _reboot_if_needed(config, state, install)
+
+
+def _unmanaged_problem(state: dict[str, Any]) -> list[str]:
+    """A driver no package manager owns must not get packages installed over it."""
+    if not unmanaged(state):
+        return []
+    return [
+        f"the NVIDIA driver {loaded_driver(state)} here ({state.get('library')}) belongs to no "
+        "package (a runfile or cloud image driver); installing packages over it would break "
+        'it: set driver_source = "preinstalled" to adopt it'
+    ]
+
+
+def adoption_problems(config: FleetConfig, state: dict[str, Any]) -> list[str]:
+    """Why the host's own driver cannot be adopted as configured; empty when it can."""
+    driver, running = config.driver, loaded_driver(state)
+    if not running:
+        return [
+            'driver_source is "preinstalled" but no NVIDIA driver is installed or loaded here '
+            "(no libnvidia-ml.so.1 in the loader's cache, no nvidia module)"
+        ]
+    if running.split(".")[0] != driver.branch:
+        return [f"the preinstalled driver is {running}, not driver_branch {driver.branch}"]
+    if driver.version and running != driver.version:
+        return [f"the preinstalled driver is {running}, not driver_version {driver.version}"]
+    return []
+
+
+def _adopt(config: FleetConfig, profile: dict[str, Any], state: dict[str, Any]) -> None:
+    """A preinstalled driver (cloud image, runfile): install nothing; check it is loaded at
+    the configured branch; hold whatever driver packages there are; keep nouveau out and
+    persistence on where the host allows."""
+    found = adoption_problems(config, state)
+    if found:
+        fail_host("Driver failed", "driver: " + "; ".join(found))
+        return
+    unheld = set(state["packages"]) - set(state["held"])
+    if config.driver.hold_packages and unheld:  # what packages there are (often none)
+        HOLDS[family_of(profile)](config, state)
+    _blacklist_nouveau(config, state)
+    _services(config, profile, state)
 
 
 def _apt_driver(config, profile, source: Source, flavour: str, state: dict[str, Any]):
@@ -411,6 +459,13 @@ def _hold_apt(config, state: dict[str, Any], install) -> None:
     )
 
 
+# package-manager family -> hold the driver packages there are, now (they are unheld)
+HOLDS = {
+    "apt": lambda config, state: _hold_apt(config, state, None),
+    "dnf": lambda config, state: _versionlock(state, None),
+}
+
+
 def _blacklist_nouveau(config, state: dict[str, Any]) -> None:
     """Keep nouveau off the GPUs; regenerate the initramfs when the blacklist is new."""
     if not config.driver.blacklist_nouveau:
@@ -421,13 +476,36 @@ def _blacklist_nouveau(config, state: dict[str, Any]) -> None:
         server.shell(name="Regenerate the initramfs", commands=[regenerate], _if=put.did_change)
 
 
-def _services(config: FleetConfig, profile: dict[str, Any]) -> None:
-    """nvidia-persistenced and, where wanted, the fabric manager: enabled, and running only
-    where there are GPUs for them to serve."""
+def _services(config: FleetConfig, profile: dict[str, Any], state: dict[str, Any]) -> None:
+    """nvidia-persistenced and, where wanted, the fabric manager: enabled and running where
+    there are GPUs for them to serve, disabled where there are none (they fail at every start
+    there). Without systemd (containers, some VMs) there are no units: persistence is set
+    through NVML's legacy mode instead (``nvidia-smi -pm 1``) where a GPU has it off."""
+    if state.get("init", "systemd") != "systemd":
+        _persistence_without_units(config, state)
+        return
     units = [PERSISTENCED] if config.driver.persistence else []
     units += [FABRIC_MANAGER] if fabric_manager_wanted(config, profile) else []
     for unit in units:
-        converged.service(unit, unit, running=config.host.has_gpus, enabled=True)
+        if config.driver.source == "preinstalled" and _missing(state, unit):
+            if unit == PERSISTENCED:
+                _persistence_without_units(config, state)
+            else:
+                logger.warning(f"{host.print_prefix}driver: {unit} is not installed here")
+            continue
+        gpus = config.host.has_gpus
+        converged.service(unit, unit, running=gpus, enabled=gpus)
+
+
+def _missing(state: dict[str, Any], unit: str) -> bool:
+    return state["units"].get(unit, {}).get("enabled", "missing") in ("missing", "not-found")
+
+
+def _persistence_without_units(config: FleetConfig, state: dict[str, Any]) -> None:
+    """Persistence mode on through nvidia-smi, only where NVML reads it off on some GPU."""
+    off = [gpu for gpu in state["gpus"] if gpu.get("persistence") == 0]
+    if config.driver.persistence and config.host.has_gpus and off:
+        server.shell(name="Turn GPU persistence mode on", commands=["nvidia-smi -pm 1"])
 
 
 def _reboot_if_needed(config: FleetConfig, state: dict[str, Any], install) -> None:

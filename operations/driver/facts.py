@@ -26,7 +26,8 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
-from operations.driver import nvml
+from operations.driver.nvml import parse as parse_probe
+from operations.driver.nvml import probe_command
 from operations.kit import scripts
 
 GPU_QUERY = (
@@ -77,7 +78,7 @@ def driver_command() -> str:
         QUERY=GPU_QUERY,
         raw_values={
             "LIBRARY": INSTALLED_VERSION_SH,
-            "PROBE": nvml.probe_command(),
+            "PROBE": probe_command(),
             "DPKG": installed_apt_packages('"package=" $2 " " $3'),
             "EL_GLOBS": shell_globs(EL_DRIVER_GLOBS),
             "UNITS": shell_globs(UNITS),
@@ -126,7 +127,7 @@ def _line(state: dict[str, Any], key: str, value: str) -> None:
         csv = value.count(",") == len(GPU_QUERY.split(",")) - 1
         state["csv_gpus" if csv else "gpu_errors"].append(_csv_gpu(value) if csv else value)
     elif key == "nvml":
-        state["nvml"] = nvml.parse([value])
+        state["nvml"] = parse_probe([value])
     elif key == "xid":
         state["xids"].append(_xid(value))
     elif key == "nouveau_blacklist":

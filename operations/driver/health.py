@@ -33,15 +33,20 @@ FABRIC_COMPLETED = 3  # NVML_GPU_FABRIC_STATE_COMPLETED
 FABRIC_STATES = {0: "not supported", 1: "not started", 2: "in progress", 3: "completed"}
 
 
-# vLLM release (major, minor) -> the CUDA version its vllm/vllm-openai image is built with
-# (vLLM's docker/Dockerfile, ARG CUDA_VERSION, at each release tag). The driver must support
-# at least that CUDA version: minor-version compatibility does not cover the PTX that the
-# image's kernels JIT-compile (Triton, FlashInfer), which needs the toolkit's own driver.
-VLLM_IMAGE_CUDA: dict[tuple[int, int], tuple[int, int]] = {
-    (0, 5): (12, 4), (0, 6): (12, 4), (0, 7): (12, 4), (0, 8): (12, 4),
-    (0, 9): (12, 8), (0, 10): (12, 8), (0, 11): (12, 8),
-}  # fmt: skip
-_VLLM_TAG = re.compile(r":v?(\d+)\.(\d+)(?:[.\-+][^/@]*)?(?:@sha256:[0-9a-f]{64})?$")
+# The CUDA version each vllm/vllm-openai release is built with (vLLM's Dockerfile, ARG
+# CUDA_VERSION, at the release tags; release notes of v0.9.0, v0.11.1, v0.20.0): from each
+# first release on, until the next row. The driver must support at least that version:
+# minor-version compatibility does not cover the PTX the image's kernels JIT-compile
+# (Triton, FlashInfer), and the images ask the toolkit for it (NVIDIA_REQUIRE_CUDA).
+VLLM_IMAGE_CUDA: tuple[tuple[tuple[int, int, int], tuple[int, int]], ...] = (
+    ((0, 5, 0), (12, 4)),
+    ((0, 9, 0), (12, 8)),
+    ((0, 11, 1), (12, 9)),
+    ((0, 20, 0), (13, 0)),
+)
+VLLM_KNOWN_UP_TO = (0, 29)  # newer releases: not known here, set gpu_min_cuda_driver
+_VLLM_TAG = re.compile(r":v?(\d+)\.(\d+)(?:\.(\d+))?([^/@:]*)(?:@sha256:[0-9a-f]{64})?$")
+_CUDA_SUFFIX = re.compile(r"-cu(1[0-9])([0-9])\b")  # v0.19.1-cu130: the CUDA 13.0 variant
 
 
 def cuda_needed(config: FleetConfig) -> tuple[int, int] | None:
@@ -52,7 +57,16 @@ def cuda_needed(config: FleetConfig) -> tuple[int, int] | None:
         major, minor = wanted.split(".")
         return int(major), int(minor)
     match = _VLLM_TAG.search(config.vllm.image)
-    return VLLM_IMAGE_CUDA.get((int(match.group(1)), int(match.group(2)))) if match else None
+    if not match:
+        return None
+    suffix = _CUDA_SUFFIX.search(match.group(4))
+    if suffix:
+        return int(suffix.group(1)), int(suffix.group(2))
+    release = (int(match.group(1)), int(match.group(2)), int(match.group(3) or 0))
+    if release[:2] > VLLM_KNOWN_UP_TO:
+        return None
+    built = [cuda for first, cuda in VLLM_IMAGE_CUDA if release >= first]
+    return built[-1] if built else None
 
 
 class NotApplicable(Exception):
@@ -276,7 +290,10 @@ def driver_version(host: Host) -> Verdict:
     driver = host.config.driver
     running = loaded_driver(host.state)
     if not running:
-        return Verdict([Finding("no NVIDIA driver is loaded or installed")])
+        return Verdict([Finding(
+            "no NVIDIA driver installed or loaded (no NVML, no nvidia module, no "
+            "libnvidia-ml.so.1 in the loader's cache, /usr/lib*, /usr/local/nvidia)"
+        )])  # fmt: skip
     if running.split(".")[0] != driver.branch:
         return Verdict([Finding(f"driver {running} is not branch {driver.branch} (driver_branch)")])
     if driver.version and running != driver.version:

@@ -90,7 +90,7 @@ CASES = [
     Case("version-as-float", {"driver_version": 580.95}, "driver_version",
          "write the version as a string"),
     Case("driver-source-unknown", {"driver_source": "nvidia"}, "driver_source",
-         "'cuda-repo' or 'distro'"),
+         "'cuda-repo', 'distro' or 'preinstalled'"),
     Case("mirror-not-a-url", {"driver_cuda_repo_url": "mirror.internal"}, "driver_cuda_repo_url",
          "valid URL"),
     Case("mirror-ftp", {"driver_cuda_repo_url": "ftp://mirror.internal/cuda"},

@@ -155,6 +155,12 @@ def test_thresholds_are_settings():
     assert _outcome(H100, "cuda_version", gpu_min_cuda_driver="13.1").findings
 
 
+@pytest.mark.parametrize("value", ["79x", 0, True, [1.5], [0], [1001], "48,\n79"])
+def test_a_bad_xid_list_is_refused_naming_the_setting(value):
+    config, problems = load_config("gpu-1", {"gpu_fatal_xids": value})
+    assert config is None and problems[0].key.startswith("gpu_fatal_xids")
+
+
 def test_application_xids_are_reported_not_failed():
     verdict = _outcome(H100, "xid", "xid=NVRM: Xid (PCI:0000:18:00): 13, pid=4, Graphics Exception")
     assert verdict.findings == [] and "Xid 13" in verdict.notes[0]
@@ -194,7 +200,10 @@ def test_the_nvidia_smi_fallback_judges_what_it_reads():
     ("image", "needed"),
     [("vllm/vllm-openai:v0.11.0", (12, 8)), ("vllm/vllm-openai:v0.6.3.post1", (12, 4)),
      ("registry.example/vllm:v0.9.2@sha256:" + "a" * 64, (12, 8)),
-     ("vllm/vllm-openai:nightly", None), ("vllm/vllm-openai:v9.1.0", None)],
+     ("vllm/vllm-openai:v0.11.1", (12, 9)), ("vllm/vllm-openai:v0.19.1-cu130", (13, 0)),
+     ("vllm/vllm-openai:v0.21.0", (13, 0)), ("mirror.internal:5000/vllm:v0.10.1", (12, 8)),
+     ("vllm/vllm-openai:v0.4.2", None), ("vllm/vllm-openai:nightly", None),
+     ("vllm/vllm-openai:v9.1.0", None), ("vllm/vllm-openai:v0.30.0", None)],
 )  # fmt: skip
 def test_the_cuda_an_image_needs_follows_its_tag(image, needed):
     assert health.cuda_needed(config_of(vllm_image=image, vllm_allow_latest=True)) == needed
