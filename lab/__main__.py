@@ -1,4 +1,5 @@
-"""`python -m lab {up,down,status,repo,ask,image}`: the local lab fleet (see lab/__init__.py)."""
+"""`python -m lab {up,down,status,repo,ask,image,gpu}`: the local lab fleet (see lab/__init__.py;
+`gpu`: the STAND-IN GPU hosts of lab/gpu.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import sys
 
 from lab import LabError, repo_root
+
+GPU_VARIANTS = ("h100", "hgx8")  # lab/gpu.py VARIANTS (not imported: --help stays cheap)
 
 
 def _hosts(value: str) -> int:
@@ -41,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="hosts fetch packages through the lab's shared apt-cacher-ng (deploy_apt_proxy); "
         "on by default",
     )
+    up.add_argument(
+        "--gpu",
+        action="append",
+        choices=GPU_VARIANTS,
+        default=[],
+        metavar="VARIANT",
+        help="also a STAND-IN GPU host: h100 or hgx8 (lab/gpu.py; repeatable)",
+    )
     sub.add_parser("down", help="remove the hosts, the repository container, the state file")
     sub.add_parser("status", help="show the hosts, whether they answer SSH, and the repository")
     sub.add_parser(
@@ -49,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask = sub.add_parser("ask", help="ask every vLLM server of a targets file for a completion")
     ask.add_argument("targets", help="Prometheus file_sd file (python -m operations.cli.targets)")
+    gpu = sub.add_parser("gpu", help="the STAND-IN GPU hosts (lab/gpu.py), beside lab-1..N")
+    gpu_sub = gpu.add_subparsers(dest="gpu_command", required=True, metavar="ACTION")
+    gpu_up = gpu_sub.add_parser("up", help="bring up a GPU host, healthy (idempotent)")
+    gpu_up.add_argument("variant", choices=GPU_VARIANTS)
+    fault = gpu_sub.add_parser("fault", help="put one fault on a GPU host ('none': heal it)")
+    fault.add_argument("variant", choices=GPU_VARIANTS)
+    fault.add_argument("fault", help="a fault of tests/standins/gpu FAULTS, or none")
+    fault.add_argument("--index", type=int, default=-1, help="which GPU (default: the last)")
+    gpu_sub.add_parser("down", help="remove the GPU hosts")
     image = sub.add_parser("image", help="build the host image (only if it is out of date)")
     image.add_argument("--rebuild", action="store_true", help="build even if up to date")
     image.add_argument("--mirror", metavar="URL", help=mirror_help)
@@ -62,6 +82,9 @@ def _dispatch(args: argparse.Namespace, root) -> None:
 
     if args.command == "up":
         fleet.up(root, args.hosts, mirror=args.mirror, apt_cache=args.apt_cache)
+        _gpu_hosts(args.gpu, root)
+    elif args.command == "gpu":
+        _gpu(args, root)
     elif args.command == "down":
         fleet.down(root)
     elif args.command == "status":
@@ -80,6 +103,28 @@ def _dispatch(args: argparse.Namespace, root) -> None:
         built = image.ensure_image(root, rebuild=args.rebuild, mirror=args.mirror)
         if not built:
             print(f"{image.IMAGE} is up to date (recipe {image.recipe_hash()})")
+
+
+def _gpu_hosts(variants: list[str], root) -> None:
+    """`up --gpu VARIANT...`: the STAND-IN GPU hosts too, once each."""
+    from lab import gpu
+
+    for variant in dict.fromkeys(variants):
+        gpu.ensure_gpu_host(variant, root)
+
+
+def _gpu(args: argparse.Namespace, root) -> None:
+    """`python -m lab gpu ACTION`: the STAND-IN GPU hosts."""
+    from lab import gpu
+
+    if args.gpu_command == "up":
+        gpu.ensure_gpu_host(args.variant, root)
+    elif args.gpu_command == "fault":
+        chosen = None if args.fault == "none" else args.fault
+        gpu.inject(args.variant, chosen, root, args.index)
+        print(f"{gpu.host_name(args.variant)}: {chosen or 'healthy'}")
+    else:
+        gpu.down(root)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lab import LABEL, LabError, aptcache
+from lab import LABEL, LabError, aptcache, gpu
 from lab.engine import Log, cgroup_version, docker, engine_answers, ensure_engine
 from lab.hosts import (
     MAX_HOSTS,
@@ -232,6 +232,7 @@ def down(root: Path, log: Log = print) -> int:
         if containers:
             docker("rm", "-f", *(c.name for c in containers.values()))
             removed = len(containers)
+        gpu.down(root, log)  # the STAND-IN GPU hosts beside them (lab/gpu.py)
         volumes = docker("volume", "ls", "-q", "--filter", f"label={LABEL}=1").stdout.split()
         volumes += [volume_name(i) for i in containers if volume_name(i) not in volumes]
         for volume in volumes:

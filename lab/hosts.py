@@ -107,12 +107,29 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
 
 def create_args(i: int, port: int, cgroup: int, image: str = IMAGE, keys: str = "") -> list[str]:
     """`docker create` arguments for host i: systemd as PID 1 without --privileged."""
+    return container_args(
+        container_name(i), host_name(i), volume_name(i), port, cgroup, image=image, keys=keys
+    )
+
+
+def container_args(
+    name: str,
+    hostname: str,
+    volume: str,
+    port: int,
+    cgroup: int,
+    image: str = IMAGE,
+    keys: str = "",
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """`docker create` arguments for a lab host named `name` (create_args; lab/gpu.py's
+    GPU hosts, which add their mounts and labels as `extra`)."""
     args = [
         "create",
-        "--name", container_name(i),
-        "--hostname", host_name(i),
+        "--name", name,
+        "--hostname", hostname,
         "--label", f"{LABEL}=1",
-        "--label", f"{LABEL}.host={host_name(i)}",
+        "--label", f"{LABEL}.host={hostname}",
         "--label", f"{KEYS_LABEL}={keys}",
         "--restart", "no",
         "--stop-signal", STOP_SIGNAL,
@@ -129,8 +146,9 @@ def create_args(i: int, port: int, cgroup: int, image: str = IMAGE, keys: str = 
         # Molecule's and geerlingguy's systemd images do.
         args.append("--cgroupns=host")
     args += [
-        "-v", f"{volume_name(i)}:/var/lib/docker",
+        "-v", f"{volume}:/var/lib/docker",
         "-p", f"{LOOPBACK}:{port}:22",
+        *extra,
         image,
     ]  # fmt: skip
     return args

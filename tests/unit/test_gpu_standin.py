@@ -439,3 +439,68 @@ def test_every_standin_file_says_it_is_one():
     for path in standin.HERE.iterdir():
         if path.is_file() and path.suffix != ".pyc":
             assert "STAND-IN" in path.read_text(), path
+
+
+# --- the lab's GPU host (lab/gpu.py): what it installs and mounts, without Docker
+
+
+def test_the_lab_payload_installs_the_standins_as_a_cloud_image_does(library):
+    import io
+    import tarfile
+
+    from lab import gpu as lab_gpu
+
+    description = standin.with_fault(standin.load("h100"), "driver_branch")
+    with tarfile.open(fileobj=io.BytesIO(lab_gpu.payload(library, description))) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        lib = "usr/local/nvidia/lib64/libnvidia-ml.so.570.195.03"
+        assert members[lib].mode == 0o755 and members[lib].size == library.stat().st_size
+        assert members["usr/local/nvidia/lib64/libnvidia-ml.so.1"].linkname == (
+            "libnvidia-ml.so.570.195.03"
+        )
+        assert members["usr/local/bin/nvidia-smi"].linkname == "/usr/local/nvidia/bin/nvidia-smi"
+        assert members["usr/local/bin/dmesg"].mode == 0o755
+        conf = tar.extractfile("etc/ld.so.conf.d/gpufleet-standin-nvidia.conf").read().decode()
+        assert "STAND-IN" in conf and "/usr/local/nvidia/lib64\n" in conf
+        shipped = json.loads(tar.extractfile("etc/gpufleet-standin/gpus.json").read())
+        assert shipped == description
+        unit = tar.extractfile("etc/systemd/system/gpufleet-standin.service").read().decode()
+        assert "mount --bind /opt/gpufleet-standin/proc-driver /proc/driver" in unit
+        # the /proc source is docker's read-only mount point: never in the tar (lchown fails)
+        assert "opt/gpufleet-standin/proc-driver" not in members
+
+
+def test_the_lab_trees_follow_the_description_in_place(tmp_path):
+    from lab import gpu as lab_gpu
+
+    base = lab_gpu.write_tree(tmp_path, "hgx8", standin.load("hgx8"))
+    devices = base / "sys/bus/pci/devices"
+    mounted = devices.stat().st_ino
+    assert len(list(devices.iterdir())) == 12
+    assert (base / "sys/module/nvidia/version").read_text() == "580.159.04\n"
+    smaller = standin.load("hgx8")
+    smaller["pci_devices"] = []
+    lab_gpu.write_tree(tmp_path, "hgx8", standin.with_fault(smaller, "driver_branch"))
+    assert len(list(devices.iterdir())) == 8 and devices.stat().st_ino == mounted
+    assert "570.195.03" in (base / "proc/driver/nvidia/version").read_text()
+    assert all(arg.endswith(":ro") for arg in lab_gpu.mounts(tmp_path, "h100")[1::2])
+
+
+def test_the_lab_gpu_inventory_says_gpus_and_a_preinstalled_driver(tmp_path, monkeypatch):
+    from lab import gpu as lab_gpu
+
+    (tmp_path / ".lab/gpu").mkdir(parents=True)
+    (tmp_path / ".lab/gpu/state.json").write_text(json.dumps({
+        "hosts": [{"name": "lab-gpu-hgx8", "container": "gpufleet-lab-gpu-hgx8", "port": 3222,
+                   "variant": "hgx8", "address": "172.17.0.9"}],
+        "ssh_key": "/k", "known_hosts": "/kh",
+    }))  # fmt: skip
+    ((name, data),) = lab_gpu.inventory_hosts(tmp_path)
+    assert name == "lab-gpu-hgx8" and data["ssh_port"] == 3222
+    assert data["ssh_known_hosts_file"] == "/kh" and data["ssh_key"] == "/k"
+    assert (data["host_has_gpus"], data["host_gpu_count"]) == (True, 8)
+    assert (data["driver_source"], data["driver_branch"]) == ("preinstalled", "580")
+    assert data["host_address"] == "172.17.0.9"
+    (tmp_path / ".lab/gpu/state.json").unlink()
+    with pytest.raises(lab_gpu.LabError, match="lab gpu up"):
+        lab_gpu.inventory_hosts(tmp_path)
