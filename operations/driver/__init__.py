@@ -495,6 +495,11 @@ def _services(config: FleetConfig, profile: dict[str, Any], state: dict[str, Any
             continue
         gpus = config.host.has_gpus
         converged.service(unit, unit, running=gpus, enabled=gpus)
+        if not gpus and state["units"].get(unit, {}).get("active") == "failed":
+            # its failed starts keep systemd "degraded" until cleared, disabled or not
+            server.shell(
+                name=f"Clear {unit}'s failed state", commands=[f"systemctl reset-failed {unit}"]
+            )
 
 
 def _missing(state: dict[str, Any], unit: str) -> bool:

@@ -74,7 +74,7 @@ def nvlinks(handle):
 
 def fabric(handle):
     info = nv.c_nvmlGpuFabricInfo_t()
-    done = read(nv.nvmlDeviceGetGpuFabricInfo, handle, info)
+    done = read(nv.nvmlDeviceGetGpuFabricInfo, handle, nv.byref(info))
     return done if isinstance(done, dict) else {"state": info.state, "status": info.status}
 
 

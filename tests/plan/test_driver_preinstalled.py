@@ -131,3 +131,4 @@ def test_a_gpu_less_host_gets_no_gpu_daemon_enabled(tmp_path):
     text = commands_of(planned)
     assert "systemctl enable nvidia-persistenced" not in text
     assert "systemctl disable nvidia-persistenced" in text
+    assert "systemctl reset-failed nvidia-persistenced" in text  # systemd no longer degraded
