@@ -102,6 +102,26 @@ ExecStart=/sbin/ldconfig
 [Install]
 WantedBy=multi-user.target
 """
+# On NVSwitch systems (hgx8) the image ships NVIDIA's fabric manager as a unit, installed but
+# not enabled: the deploy enables it (driver_fabric_manager = auto). The STAND-IN only sleeps.
+FABRIC_MANAGER = "nvidia-fabricmanager.service"
+FABRIC_MANAGER_TEXT = """\
+[Unit]
+Description=gpufleet lab STAND-IN NVIDIA Fabric Manager (sleeps; never on a real fleet)
+
+[Service]
+ExecStart=/bin/sleep infinity
+
+[Install]
+WantedBy=multi-user.target
+"""
+NVSWITCH_CLASS = "0x068000"
+
+
+def has_nvswitches(description: dict[str, Any]) -> bool:
+    return any(d.get("class") == NVSWITCH_CLASS for d in description.get("pci_devices", []))
+
+
 # Removes NVML libraries of another version than the one just copied, then refreshes the
 # loader's cache ($1: that library's file name).
 RELINK_SH = (
@@ -247,6 +267,8 @@ def payload(library: Path, description: dict[str, Any]) -> bytes:
         _add(tar, f"etc/systemd/system/{UNIT}", UNIT_TEXT.encode())
         _add(tar, f"etc/systemd/system/multi-user.target.wants/{UNIT}",
              link=f"/etc/systemd/system/{UNIT}")  # fmt: skip
+        if has_nvswitches(description):
+            _add(tar, f"etc/systemd/system/{FABRIC_MANAGER}", FABRIC_MANAGER_TEXT.encode())
     return buffer.getvalue()
 
 
@@ -267,6 +289,8 @@ def apply(variant: str, description: dict[str, Any], root: Path | None = None) -
     name = container_name(variant)
     docker("cp", "-", f"{name}:/", input=payload(_library(root), description), text=False)
     docker("exec", name, "sh", "-c", RELINK_SH, "sh", library_name(description))
+    if has_nvswitches(description):  # a unit file systemd may not have read yet
+        docker("exec", name, "sh", "-c", "systemctl daemon-reload 2>/dev/null || true")
 
 
 def inject(variant: str, fault: str | None, root: Path | None = None, gpu: int = -1) -> dict:

@@ -470,6 +470,22 @@ def test_the_lab_payload_installs_the_standins_as_a_cloud_image_does(library):
         assert "opt/gpufleet-standin/proc-driver" not in members
 
 
+def test_only_the_nvswitch_host_ships_a_stand_in_fabric_manager_unit(library):
+    import io
+    import tarfile
+
+    from lab import gpu as lab_gpu
+
+    unit = f"etc/systemd/system/{lab_gpu.FABRIC_MANAGER}"
+    for variant, has_unit in (("hgx8", True), ("h100", False)):
+        payload = lab_gpu.payload(library, standin.load(variant))
+        with tarfile.open(fileobj=io.BytesIO(payload)) as tar:
+            assert (unit in tar.getnames()) is has_unit, variant
+            if has_unit:
+                text = tar.extractfile(unit).read().decode()
+                assert "STAND-IN" in text and "ExecStart=/bin/sleep infinity" in text
+
+
 def test_the_lab_trees_follow_the_description_in_place(tmp_path):
     from lab import gpu as lab_gpu
 

@@ -7,12 +7,15 @@ without Docker, and skip only where those programs are missing.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.standins import gpu
+from tests.standins.gpu.build import build_library
 from tests.standins.toolkit import PACKAGES, VERSIONS, build_repo
 from tests.standins.toolkit.archive import rfc2822
 from tests.standins.toolkit.signing import fingerprints
@@ -157,6 +160,23 @@ def test_nvidia_ctk_cdi_generate_fails_without_a_driver(repo, tmp_path):
     assert done.returncode == 1
     assert "NVML" in done.stderr and "stand-in" in done.stderr
     assert not out.exists()
+
+
+def test_nvidia_ctk_cdi_generate_reads_the_gpus_through_nvml(repo, tmp_path):
+    """With the STAND-IN GPUs (tests/standins/gpu) it starts NVML as the real one does: one
+    device per GPU, the driver's library named with its version (what the CdiSpec fact
+    checks), and cdi list counts them."""
+    tree = _extract(repo, tmp_path, "nvidia-container-toolkit-base", "1.17.8-1")
+    library = build_library(tmp_path / "lib")
+    out = tmp_path / "cdi" / "nvidia.yaml"
+    env = {"PATH": os.environ["PATH"], "LD_LIBRARY_PATH": str(library.parent),
+           gpu.ENV: str(gpu.HERE / "hgx8.json")}  # fmt: skip
+    done = _run("sh", str(tree / "usr/bin/nvidia-ctk"), "cdi", "generate", f"--output={out}",
+                env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    spec = out.read_text()
+    assert "580.159.04" in spec and spec.count("- name:") == 9  # 8 GPUs and "all"
+    assert "/dev/nvidia7" in spec and "/dev/nvidia8" not in spec
 
 
 def test_nvidia_container_cli_version(repo, tmp_path):
