@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
 from lab.gpu import container_name, heal
 from lab.hosts import list_containers
 from operations.driver import nvml
@@ -20,13 +18,6 @@ from tests.standins import gpu as standin
 
 gpu_hosts, gpu_h100, gpu_hgx8 = gpu_host.gpu_hosts, gpu_host.gpu_h100, gpu_host.gpu_hgx8  # fixtures
 
-# nvml_probe.fabric() passes pynvml's fabric struct by value: NVML writes through a stray
-# pointer and the probe dies on any GPU that reports a fabric (hgx8). Fixed by
-# nv.byref(info); see tests/unit/test_nvml_probe.py.
-needs_fabric_fix = pytest.mark.xfail(
-    "byref(info)" not in nvml.PROBE.read_text(), strict=True,
-    reason="nvml_probe.fabric() passes the fabric struct by value (needs nv.byref(info))",
-)  # fmt: skip
 
 # host_profile.sh's PCI loop (operations/kit/scripts), as preflight runs it
 PCI_LOOP = (
@@ -124,7 +115,6 @@ def test_the_hgx8_host_has_eight_gpus_and_four_nvswitches(gpu_hgx8):
     ]
 
 
-@needs_fabric_fix
 def test_the_probe_reads_the_hgx8_over_ssh(gpu_hgx8):
     found, _elapsed = probe(gpu_hgx8)
     assert len(found.get("gpus", [])) == 8, found

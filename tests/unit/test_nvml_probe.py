@@ -21,15 +21,9 @@ from operations.driver import nvml
 from tests.standins import gpu as standin
 from tests.standins.gpu.build import build_library
 
-# The probe passes pynvml's c_nvmlGpuFabricInfo_t to nvmlDeviceGetGpuFabricInfo by value
-# (ctypes copies a Structure argument): NVML gets a stray pointer, writes through it and the
-# probe dies (SIGSEGV) on any GPU whose fabric NVML reports -- every HGX. The fix is
-# nv.byref(info) in nvml_probe.py's fabric(); these tests pass once it is there.
-FABRIC_BY_VALUE = "byref(info)" not in nvml.PROBE.read_text()
-needs_fabric_fix = pytest.mark.xfail(
-    FABRIC_BY_VALUE, strict=True,
-    reason="nvml_probe.fabric() passes the fabric struct by value (needs nv.byref(info))",
-)  # fmt: skip
+# Regression: the probe once passed pynvml's c_nvmlGpuFabricInfo_t by value (ctypes copies a
+# Structure argument): NVML wrote through a stray pointer and the probe died (SIGSEGV) on
+# every GPU whose fabric NVML reports (every HGX). The hgx8 tests below are its tests.
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +79,6 @@ def test_a_healthy_h100_reads_whole_and_unsupported_is_not_a_failure(tmp_path, l
     assert gpu["mig_mode"] == [0, 0]
 
 
-@needs_fabric_fix
 def test_a_healthy_hgx_reads_eight_gpus_their_nvlinks_and_the_fabric(tmp_path, library):
     found = run_probe(tmp_path, library, standin.load("hgx8"))
     assert [g["index"] for g in found["gpus"]] == list(range(8))
@@ -128,7 +121,7 @@ SHOWN = {
 def fault_cases():
     for variant in standin.VARIANTS:
         for fault in standin.faults_for(standin.load(variant)):
-            marks = [needs_fabric_fix] if variant == "hgx8" else []
+            marks = []
             yield pytest.param(variant, fault, marks=marks, id=f"{variant}-{fault}")
 
 
