@@ -80,7 +80,10 @@ def test_good_values_are_accepted(data):
             {"driver_branch": "570", "driver_version": "580.95.05"},
             "driver_version = '580.95.05': must be a version of branch 570",
         ),
-        ({"driver_source": "nvidia"}, "driver_source = 'nvidia': Input should be 'cuda-repo', 'distro' or 'preinstalled'"),
+        (
+            {"driver_source": "nvidia"},
+            "driver_source = 'nvidia': Input should be 'cuda-repo', 'distro' or 'preinstalled'",
+        ),
         ({"driver_reboot_timeout_s": -5}, "driver_reboot_timeout_s = -5: Input should be greater"),
         ({"vllm_gpu_memory_utilization": 0}, "vllm_gpu_memory_utilization = 0: Input should be g"),
         ({"vllm_gpu_memory_utilization": 1.2}, "= 1.2: Input should be less than or equal to 1"),
