@@ -32,6 +32,13 @@ server.shell(name="never", commands=["true"])
 """
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default action, whatever this run inherited (a test run started
+    in the background by a non-interactive shell has SIGINT ignored, and so would its
+    children: they could not be interrupted at all)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _pyinfra_until(tmp_path: Path, marker: str) -> subprocess.Popen:
     """A pyinfra CLI run from the repository root (so config.py is exec'd) on @local with a
     deploy that sleeps while planned; returns once ``marker`` was printed."""
@@ -43,6 +50,7 @@ def _pyinfra_until(tmp_path: Path, marker: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + 60
     seen = []
@@ -145,7 +153,7 @@ def _rollout_call_in_a_child(tmp_path: Path) -> subprocess.Popen:
     )
     process = subprocess.Popen(
         [sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        env=os.environ | {"PYTHONPATH": str(ROOT)}, preexec_fn=_default_sigint,
     )  # fmt: skip
     assert process.stdout.readline().strip() == "ready"
     return process
@@ -193,7 +201,7 @@ def test_verify_is_pytest_which_exits_non_zero_when_interrupted(tmp_path):
     )
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(tmp_path)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, preexec_fn=_default_sigint,
     )  # fmt: skip
     assert done.returncode == pytest.ExitCode.INTERRUPTED == 2, done.stdout
     assert "KeyboardInterrupt" in done.stdout
