@@ -43,6 +43,9 @@ class Run:
             [sys.executable, "-m", "pyinfra", "-y", "inventory/lab.py", "deploy.py", *args],
             cwd=ROOT, env=os.environ | LAB_SECRETS, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            # Ctrl-C's default action, whatever this run inherited (a backgrounded run has
+            # SIGINT ignored, and the deploy could not be interrupted)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
