@@ -173,10 +173,6 @@ def _why_not(host: Host, what: str) -> str:
     return f"not applicable: no GPU of this host supports {what}"
 
 
-def _count(value: Any, _gpu: dict, _host: Host) -> str | None:
-    return f"{value} (limit 0)" if value else None
-
-
 def persistence(value: Any, _gpu: dict, _host: Host) -> str | None:
     return (
         None if value == 1 else "persistence mode is off (nvidia-persistenced, or nvidia-smi -pm 1)"
@@ -407,16 +403,23 @@ CONCERNS: dict[str, Callable[[Host], Verdict]] = {
 }
 
 
+def verdict(name: str, host: Host) -> Verdict:
+    """Concern ``name`` on ``host``: its verdict, a host whose GPUs could not be read failing
+    it with the reason; raises NotApplicable where it does not apply."""
+    try:
+        return CONCERNS[name](host)
+    except Unreadable as why:
+        return Verdict([Finding(f"the GPUs could not be read: {why}")])
+
+
 def judge(host: Host) -> dict[str, Verdict | str]:
     """Every concern's verdict, or why it does not apply (the fleet report's GPU section)."""
     out: dict[str, Verdict | str] = {}
-    for name, check in CONCERNS.items():
+    for name in CONCERNS:
         try:
-            out[name] = check(host)
+            out[name] = verdict(name, host)
         except NotApplicable as why:
             out[name] = str(why)
-        except Unreadable as why:
-            out[name] = Verdict([Finding(f"the GPUs could not be read: {why}")])
     return out
 
 

@@ -56,10 +56,16 @@ def cloud_image_library(tmp_path: Path) -> Path:
     return lib64 / "libnvidia-ml.so.1"
 
 
+def cloud_image_tools(tmp_path: Path, lib: Path, **scripts: str) -> str:
+    """fake_tools without python3 (nor the tools ``scripts`` replace), whose ldconfig's
+    cache names ``lib``."""
+    ldconfig = f'echo "	libnvidia-ml.so.1 (libc6,x86-64) => {lib}"\n'
+    return fake_tools(tmp_path, ldconfig=ldconfig, without=("python3", *scripts), **scripts)
+
+
 def test_the_library_is_found_through_the_loader_cache_and_no_package_owns_it(tmp_path):
     lib = cloud_image_library(tmp_path)
-    ldconfig = f'echo "	libnvidia-ml.so.1 (libc6,x86-64) => {lib}"\n'
-    state = run_script(fake_tools(tmp_path, ldconfig=ldconfig, without=("python3",)))
+    state = run_script(cloud_image_tools(tmp_path, lib))
     assert state["nvml_version"] == "580.159.04"
     assert state["library"] == str(lib.resolve())
     assert state["library_owner"] == "none" and unmanaged(state)
@@ -70,10 +76,7 @@ def test_the_library_is_found_through_the_loader_cache_and_no_package_owns_it(tm
 def test_without_python3_nvidia_smi_gives_what_it_can(tmp_path):
     lib = cloud_image_library(tmp_path)
     smi = "echo '0, 00000000:18:00.0, NVIDIA H100 80GB HBM3, 580.159.04, Enabled, 0, [N/A]'\n"
-    ldconfig = f'echo "	libnvidia-ml.so.1 (libc6,x86-64) => {lib}"\n'
-    tools = fake_tools(tmp_path, ldconfig=ldconfig, without=("python3", "nvidia-smi"),
-                       **{"nvidia-smi": smi})  # fmt: skip
-    state = run_script(tools)
+    state = run_script(cloud_image_tools(tmp_path, lib, **{"nvidia-smi": smi}))
     assert state["probe"] == "nvidia-smi" and state["nvidia_smi_rc"] == "0"
     (gpu,) = state["gpus"]
     assert gpu == {"index": 0, "pci_bus_id": "00000000:18:00.0", "name": "NVIDIA H100 80GB HBM3",
@@ -84,10 +87,7 @@ def test_without_python3_nvidia_smi_gives_what_it_can(tmp_path):
 def test_a_failing_nvidia_smi_keeps_its_exit_status(tmp_path):
     lib = cloud_image_library(tmp_path)
     smi = "echo 'Failed to initialize NVML: Driver/library version mismatch'; exit 18\n"
-    ldconfig = f'echo "	libnvidia-ml.so.1 (libc6,x86-64) => {lib}"\n'
-    tools = fake_tools(tmp_path, ldconfig=ldconfig, without=("python3", "nvidia-smi"),
-                       **{"nvidia-smi": smi})  # fmt: skip
-    state = run_script(tools)
+    state = run_script(cloud_image_tools(tmp_path, lib, **{"nvidia-smi": smi}))
     assert state["nvidia_smi_rc"] == "18" and state["gpus"] == []
     assert state["gpu_errors"] == ["Failed to initialize NVML: Driver/library version mismatch"]
 

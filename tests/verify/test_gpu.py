@@ -28,11 +28,9 @@ def _judge(fleet_host: FleetHost, concern: str, request) -> None:
         pytest.skip("not applicable: host_has_gpus is False")
     host = health.Host(fleet_host.config, fleet_host.read(DRIVER), fleet_host.read(PROFILE))
     try:
-        verdict = health.CONCERNS[concern](host)
+        verdict = health.verdict(concern, host)
     except health.NotApplicable as why:
         pytest.skip(str(why))
-    except health.Unreadable as why:
-        verdict = health.Verdict([health.Finding(f"the GPUs could not be read: {why}")])
     if verdict.notes:
         request.node.user_properties.append(("gpu_notes", verdict.notes))
     if verdict.findings:
