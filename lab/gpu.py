@@ -376,6 +376,9 @@ def _create(root: Path, variant: str, port: int, extra: list[str], keys: str,
             library: Path, description: dict[str, Any]) -> None:  # fmt: skip
     name = container_name(variant)
     docker("rm", "-f", name, check=False)
+    # a host made afresh starts with no Docker data: an old volume would bring back containers
+    # that mount files this host's /etc no longer has
+    docker("volume", "rm", "-f", volume_name(variant), check=False)
     docker("volume", "create", "--label", f"{LABEL}=1", volume_name(variant))
     docker(*container_args(name, host_name(variant), volume_name(variant), port,
                            cgroup_version(), keys=keys, extra=tuple(extra)))  # fmt: skip

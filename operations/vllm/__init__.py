@@ -17,7 +17,12 @@ differ, and changes nothing else. What a host gets, in order:
    directory) holding ``HF_TOKEN`` and ``VLLM_API_KEY`` from the controller. It is bind-mounted
    read-only and sourced by a ``/bin/sh`` wrapper before ``exec vllm serve``, so the values are
    in no command line, in no pyinfra output (uploaded as a file, never diffed) and in no
-   ``docker inspect`` field (``Config.Env`` holds only non-secret variables).
+   ``docker inspect`` field (``Config.Env`` holds only non-secret variables). The mount is
+   ``--mount type=bind``, not ``--volume``: should the file be missing when Docker starts the
+   container (restart policy, daemon restart), ``--volume`` makes an empty directory in its
+   place and the server starts without its API key, open to anyone; ``--mount`` refuses to
+   start it, and the wrapper refuses a secrets path that is not a file. A directory that an
+   older ``--volume`` container left there is removed when the file is written.
 5. The container (re)created when needed, then gated on readiness: ``/health`` answers 200 and
    ``/v1/models`` lists the served name (with the API key), within ``vllm_ready_timeout_s``.
    A container that exits or restarts meanwhile, or never gets ready, fails this host with
@@ -108,7 +113,13 @@ CONTAINER_PORT = 8000
 CONTAINER_HF_HOME = "/root/.cache/huggingface"
 SECRETS_IN_CONTAINER = "/run/gpufleet/secrets.env"
 # Loads the secrets into the server's environment, then becomes the server (PID 1 stays it).
-WRAPPER = f'set -a; . {SECRETS_IN_CONTAINER}; set +a; exec "$@"'
+# A secrets path that is not a file stops it: sh's `.` reads a directory as empty, and the
+# server would start without its API key.
+WRAPPER = (
+    f"[ -f {SECRETS_IN_CONTAINER} ] || {{ echo 'gpufleet-vllm: no secrets file at "
+    f"{SECRETS_IN_CONTAINER}: not starting without it' >&2; exit 78; }}; "
+    f'set -a; . {SECRETS_IN_CONTAINER}; set +a; exec "$@"'
+)
 # The one OS difference of this layer: how curl is installed, per package-manager family.
 PACKAGES = {"apt": converged.apt_install, "dnf": dnf.packages}
 LOG_LINES = 30  # of a failed container's log, quoted in the error
@@ -169,7 +180,7 @@ def container_args(config: FleetConfig, server: VllmInstance) -> list[str]:
         *ipc,
         "--publish", _publish(vllm.bind_address, server.port),
         "--volume", f"{cache}:{CONTAINER_HF_HOME}",
-        "--volume", f"{secrets_path(server)}:{SECRETS_IN_CONTAINER}:ro",
+        "--mount", secrets_mount(server),
         "--env", f"HF_HOME={CONTAINER_HF_HOME}",
         "--entrypoint", "/bin/sh",
         image,
@@ -216,6 +227,13 @@ def spec_of(config: FleetConfig, server: VllmInstance, runtime: Runtime) -> str:
 
 def secrets_path(server: VllmInstance) -> str:
     return f"{SECRETS_DIR}/{server.name}.env"
+
+
+def secrets_mount(server: VllmInstance) -> str:
+    """The secrets file's ``--mount``: a bind that Docker refuses to start when its source is
+    missing (``--volume`` would make a directory there and start the server without it).
+    The path holds no ',' or '=' (the instance name is checked), so no CSV quoting is needed."""
+    return f"type=bind,source={secrets_path(server)},target={SECRETS_IN_CONTAINER},readonly"
 
 
 def probe_address(config: FleetConfig) -> str:
@@ -295,11 +313,15 @@ def _upload_secrets(path: str, content: str):
     content is never readable by another user, and never printed (files.put's --diff would).
     The temporary file is removed on every path: a failed write (SecretUpload), a failed
     chmod or move (the shell below); one a lost connection left is a stray (VllmState) that
-    the next run removes and verify reports."""
+    the next run removes and verify reports. A directory at the target (what ``--volume``
+    makes when the file is missing as a container starts) is removed first: ``mv`` would move
+    the file into it."""
     temp = f"{path}.new"
     yield SecretUpload(StringIO(content), temp, remote_temp_filename=temp)
+    target = shell(path)
     yield StringCommand(
-        f"chmod 600 {shell(temp)} && mv -f {shell(temp)} {shell(path)} || "
+        f"{{ [ ! -d {target} ] || rm -rf -- {target}; }} && "
+        f"chmod 600 {shell(temp)} && mv -f {shell(temp)} {target} || "
         f"{{ rm -f {shell(temp)}; exit 1; }}"
     )
 
@@ -352,7 +374,7 @@ def retired_in(state: dict[str, Any], keep: list[str]) -> tuple[list[str], list[
     """(instances no longer configured that have a container, kept or not; their files:
     secrets files and readiness marks)."""
     gone = sorted((set(state["containers"]) | set(state["previous"])) - set(keep))
-    files = [*state["secrets"], *(ready_path(name) for name in state["ready"])]
+    files = [*state["secrets"], *state["not_files"], *(ready_path(n) for n in state["ready"])]
     stale = [path for path in files if PurePosixPath(path).stem not in keep]
     return gone, sorted(stale)
 
@@ -533,7 +555,7 @@ def retired(keep: list[str]):
         names = sorted(inspect["Name"].lstrip("/") for inspect in found if inspect)
         yield f"docker rm -f {shell_join(names)}"
     if stale:
-        yield f"rm -f {shell_join(stale)}"
+        yield f"rm -rf -- {shell_join(stale)}"
     if not gone and not stale:
         host.noop("no retired vLLM instance")
 

@@ -51,10 +51,11 @@ def _add_container(state: dict[str, Any], inspect: dict[str, Any]) -> None:
 def parse_state(lines: list[str]) -> dict[str, Any]:
     """{"docker": up?, "containers": {instance: inspect JSON}, "previous": {instance: inspect
     JSON of its kept server}, "secrets": {path: sha256}, "owners": {path: "user:group:mode"},
-    "ready": {instance: spec hash}, "strays": [path]}."""
+    "ready": {instance: spec hash}, "strays": [path], "not_files": [secrets path that is not
+    a regular file: a directory Docker's --volume made when the file was missing]}."""
     state: dict[str, Any] = {
         "docker": False, "containers": {}, "previous": {}, "secrets": {}, "owners": {},
-        "ready": {}, "strays": [],
+        "ready": {}, "strays": [], "not_files": [],
     }  # fmt: skip
     for line in lines:
         key, _, value = line.partition("=")
@@ -73,6 +74,8 @@ def parse_state(lines: list[str]) -> dict[str, Any]:
             state["ready"][_instance(path, ".ready")] = spec
         elif key == "stray":
             state["strays"].append(value)
+        elif key == "notfile":
+            state["not_files"].append(value)
     return state
 
 

@@ -245,6 +245,28 @@ def test_serving_container_survives_a_docker_restart(converged):
     print(f"port paused for {max(down) - min(down) if down else 0:.1f}s of the dockerd restart")
 
 
+def test_a_missing_secrets_file_keeps_the_server_down_until_a_deploy_restores_it(converged):
+    """The secrets file removed under a serving container: Docker refuses to start it again
+    (it never serves without its API key) and makes no directory there; one an older
+    ``--volume`` container made is named by verify; the next deploy puts the file back and
+    the server serves with the key again."""
+    secrets = "/etc/gpufleet/vllm/main.env"
+    key = LAB_SECRETS["VLLM_API_KEY"]
+    assert on_host("lab-3", f"rm {secrets}").returncode == 0
+    restarted = on_host("lab-3", "docker restart vllm-main")
+    assert restarted.returncode != 0 and "no such file" in restarted.output, restarted.output
+    assert on_host("lab-3", f"test -e {secrets}").returncode != 0  # no directory made
+    assert api("lab-3", "/v1/models")[0] == 0  # nothing answers, not an open API
+    assert on_host("lab-3", f"mkdir {secrets}").returncode == 0  # as --volume leaves it
+    report = verify("--limit", "lab-3", "-m", "vllm")
+    assert report.returncode != 0
+    assert f"{secrets} is not a regular file" in report.output, report.output[-3000:]
+    done = deploy("-y", "--limit", "lab-3")
+    assert done.returncode == 0, done.output[-3000:]
+    assert on_host("lab-3", f"test -f {secrets}").returncode == 0
+    assert api("lab-3", "/v1/models", key)[0] == 200 and api("lab-3", "/v1/models")[0] == 401
+
+
 # --- security -----------------------------------------------------------------------------
 
 

@@ -139,13 +139,16 @@ def test_fresh_host_gets_the_full_container_spec_and_a_readiness_gate(tmp_path, 
         "--log-driver json-file", "--log-opt max-size=100m", "--log-opt max-file=3",
         "--gpus all", "--ipc host", "--publish 0.0.0.0:8000:8000",
         "--volume /var/lib/gpufleet/huggingface:/root/.cache/huggingface",
-        f"--volume {SECRETS_DIR}/main.env:/run/gpufleet/secrets.env:ro",
+        f"--mount type=bind,source={SECRETS_DIR}/main.env,target=/run/gpufleet/secrets.env,"
+        "readonly",
         "--env HF_HOME=/root/.cache/huggingface", "--entrypoint /bin/sh",
     ]:  # fmt: skip
         assert flag in text, flag
     image_at = run.index("vllm/vllm-openai:v0.11.0")
     assert run[image_at + 1 : image_at + 7] == [
-        "-c", 'set -a; . /run/gpufleet/secrets.env; set +a; exec "$@"', "gpufleet-vllm",
+        "-c", "[ -f /run/gpufleet/secrets.env ] || { echo 'gpufleet-vllm: no secrets file at "
+        "/run/gpufleet/secrets.env: not starting without it' >&2; exit 78; }; "
+        'set -a; . /run/gpufleet/secrets.env; set +a; exec "$@"', "gpufleet-vllm",
         "vllm", "serve", "Qwen/Qwen2.5-1.5B-Instruct",
     ]  # fmt: skip
     assert "--served-model-name Qwen/Qwen2.5-1.5B-Instruct" in text
@@ -153,6 +156,7 @@ def test_fresh_host_gets_the_full_container_spec_and_a_readiness_gate(tmp_path, 
     assert commands[0] == f"upload {SECRETS_DIR}/main.env.new: VLLM_API_KEY='{KEY}'\n"
     new = f"{SECRETS_DIR}/main.env.new"
     assert commands[1] == (
+        f"{{ [ ! -d {SECRETS_DIR}/main.env ] || rm -rf -- {SECRETS_DIR}/main.env; }} && "
         f"chmod 600 {new} && mv -f {new} {SECRETS_DIR}/main.env || {{ rm -f {new}; exit 1; }}"
     )
     guard = commands[2]
@@ -227,8 +231,28 @@ def test_retired_instance_is_removed_with_its_secrets(tmp_path, monkeypatch):
     assert "vLLM vllm-main" not in planned
     assert planned["Remove retired vLLM instances"] == [
         "docker rm -f vllm-old vllm-old.previous",
-        f"rm -f {SECRETS_DIR}/old.env {SECRETS_DIR}/old.ready",
+        f"rm -rf -- {SECRETS_DIR}/old.env {SECRETS_DIR}/old.ready",
     ]
+
+
+def test_a_secrets_path_docker_made_a_directory_is_replaced_and_the_server_recreated(
+    tmp_path, monkeypatch
+):
+    """A server whose secrets file was missing when Docker started it (an older --volume
+    container: Docker made a directory there, and the server runs without its API key) is
+    recreated, its file written in the directory's place; a retired one's is removed."""
+    config = config_of()
+    old = config_of(vllm_instances=[{"name": "old", "port": 9000}])
+    directory = [f"notfile={SECRETS_DIR}/main.env", f"notfile={SECRETS_DIR}/old.env"]
+    state = ["docker=up", running(config), ready_line("main", spec_of(config)),
+             running(old, "old"), *directory]  # fmt: skip
+    planned = plan_of(tmp_path, monkeypatch, state=state)
+    commands = planned["vLLM vllm-main"]
+    assert commands[1].startswith(
+        f"{{ [ ! -d {SECRETS_DIR}/main.env ] || rm -rf -- {SECRETS_DIR}/main.env; }} && chmod 600"
+    )
+    assert gate_of(commands).startswith("if docker run ")
+    assert planned["Remove retired vLLM instances"][-1] == f"rm -rf -- {SECRETS_DIR}/old.env"
 
 
 def test_gpu_less_host_shm_size_and_ipv6_bind(tmp_path, monkeypatch):

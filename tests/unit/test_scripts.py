@@ -223,7 +223,20 @@ def test_vllm_state_globs_inside_a_quoted_directory(tmp_path):
     state = parse_state(done.stdout.splitlines())
     assert state["docker"] is False and state["ready"] == {"main": "0123456789abcdef"}
     assert list(state["secrets"]) == [f"{secrets}/main.env"]
-    assert state["strays"] == [f"{secrets}/main.env.new"]
+    assert state["strays"] == [f"{secrets}/main.env.new"] and state["not_files"] == []
+
+
+@needs_dash
+def test_vllm_state_names_a_secrets_path_that_is_a_directory(tmp_path):
+    """What Docker's --volume leaves when the file was missing as a container started."""
+    path = _stubs(tmp_path / "bin", {"docker": "exit 1"})
+    secrets = tmp_path / "secrets"
+    (secrets / "main.env").mkdir(parents=True)
+    (secrets / "other.env").write_text("VLLM_API_KEY='k'\n")
+    script = scripts.render("vllm_state", LABEL="gpufleet.vllm", SECRETS_DIR=secrets)
+    state = parse_state(_dash(script, tmp_path, path).stdout.splitlines())
+    assert state["not_files"] == [f"{secrets}/main.env"] and state["strays"] == []
+    assert list(state["secrets"]) == [f"{secrets}/other.env"]
 
 
 @needs_dash

@@ -138,12 +138,16 @@ def test_port_published_only_on_the_configured_address(fleet_host: FleetHost):
 def test_secrets_file_is_root_only_and_holds_the_controllers_secrets(fleet_host: FleetHost):
     expected = env_file(vllm_secrets(fleet_host.config.vllm)).reveal()
     digest = hashlib.sha256(expected.encode()).hexdigest()
+    found = fleet_host.read(VLLM)
     for server in servers(fleet_host):
         path = secrets_path(server)
-        assert fleet_host.read(VLLM)["owners"].get(path) == "root:root:600", path
-        assert fleet_host.read(VLLM)["secrets"].get(path) == digest, (
-            f"{path} differs from the config"
+        assert path not in found["not_files"], (
+            f"{path} is not a regular file (Docker's --volume makes a directory there when a "
+            "container starts while the file is missing): the server may run without its "
+            "secrets; a deploy replaces it"
         )
+        assert found["owners"].get(path) == "root:root:600", f"{path}: missing or not 0600"
+        assert found["secrets"].get(path) == digest, f"{path} differs from the config"
 
 
 def test_no_temporary_file_is_left_beside_the_secrets(fleet_host: FleetHost):

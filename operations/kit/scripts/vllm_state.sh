@@ -5,6 +5,7 @@ ids=$(docker ps -aq --filter label=@LABEL@ 2>/dev/null) && echo docker=up || ech
 [ -z "$ids" ] || docker inspect --format 'container={{json .}}' $ids
 for f in @SECRETS_DIR@/*.env; do
   [ -f "$f" ] && echo "secrets=$(sha256sum "$f")" && echo "owner=$(stat -c %U:%G:%a "$f") $f"
+  [ -f "$f" ] || [ ! -e "$f" ] || echo "notfile=$f"
 done
 for f in @SECRETS_DIR@/*.ready; do
   [ -f "$f" ] && echo "ready=$(head -c 64 "$f" | tr -dc 0-9a-f) $f"
