@@ -20,6 +20,10 @@ No root is needed (no chroot, no debootstrap), only a Docker engine and Debian's
 No nvidia-smi is faked: on a real host the NVIDIA runtime injects it.
 
     python -m tests.standins.vllm.image   # build if needed, save the tarball, print both
+
+The builder is shared: every function takes an optional `Recipe` (default: this vLLM
+image's, read from the module's constants at each call), and the STAND-IN dcgm-exporter
+image (tests/standins/dcgm/image.py) is the same build with its own recipe.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab import LabError, lab_dir, repo_root
@@ -118,41 +123,91 @@ IMAGE_CHANGES = (
 # --- recipe and cache ---------------------------------------------------------------------
 
 
-def recipe_hash() -> str:
-    """A hash of everything that defines the image, server.py's content included."""
-    recipe = {
-        "version": RECIPE_VERSION,
-        "packages": PACKAGES,
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that defines one stand-in image built from Debian packages."""
+
+    image: str  # the tag, e.g. gpufleet-standin/vllm-openai:0.11.0-standin
+    standin: str  # the value of the gpufleet.standin label: vllm, dcgm
+    server: Path  # the server script on the controller
+    server_in_image: str  # ... and in the image
+    work_dir: str  # under .lab/: apt lists and the saved tarball
+    tar_prefix: str
+    files: dict  # path in the image -> (mode, text)
+    dirs: dict  # path in the image -> mode
+    changes: tuple[str, ...]  # `docker import --change` lines, labels aside
+    smoke_args: tuple[str, ...]  # run in the new image: must print smoke_expect
+    smoke_expect: str
+    version: int = RECIPE_VERSION
+    packages: tuple[str, ...] = PACKAGES
+    applets: tuple[str, ...] = BUSYBOX_APPLETS
+    copies: dict = field(default_factory=dict)  # path in the image -> controller file
+
+
+def vllm_recipe() -> Recipe:
+    """This module's image, from its constants as they are now (tests patch SERVER)."""
+    return Recipe(
+        image=IMAGE,
+        standin="vllm",
+        server=SERVER,
+        server_in_image=SERVER_IN_IMAGE,
+        work_dir=WORK_DIR,
+        tar_prefix=TAR_PREFIX,
+        files=FILES,
+        dirs=DIRS,
+        changes=IMAGE_CHANGES,
+        smoke_args=("--help",),
+        smoke_expect="gpufleet stand-in",
+        version=RECIPE_VERSION,
+        packages=PACKAGES,
+        applets=BUSYBOX_APPLETS,
+    )
+
+
+def recipe_hash(recipe: Recipe | None = None) -> str:
+    """A hash of everything that defines the image, the server's (and copies') content
+    included."""
+    spec = recipe or vllm_recipe()
+    material = {
+        "version": spec.version,
+        "packages": spec.packages,
         "usrmerge": USRMERGE,
         "pruned": PRUNED_GLOBS,
-        "files": FILES,
-        "dirs": DIRS,
-        "applets": BUSYBOX_APPLETS,
-        "changes": IMAGE_CHANGES,
-        "server": hashlib.sha256(SERVER.read_bytes()).hexdigest(),
+        "files": spec.files,
+        "dirs": spec.dirs,
+        "applets": spec.applets,
+        "changes": spec.changes,
+        "server": hashlib.sha256(spec.server.read_bytes()).hexdigest(),
     }
-    blob = json.dumps(recipe, sort_keys=True).encode()
+    if spec.copies:  # (absent for the vLLM image: its hash stays what it was)
+        material["copies"] = {
+            dest: hashlib.sha256(Path(src).read_bytes()).hexdigest()
+            for dest, src in sorted(spec.copies.items())
+        }
+    blob = json.dumps(material, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def current_image_id() -> str | None:
-    """The id of IMAGE on the controller's engine when it was built from this recipe."""
+def current_image_id(recipe: Recipe | None = None) -> str | None:
+    """The id of the recipe's image on the controller's engine when built from this recipe."""
+    spec = recipe or vllm_recipe()
     proc = docker(
-        "image", "inspect", IMAGE, "--format", "{{.Id}} {{json .Config.Labels}}", check=False
-    )
+        "image", "inspect", spec.image, "--format", "{{.Id}} {{json .Config.Labels}}",
+        check=False,
+    )  # fmt: skip
     if proc.returncode != 0:
         return None
     image_id, _, labels = proc.stdout.strip().partition(" ")
     try:
-        current = (json.loads(labels) or {}).get(HASH_LABEL) == recipe_hash()
+        current = (json.loads(labels) or {}).get(HASH_LABEL) == recipe_hash(spec)
     except json.JSONDecodeError:
         current = False
     return image_id if current else None
 
 
-def work_dir(root: Path) -> Path:
-    """`.lab/standin-vllm/`: apt lists and the saved tarball (git-ignored with .lab)."""
-    path = lab_dir(root) / WORK_DIR
+def work_dir(root: Path, recipe: Recipe | None = None) -> Path:
+    """`.lab/standin-vllm/` (the recipe's): apt lists and the saved tarball (git-ignored)."""
+    path = lab_dir(root) / (recipe or vllm_recipe()).work_dir
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -214,13 +269,15 @@ def _apt(args: list[str], apt_dir: Path, log_path: Path, cwd: Path | None = None
         raise LabError(f"apt-get {args[0]} failed: {lines[-1] if lines else '?'} ({log_path})")
 
 
-def download_packages(apt_dir: Path, dest: Path, log_path: Path) -> list[Path]:
-    """Update the private lists and download PACKAGES' .deb files into `dest`."""
+def download_packages(
+    apt_dir: Path, dest: Path, log_path: Path, packages: tuple[str, ...] = PACKAGES
+) -> list[Path]:
+    """Update the private lists and download the packages' .deb files into `dest`."""
     _apt(["update"], apt_dir, log_path)
-    _apt(["download", *PACKAGES], apt_dir, log_path, cwd=dest)
+    _apt(["download", *packages], apt_dir, log_path, cwd=dest)
     debs = sorted(dest.glob("*.deb"))
-    if len(debs) != len(PACKAGES):
-        raise LabError(f"apt-get download gave {len(debs)} files for {len(PACKAGES)} packages")
+    if len(debs) != len(packages):
+        raise LabError(f"apt-get download gave {len(debs)} files for {len(packages)} packages")
     return debs
 
 
@@ -255,45 +312,59 @@ def unpack(debs: list[Path], rootfs: Path) -> None:
             raise LabError(f"unpacking {deb.name} failed: {why or 'dpkg-deb failed'}")
 
 
-def configure_rootfs(rootfs: Path) -> None:
-    """Prune what a server never reads, add the recipe's files and server.py."""
+def configure_rootfs(rootfs: Path, recipe: Recipe | None = None) -> None:
+    """Prune what a server never reads, add the recipe's files, copies and server."""
+    spec = recipe or vllm_recipe()
     for pattern in PRUNED_GLOBS:
         for path in rootfs.glob(pattern):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink()
-    for rel, mode in DIRS.items():
+    for rel, mode in spec.dirs.items():
         (rootfs / rel).mkdir(parents=True, exist_ok=True)
         (rootfs / rel).chmod(mode)
-    for rel, (mode, content) in FILES.items():
+    for rel, (mode, content) in spec.files.items():
         path = rootfs / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
         path.chmod(mode)
-    for applet in BUSYBOX_APPLETS:
+    for rel, source in spec.copies.items():
+        path = rootfs / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, path)
+        path.chmod(0o644)
+    for applet in spec.applets:
         link = rootfs / "usr/bin" / applet
         if not (link.exists() or link.is_symlink()):
             link.symlink_to("busybox")
-    server = rootfs / SERVER_IN_IMAGE.lstrip("/")
-    shutil.copyfile(SERVER, server)
+    server = rootfs / spec.server_in_image.lstrip("/")
+    server.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(spec.server, server)
     server.chmod(0o755)
 
 
-def import_rootfs(rootfs: Path, packages: str) -> str:
-    """`docker import` the tree as IMAGE (owned by root whoever built it); the new id."""
-    labels = f"LABEL {STANDIN_LABEL}=vllm {HASH_LABEL}={recipe_hash()} {PACKAGES_LABEL}={packages}"
-    changes = [f"--change={change}" for change in (*IMAGE_CHANGES, labels)]
-    proc, tar_status = import_tree(rootfs, changes, IMAGE, ("--owner=0", "--group=0"))
+def import_rootfs(rootfs: Path, packages: str, recipe: Recipe | None = None) -> str:
+    """`docker import` the tree as the image (owned by root whoever built it); the new id."""
+    spec = recipe or vllm_recipe()
+    labels = (
+        f"LABEL {STANDIN_LABEL}={spec.standin} {HASH_LABEL}={recipe_hash(spec)} "
+        f"{PACKAGES_LABEL}={packages}"
+    )
+    changes = [f"--change={change}" for change in (*spec.changes, labels)]
+    proc, tar_status = import_tree(rootfs, changes, spec.image, ("--owner=0", "--group=0"))
     if tar_status != 0 or proc.returncode != 0:
         raise LabError(f"docker import failed: {proc.stderr.strip()[-300:] or 'tar failed'}")
     return proc.stdout.strip()
 
 
-def smoke_test(image_id: str) -> None:
+def smoke_test(image_id: str, recipe: Recipe | None = None) -> None:
     """Run the server's --help in the new image: every module it imports must load."""
-    proc = docker("run", "--rm", "--network=none", image_id, "--help", check=False, timeout=120)
-    if proc.returncode != 0 or "gpufleet stand-in" not in proc.stdout:
+    spec = recipe or vllm_recipe()
+    proc = docker(
+        "run", "--rm", "--network=none", image_id, *spec.smoke_args, check=False, timeout=120
+    )  # fmt: skip
+    if proc.returncode != 0 or spec.smoke_expect not in proc.stdout:
         docker("image", "rm", "-f", image_id, check=False)
         why = (proc.stderr or proc.stdout).strip()[-300:]
         raise LabError(f"the stand-in image does not start its server: {why}")
@@ -302,25 +373,29 @@ def smoke_test(image_id: str) -> None:
 # --- build --------------------------------------------------------------------------------
 
 
-def build_image(root: Path, mirror: str | None = None, log: Log = print) -> str:
-    """Build IMAGE from Debian packages; returns its id. Logs to .lab/standin-vllm/build.log."""
+def build_image(
+    root: Path, mirror: str | None = None, log: Log = print, recipe: Recipe | None = None
+) -> str:
+    """Build the image from Debian packages; returns its id. Logs to .lab/<work>/build.log."""
+    spec = recipe or vllm_recipe()
     started = time.monotonic()
-    work = work_dir(root)
+    work = work_dir(root, spec)
     log_path = work / "build.log"
     log_path.write_text("")
     chosen = prepare_apt(work / "apt", mirror)
-    log(f"building {IMAGE} from Debian packages ({chosen}; log: {log_path})...")
-    tmp = Path(tempfile.mkdtemp(prefix="gpufleet-standin-vllm-", dir="/var/tmp"))
+    log(f"building {spec.image} from Debian packages ({chosen}; log: {log_path})...")
+    tmp = Path(tempfile.mkdtemp(prefix=f"gpufleet-standin-{spec.standin}-", dir="/var/tmp"))
     try:
         (tmp / "debs").mkdir()
-        debs = download_packages(work / "apt", tmp / "debs", log_path)
+        debs = download_packages(work / "apt", tmp / "debs", log_path, spec.packages)
         unpack(debs, tmp / "rootfs")
-        configure_rootfs(tmp / "rootfs")
-        image_id = import_rootfs(tmp / "rootfs", package_versions(debs))
+        configure_rootfs(tmp / "rootfs", spec)
+        image_id = import_rootfs(tmp / "rootfs", package_versions(debs), spec)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    smoke_test(image_id)
-    log(f"built {IMAGE} ({image_size(image_id) / 1e6:.1f} MB) in {time.monotonic() - started:.0f}s")
+    smoke_test(image_id, spec)
+    size = image_size(image_id) / 1e6
+    log(f"built {spec.image} ({size:.1f} MB) in {time.monotonic() - started:.0f}s")
     return image_id
 
 
@@ -330,20 +405,25 @@ def image_size(image: str = IMAGE) -> int:
     return int(proc.stdout.strip()) if proc.stdout.strip().isdigit() else 0
 
 
-def any_image_id() -> str | None:
-    """The id of whatever image is tagged IMAGE now (any recipe)."""
-    proc = docker("image", "inspect", IMAGE, "--format", "{{.Id}}", check=False)
+def any_image_id(recipe: Recipe | None = None) -> str | None:
+    """The id of whatever image is tagged as the recipe's now (any recipe)."""
+    spec = recipe or vllm_recipe()
+    proc = docker("image", "inspect", spec.image, "--format", "{{.Id}}", check=False)
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def ensure_image(root: Path, rebuild: bool = False, log: Log = print) -> str:
-    """IMAGE's id on the controller's engine, building it first unless the current recipe's
-    image is already there. A replaced image is removed (unless a container still uses it)."""
-    image_id = None if rebuild else current_image_id()
+def ensure_image(
+    root: Path, rebuild: bool = False, log: Log = print, recipe: Recipe | None = None
+) -> str:
+    """The image's id on the controller's engine, building it first unless the current
+    recipe's image is already there. A replaced image is removed (unless a container still
+    uses it)."""
+    spec = recipe or vllm_recipe()
+    image_id = None if rebuild else current_image_id(spec)
     if image_id:
         return image_id
-    previous = any_image_id()
-    image_id = build_image(root, log=log)
+    previous = any_image_id(spec)
+    image_id = build_image(root, log=log, recipe=spec)
     if previous and previous != image_id:
         docker("image", "rm", previous, check=False)
     return image_id
@@ -390,27 +470,28 @@ def same_image(remote: tuple[str, dict] | None, ids: set[str], labels: dict) -> 
     return all(labels.get(k) and remote_labels.get(k) == labels.get(k) for k in keys)
 
 
-def save_tar(root: Path, log: Log = print) -> Path:
-    """A `docker save` tarball of the current IMAGE under .lab/standin-vllm/, named after its
-    id so it is reused while the image stays the same; older ones are removed."""
-    image_id = ensure_image(root, log=log)
-    work = work_dir(root)
-    tar = work / f"{TAR_PREFIX}{image_id.removeprefix('sha256:')[:16]}.tar"
+def save_tar(root: Path, log: Log = print, recipe: Recipe | None = None) -> Path:
+    """A `docker save` tarball of the current image under .lab/<work>/, named after its id
+    so it is reused while the image stays the same; older ones are removed."""
+    spec = recipe or vllm_recipe()
+    image_id = ensure_image(root, log=log, recipe=spec)
+    work = work_dir(root, spec)
+    tar = work / f"{spec.tar_prefix}{image_id.removeprefix('sha256:')[:16]}.tar"
     if not tar.exists():
         tmp = tar.with_name(f".{tar.name}.tmp")
-        docker("save", "-o", str(tmp), IMAGE, timeout=LOAD_TIMEOUT)
+        docker("save", "-o", str(tmp), spec.image, timeout=LOAD_TIMEOUT)
         os.replace(tmp, tar)
-        log(f"saved {IMAGE} to {tar}")
-    for old in work.glob(f"{TAR_PREFIX}*.tar"):
+        log(f"saved {spec.image} to {tar}")
+    for old in work.glob(f"{spec.tar_prefix}*.tar"):
         if old != tar:
             old.unlink()
     return tar
 
 
-def remote_image(ssh_argv: list[str]) -> tuple[str, dict] | None:
-    """IMAGE's id and labels on the engine at the end of `ssh_argv`; None when it has none."""
+def remote_image(ssh_argv: list[str], image: str = IMAGE) -> tuple[str, dict] | None:
+    """The image's id and labels on the engine at the end of `ssh_argv`; None if absent."""
     fmt = "{{.Id}} {{json .Config.Labels}}"
-    command = shlex.join(["docker", "image", "inspect", "--format", fmt, IMAGE])
+    command = shlex.join(["docker", "image", "inspect", "--format", fmt, image])
     proc = subprocess.run(
         [*ssh_argv, command], capture_output=True, text=True, timeout=120, check=False
     )
@@ -423,13 +504,13 @@ def remote_image(ssh_argv: list[str]) -> tuple[str, dict] | None:
         return image_id, {}
 
 
-def load_into(ssh_argv: list[str], tar: Path, log: Log = print) -> None:
+def load_into(ssh_argv: list[str], tar: Path, log: Log = print, image: str = IMAGE) -> None:
     """Pipe `tar` into `docker load` on a lab host, unless its engine already has that image.
 
     `ssh_argv` is a complete ssh command line but for the remote command, which is appended
     (e.g. `ssh -i KEY -p PORT -o UserKnownHostsFile=... root@127.0.0.1`)."""
     ids, labels = tar_identity(tar)
-    if same_image(remote_image(ssh_argv), ids, labels):
+    if same_image(remote_image(ssh_argv, image), ids, labels):
         return
     with open(tar, "rb") as stream:
         proc = subprocess.run(
@@ -442,10 +523,10 @@ def load_into(ssh_argv: list[str], tar: Path, log: Log = print) -> None:
         )
     if proc.returncode != 0:
         raise LabError(f"docker load over ssh failed: {proc.stderr.strip()[-300:] or '?'}")
-    remote = remote_image(ssh_argv)
+    remote = remote_image(ssh_argv, image)
     if not same_image(remote, ids, labels):
-        raise LabError(f"after docker load the host's {IMAGE} is {remote and remote[0]}")
-    log(f"loaded {IMAGE} ({remote[0][:19]})")
+        raise LabError(f"after docker load the host's {image} is {remote and remote[0]}")
+    log(f"loaded {image} ({remote[0][:19]})")
 
 
 def main() -> int:
