@@ -5,7 +5,9 @@
 Every check in ``tests/verify/test_<layer>.py`` takes a ``fleet_host`` argument and carries its
 layer's marker; it runs once per selected host. At the end a host × layer table is printed and
 written as JSON (``--fleet-report``) beside JUnit XML (``--junitxml``, default
-``reports/verify-junit.xml``). A check that does not apply to a host (a GPU check on a host
+``reports/verify-junit.xml``) and as one self-contained HTML page (``--fleet-html``, default
+beside the JSON with the suffix ``.html``; ``--no-fleet-html`` writes none; see
+tests/verify/html_report.py). A check that does not apply to a host (a GPU check on a host
 whose config says it has none) skips with a reason starting "not applicable", shown as N/A.
 Without ``--inventory`` the verify modules are not collected, so the project's own test suite
 runs them only through its lab end-to-end test.
@@ -14,8 +16,10 @@ runs them only through its lab end-to-end test.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -25,6 +29,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 from operations.config.model import LAYERS
 from operations.inventory import select
+from tests.verify import html_report
 from tests.verify.fleet import (
     ROOT,
     FactSpec,
@@ -64,6 +69,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=str(ROOT / "reports" / "fleet-report.json"),
         help="where the host × layer report is written as JSON",
     )
+    group.addoption(
+        "--fleet-html",
+        help="where the report is written as one HTML page (default: beside --fleet-report, "
+        "its name ending in .html)",
+    )
+    group.addoption(
+        "--no-fleet-html",
+        action="store_true",
+        help="write no HTML fleet report",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -80,8 +95,20 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.option.xmlpath:
         config.option.xmlpath = str(ROOT / "reports" / "verify-junit.xml")
     config.stash[HOSTS] = hosts
-    report = FleetReport([host.name for host in hosts], Path(config.getoption("fleet_report")))
+    json_path = Path(config.getoption("fleet_report"))
+    report = FleetReport([host.name for host in hosts], json_path, html_path(config, json_path))
+    report.fleet = hosts
     config.pluginmanager.register(report, "fleet-report")
+
+
+def html_path(config: pytest.Config, json_path: Path) -> Path | None:
+    """Where the HTML report goes: --fleet-html, else beside the JSON (so a run that puts
+    its JSON elsewhere, a test's in its tmp_path, leaves reports/ alone); None when
+    --no-fleet-html."""
+    if config.getoption("no_fleet_html"):
+        return None
+    chosen = config.getoption("fleet_html")
+    return Path(chosen) if chosen else json_path.with_suffix(".html")
 
 
 def _on_sigterm(signum: int, _frame) -> None:
@@ -190,9 +217,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 class FleetReport:
     """Outcome of every check, by host and layer; a plugin object registered per run."""
 
-    def __init__(self, hosts: list[str], path: Path):
+    def __init__(self, hosts: list[str], path: Path, html: Path | None = None):
         self.hosts = hosts
         self.path = path
+        self.html = html  # where the HTML page goes; None: none written
+        self.fleet: list[FleetHost] = []  # the hosts themselves: their GPUs as read
         self.cells: dict[tuple[str, str], dict] = defaultdict(
             lambda: {"passed": 0, "failed": 0, "not_applicable": 0, "skipped": 0, "failures": []}
         )
@@ -214,9 +243,12 @@ class FleetReport:
             terminalreporter.write_line(line)
         if self.prefetched:
             terminalreporter.write_line(self.prefetched)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        data = self.as_dict()
+        write_atomically(self.path, json.dumps(data, indent=2) + "\n")
         terminalreporter.write_line(f"fleet report: {self.path}")
+        if self.html is not None:
+            write_atomically(self.html, html_report.render(data))
+            terminalreporter.write_line(f"fleet report HTML: {self.html}")
 
     def add(self, host: str, layer: str, report: pytest.TestReport) -> None:
         cell = self.cells[(host, layer)]
@@ -229,7 +261,7 @@ class FleetReport:
             ]
             cell["failed"] += 1
             message = _short(report)
-            cell["failures"].append({"check": check, "message": message})
+            cell["failures"].append({"check": check, "message": message, "when": report.when})
             if message.startswith(f"{UNREACHABLE}: "):
                 self.unreachable.setdefault(host, message.removeprefix(f"{UNREACHABLE}: "))
         elif report.skipped:
@@ -279,8 +311,27 @@ class FleetReport:
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
 
+    def gpus(self) -> dict[str, list[dict]]:
+        """{host: its GPUs as the driver state read them (index, PCI bus id, model)} for the
+        hosts whose config says they have GPUs and whose driver state this run read (a run
+        of ``-m vllm`` reads none); [] where it holds no GPU."""
+        from tests.verify.facts import DRIVER  # the deploy's fact modules: only when used
+
+        found = {}
+        for host in self.fleet:
+            state = host._facts.get(DRIVER)  # read by the prefetch or a check, once per run
+            if not host.config.host.has_gpus or not isinstance(state, dict):
+                continue
+            gpus = state.get("gpus") if isinstance(state.get("gpus"), list) else []
+            found[host.name] = [_gpu_entry(gpu) for gpu in gpus if isinstance(gpu, dict)]
+        return found
+
     def as_dict(self) -> dict:
         return {
+            "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "layers": self.layers(),
+            "prefetched": self.prefetched,
+            "gpus": self.gpus(),
             "unreachable": dict(self.unreachable),
             "unhealthy_gpus": {host: gpus for host, gpus in self.unhealthy.items() if gpus},
             "gpu_notes": {host: notes for host, notes in self.notes.items() if notes},
@@ -293,6 +344,31 @@ class FleetReport:
                 for host in self.hosts
             },
         }
+
+
+def _gpu_entry(gpu: dict) -> dict:
+    """One GPU for the report: index, PCI bus id and model, each only where it was read (a
+    probe field that failed is a dict saying so)."""
+    entry = {"gpu": gpu.get("index")}
+    for key, name in (("pci_bus_id", "pci_bus_id"), ("name", "name")):
+        if isinstance(gpu.get(key), str):
+            entry[name] = gpu[key]
+    return entry
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in its directory renamed over it:
+    a reader (a browser reloading, a CI step) sees the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _short(report: pytest.TestReport) -> str:
