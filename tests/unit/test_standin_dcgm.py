@@ -386,3 +386,17 @@ def test_image_serves_on_the_controller_engine(tmp_path):
     no_gpu = docker("run", "--rm", image_id, check=False, timeout=60)
     assert no_gpu.returncode == 1 and "Failed to initialize NVML" in no_gpu.stderr
     assert image_id in vllm_image.tar_identity(image.save_tar(ROOT, log=lambda _: None))[0]
+
+
+def test_promtool_parses_the_text():
+    """The real promtool parses it (its lint warnings, counters without _total and
+    camelCase labels, are dcgm-exporter's own and expected)."""
+    from tests.unit.test_standin_vllm_metrics import _promtool
+
+    text = server.render_metrics(gpu.load("hgx8"), CSV, hostname="h")
+    done = subprocess.run([_promtool(), "check", "metrics"], input=text,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = done.stdout + done.stderr
+    assert "error while" not in out.lower() and "parsing error" not in out, out
+    expected = ('should have "_total" suffix', "snake_case", "should not include type")
+    assert all(any(e in line for e in expected) for line in out.splitlines() if line.strip())

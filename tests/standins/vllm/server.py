@@ -22,7 +22,24 @@ arguments: ...`, exit status 2); ENGINE_FLAGS are vLLM options it records withou
 them, and `--gpufleet-*` is its own namespace for tests that pass values through.
 
 Fault knobs (environment): STANDIN_STARTUP_DELAY_S (sleep before binding the port, like a
-model download), STANDIN_CRASH=1 (log an error and exit 1 at start), STANDIN_FAIL_HEALTH=1.
+model download), STANDIN_CRASH=1 (log an error and exit 1 at start), STANDIN_FAIL_HEALTH=1,
+STANDIN_TOKEN_DELAY_S (seconds per generated token, for latencies a dashboard can see).
+
+A stuck engine (the alert "requests waiting, no tokens"): while the file $STANDIN_STUCK_FILE
+(default /tmp/gpufleet-standin-stuck) exists in the container, or STANDIN_STUCK_WAITING=N
+was set at start, the engine schedules nothing: /metrics shows N waiting requests (the
+file's number, default 1) plus every real one held in the queue, and no token is generated;
+a generation request waits in the queue (up to STUCK_MAX_WAIT_S, then 503) and runs once the
+file is gone. `docker exec C sh -c 'echo 3 > /tmp/gpufleet-standin-stuck'` makes it stuck,
+`docker exec C rm /tmp/gpufleet-standin-stuck` frees it; only whoever may run commands in
+the container can, no HTTP endpoint.
+
+/metrics carries vLLM 0.11's names (vllm/v1/metrics/loggers.py): the scheduler gauges, the
+token and request counters, and the latency histograms (`_bucket`/`_count`/`_sum`, vLLM's
+buckets, labels engine and model_name) observed from the stand-in's own requests:
+vllm:time_to_first_token_seconds, vllm:inter_token_latency_seconds and its deprecated twin
+vllm:time_per_output_token_seconds, vllm:e2e_request_latency_seconds,
+vllm:request_queue_time_seconds, vllm:request_inference_time_seconds.
 
 Only the standard library is used, so it runs on Debian 12's python3.11-minimal plus
 libpython3.11-stdlib and nothing else.
@@ -410,6 +427,68 @@ def chat_body(reply: Reply) -> dict:
 
 # --- metrics ------------------------------------------------------------------------------
 
+# vLLM 0.11's histogram buckets (vllm/v1/metrics/loggers.py)
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+    10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+TOKEN_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+)  # fmt: skip
+REQUEST_BUCKETS = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+    240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+# name -> (documentation, buckets), in vLLM's order
+HISTOGRAMS = {
+    "vllm:time_to_first_token_seconds": (
+        "Histogram of time to first token in seconds.", TTFT_BUCKETS),
+    "vllm:time_per_output_token_seconds": (
+        "Histogram of time per output token in seconds."
+        "DEPRECATED: Use vllm:inter_token_latency_seconds instead.", TOKEN_BUCKETS),
+    "vllm:inter_token_latency_seconds": (
+        "Histogram of inter-token latency in seconds.", TOKEN_BUCKETS),
+    "vllm:e2e_request_latency_seconds": (
+        "Histogram of e2e request latency in seconds.", REQUEST_BUCKETS),
+    "vllm:request_queue_time_seconds": (
+        "Histogram of time spent in WAITING phase for request.", REQUEST_BUCKETS),
+    "vllm:request_inference_time_seconds": (
+        "Histogram of time spent in RUNNING phase for request.", REQUEST_BUCKETS),
+}  # fmt: skip
+STUCK_FILE = "/tmp/gpufleet-standin-stuck"
+STUCK_MAX_WAIT_S = 60.0
+STUCK_POLL_S = 0.2
+
+
+class Histogram:
+    """A Prometheus histogram: cumulative bucket counts, count and sum."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.sum += value
+        for index, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[index] += 1
+
+
+@dataclass
+class Timing:
+    """What one request took, as vLLM measures it (seconds): in the queue, to its first
+    token, between tokens, in the running phase, end to end."""
+
+    queue: float
+    ttft: float
+    itls: list[float]
+    inference: float
+    e2e: float
+
 
 class Stats:
     """Counters behind /metrics, shared by the request threads."""
@@ -417,17 +496,31 @@ class Stats:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.running = 0
+        self.waiting = 0  # real requests held in the queue by a stuck engine
         self.success: Counter[str] = Counter()  # by finish reason
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.http: Counter[tuple[str, str, str]] = Counter()  # (handler, method, status class)
+        self.histograms = {name: Histogram(b) for name, (_doc, b) in HISTOGRAMS.items()}
+        self.stuck_waiting = 0  # phantom waiting requests while stuck (set per scrape)
 
-    def finished(self, reply: Reply) -> None:
-        """Count a generated reply (vllm:request_success_total and the token counters)."""
+    def finished(self, reply: Reply, timing: Timing | None = None) -> None:
+        """Count a generated reply (vllm:request_success_total, the token counters and,
+        with its timing, the latency histograms)."""
         with self.lock:
             self.success[reply.finish_reason] += 1
             self.prompt_tokens += reply.prompt_tokens
             self.generation_tokens += reply.completion_tokens
+            if timing is None:
+                return
+            observed = self.histograms
+            observed["vllm:time_to_first_token_seconds"].observe(timing.ttft)
+            for itl in timing.itls:
+                observed["vllm:inter_token_latency_seconds"].observe(itl)
+                observed["vllm:time_per_output_token_seconds"].observe(itl)
+            observed["vllm:e2e_request_latency_seconds"].observe(timing.e2e)
+            observed["vllm:request_queue_time_seconds"].observe(timing.queue)
+            observed["vllm:request_inference_time_seconds"].observe(timing.inference)
 
     def http_request(self, handler: str, method: str, status: int) -> None:
         """Count any request (http_requests_total, as vLLM's instrumentator does)."""
@@ -451,6 +544,23 @@ def _family(name: str, kind: str, doc: str, samples: list[tuple[str, float]]) ->
     return lines + [f"{name}{labels} {value:.1f}" for labels, value in samples]
 
 
+def _go_float(value: float) -> str:
+    """prometheus_client's float text: 0.001, 1.0, 2560.0, +Inf."""
+    return "+Inf" if value == float("inf") else repr(float(value))
+
+
+def _histogram(name: str, doc: str, hist: Histogram, base: dict[str, str]) -> list[str]:
+    """A histogram family as prometheus_client prints it: buckets (le), _count, _sum."""
+    lines = [f"# HELP {name} {doc}", f"# TYPE {name} histogram"]
+    pairs = [*zip(hist.buckets, hist.counts, strict=True), (float("inf"), hist.count)]
+    for bound, count in pairs:
+        labels = _labels(**base, le=_go_float(bound))
+        lines.append(f"{name}_bucket{labels} {_go_float(count)}")
+    lines.append(f"{name}_count{_labels(**base)} {_go_float(hist.count)}")
+    lines.append(f"{name}_sum{_labels(**base)} {_go_float(hist.sum)}")
+    return lines
+
+
 def render_metrics(stats: Stats, model_name: str) -> str:
     """Prometheus text: vLLM's metric names (values are the stand-in's, not measurements)."""
     base = {"engine": "0", "model_name": model_name}
@@ -462,7 +572,10 @@ def render_metrics(stats: Stats, model_name: str) -> str:
             ("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage."),
             ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."),
         ]
-        values = {"vllm:num_requests_running": float(stats.running)}
+        values = {
+            "vllm:num_requests_running": float(stats.running),
+            "vllm:num_requests_waiting": float(stats.waiting + stats.stuck_waiting),
+        }
         lines = [f"# {BANNER}"]
         for name, doc in gauges:
             lines += _family(name, "gauge", doc, [(_labels(**base), values.get(name, 0.0))])
@@ -486,6 +599,8 @@ def render_metrics(stats: Stats, model_name: str) -> str:
                 for (h, m, s), n in sorted(stats.http.items())
             ],
         )
+        for name, (doc, _buckets) in HISTOGRAMS.items():
+            lines += _histogram(name, doc, stats.histograms[name], base)
     return "\n".join(lines) + "\n"
 
 
@@ -504,6 +619,64 @@ class App:
     marker: Path | None
     cache_hit: bool
     started: float = field(default_factory=time.time)
+    stuck_file: str = STUCK_FILE
+    stuck_at_start: int = 0  # STANDIN_STUCK_WAITING: stuck from the start, for good
+    token_delay: float = 0.0  # STANDIN_TOKEN_DELAY_S
+
+    def stuck(self) -> int:
+        """How many phantom requests wait while the engine is stuck (0: it is not)."""
+        try:
+            text = Path(self.stuck_file).read_text().strip()
+        except FileNotFoundError:
+            return self.stuck_at_start
+        except OSError:
+            return 1
+        return int(text) if text.isdigit() and int(text) > 0 else 1
+
+    def wait_for_engine(self, arrived: float) -> None:
+        """Hold a request in the queue while the engine is stuck (503 after a while)."""
+        stats = self.stats
+        with stats.lock:
+            stats.waiting += 1
+        try:
+            while self.stuck():
+                if time.monotonic() - arrived > STUCK_MAX_WAIT_S:
+                    raise ApiError(
+                        503,
+                        "The engine schedules no request (gpufleet stand-in: stuck).",
+                        "ServiceUnavailableError",
+                    )
+                time.sleep(STUCK_POLL_S)
+        finally:
+            with stats.lock:
+                stats.waiting -= 1
+
+    def run(self, model: str, prompt: object, max_tokens: int) -> tuple[Reply, Timing]:
+        """Queue, schedule and 'generate' one request, timing it as vLLM does."""
+        arrived = time.monotonic()
+        self.wait_for_engine(arrived)
+        scheduled = time.monotonic()
+        with self.stats.lock:
+            self.stats.running += 1
+        try:
+            reply = generate(model, prompt, max_tokens)
+            stamps = []
+            for _ in range(reply.completion_tokens):
+                if self.token_delay > 0:
+                    time.sleep(self.token_delay)
+                stamps.append(time.monotonic())
+        finally:
+            with self.stats.lock:
+                self.stats.running -= 1
+        done = stamps[-1] if stamps else time.monotonic()
+        timing = Timing(
+            queue=scheduled - arrived,
+            ttft=(stamps[0] if stamps else done) - arrived,
+            itls=[b - a for a, b in zip(stamps, stamps[1:], strict=False)],
+            inference=done - scheduled,
+            e2e=done - arrived,
+        )
+        return reply, timing
 
     def model_for(self, request: dict) -> str:
         """The served name a request asks for (default: the first); 404 for any other."""
@@ -578,8 +751,8 @@ def route_completions(app: App, request: dict) -> Response:
     """POST /v1/completions."""
     model = app.model_for(request)
     max_tokens = requested_tokens(request, ("max_tokens",))
-    reply = generate(model, request.get("prompt"), max_tokens)
-    app.stats.finished(reply)
+    reply, timing = app.run(model, request.get("prompt"), max_tokens)
+    app.stats.finished(reply, timing)
     return json_response(200, completion_body(reply))
 
 
@@ -589,13 +762,14 @@ def route_chat(app: App, request: dict) -> Response:
     if not isinstance(request.get("messages"), list) or not request["messages"]:
         raise bad_request("messages must be a non-empty list.", "messages")
     max_tokens = requested_tokens(request, ("max_completion_tokens", "max_tokens"))
-    reply = generate(model, request["messages"], max_tokens)
-    app.stats.finished(reply)
+    reply, timing = app.run(model, request["messages"], max_tokens)
+    app.stats.finished(reply, timing)
     return json_response(200, chat_body(reply))
 
 
 def route_metrics(app: App, _request: dict) -> Response:
     """GET /metrics: Prometheus text, labelled with the first served name as vLLM does."""
+    app.stats.stuck_waiting = app.stuck()
     text = render_metrics(app.stats, app.settings.served[0])
     return 200, "text/plain; version=0.0.4; charset=utf-8", text.encode()
 
@@ -620,7 +794,6 @@ ROUTES = {
     ("GET", "/standin/args"): route_args,
 }
 KNOWN_PATHS = {path for _, path in ROUTES}
-GENERATING = {route_completions, route_chat}
 
 
 def parse_body(raw: bytes) -> dict:
@@ -686,15 +859,7 @@ class Handler(BaseHTTPRequestHandler):
             status = 405 if path in KNOWN_PATHS else 404
             return json_response(status, {"detail": HTTPStatus(status).phrase})
         request = parse_body(raw) if self.command == "POST" else {}
-        if route not in GENERATING:
-            return route(self.app, request)
-        with self.app.stats.lock:
-            self.app.stats.running += 1
-        try:
-            return route(self.app, request)
-        finally:
-            with self.app.stats.lock:
-                self.app.stats.running -= 1
+        return route(self.app, request)  # generating routes count running/waiting (App.run)
 
     def version_string(self) -> str:
         """The Server header: what vLLM's uvicorn sends."""
@@ -793,7 +958,19 @@ def make_app(settings: Settings, environ: dict[str, str]) -> App:
         hf_token_set=any(environ.get(name) for name in HF_TOKEN_ENVS),
         marker=marker,
         cache_hit=hit,
+        stuck_file=environ.get("STANDIN_STUCK_FILE") or STUCK_FILE,
+        stuck_at_start=_number(environ, "STANDIN_STUCK_WAITING", int),
+        token_delay=_number(environ, "STANDIN_TOKEN_DELAY_S", float),
     )
+
+
+def _number(environ: dict[str, str], name: str, kind: type) -> int | float:
+    """A non-negative number from the environment (0 when unset or not a number)."""
+    try:
+        return max(kind(environ.get(name) or 0), 0)
+    except ValueError:
+        log("WARNING", f"{name} is not a number; ignored")
+        return kind(0)
 
 
 def serve(server: StandinServer) -> int:
