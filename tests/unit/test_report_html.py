@@ -5,12 +5,15 @@ Without Chromium the browser tests skip, and fail when GPUFLEET_REQUIRE_LAB=1.""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ import pytest
 from tests.verify import html_report
 from tests.verify.html_report import render
 
+ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ["preflight", "driver", "docker", "toolkit", "vllm", "monitoring"]
 HOSTILE_NAME = '<script>document.body.dataset.pwned="name"</script>"onmouseover="x'
 # what runs if it escapes sets a data attribute (alert() would hang a headless browser)
@@ -204,6 +208,47 @@ def test_size_at_32_and_500_hosts(capsys):
 # --- in a real headless Chromium ------------------------------------------------------------
 
 
+class Grid(HTMLParser):
+    """The grid table (id="grid") of a page or a browser's DOM: its column headers and, per
+    row, the host and each cell's text."""
+
+    def __init__(self, dom: str):
+        super().__init__()
+        self.columns: list[str] = []
+        self.rows: list[list[str]] = []
+        self._in_grid = self._in_head = False
+        self._cell: list[str] | None = None
+        self.feed(dom)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table" and ("id", "grid") in attrs:
+            self._in_grid = True
+        elif self._in_grid and tag == "thead":
+            self._in_head = True
+        elif self._in_grid and tag == "tr" and not self._in_head:
+            self.rows.append([])
+        elif self._in_grid and tag in ("th", "td"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in_grid = False
+        elif tag == "thead":
+            self._in_head = False
+        elif self._in_grid and tag in ("th", "td") and self._cell is not None:
+            text = " ".join("".join(self._cell).split())
+            (self.columns if self._in_head else self.rows[-1]).append(text)
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def cells(self) -> dict[str, dict[str, str]]:
+        """{host: {column: the cell's text}}."""
+        return {row[0]: dict(zip(self.columns[1:], row[1:], strict=True)) for row in self.rows}
+
+
 def chromium_available() -> str:
     """The Chromium binary; skips without one, fails under GPUFLEET_REQUIRE_LAB=1."""
     if Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK):
@@ -254,10 +299,17 @@ def test_chromium_renders_500_hosts_summary_grid_and_details(tmp_path, capsys):
     page.write_text(render(report))
     dom, seconds = chromium(page, tmp_path, "--dump-dom")
     assert "20 of 500 hosts failing: node-0000, node-0025, node-0050" in dom
-    grid = dom.split('<table id="grid">', 1)[1].split("</table>", 1)[0]
-    assert grid.count('<th scope="row"') == 500
-    assert grid.count("<td") == 500 * (len(LAYERS) + 1)  # a GPU column besides the layers
-    assert grid.count(">FAIL 1/") == 20
+    grid = Grid(dom)
+    assert grid.columns == ["host", *LAYERS, "GPUs"]
+    assert len(grid.rows) == 500 and {len(row) for row in grid.rows} == {len(LAYERS) + 2}
+    cells = grid.cells()
+    assert [host for host, _ in zip(cells, range(20), strict=False)] == list(
+        f"node-{i:04d}" for i in sorted(failing)
+    )  # failing first
+    assert cells["node-0025"]["driver"] == "FAIL 1/4" and cells["node-0024"]["GPUs"] == (
+        "8/8 ok 01234567"  # one mark per GPU
+    )
+    assert sum(text.startswith("FAIL ") for row in cells.values() for text in row.values()) == 20
     details = re.findall(r'<details class="host">.*?</details>', dom, re.S)
     assert len(details) == 20
     assert any("node-0025: driver check failed: expected 1, found 0" in d for d in details)
@@ -296,3 +348,40 @@ def test_chromium_runs_no_script_from_hostile_input_even_without_the_csp(tmp_pat
     assert not re.search(r"<[^>]*\son(mouseover|error)=", dom)
     assert 'pwned=1"&gt;&lt;script&gt;document.body.dataset.pwned=2&lt;/script&gt;' in dom
     screenshot(page, tmp_path)
+
+
+# --- written by verify ----------------------------------------------------------------------
+
+
+def run_verify(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """verify's preflight checks on @local, the JSON report in tmp_path/out."""
+    inventory = tmp_path / "fleet.py"
+    inventory.write_text(
+        'hosts = [("@local", {"host_has_gpus": False, "preflight_min_free_disk_gib": 0})]'
+    )
+    command = [
+        sys.executable, "-m", "pytest", "tests/verify", "-p", "no:cacheprovider",
+        f"--inventory={inventory}", f"--fleet-report={tmp_path / 'out' / 'report.json'}",
+        f"--junitxml={tmp_path / 'junit.xml'}", "-m", "preflight", *args,
+    ]  # fmt: skip
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_verify_writes_the_page_beside_the_json_or_where_told_or_not_at_all(tmp_path):
+    out = tmp_path / "out"
+    done = run_verify(tmp_path)
+    page = out / "report.html"
+    assert f"fleet report HTML: {page}" in done.stdout, done.stdout + done.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["report.html", "report.json"]
+    report = json.loads((out / "report.json").read_text())
+    assert page.read_text() == render(report)  # the same report, nothing left half-written
+    assert Grid(page.read_text()).cells().keys() == {"@local"}
+
+    chosen = tmp_path / "elsewhere" / "fleet.html"
+    done = run_verify(tmp_path, f"--fleet-html={chosen}")
+    assert chosen.is_file() and f"fleet report HTML: {chosen}" in done.stdout
+
+    page.unlink()
+    done = run_verify(tmp_path, "--no-fleet-html")
+    assert "fleet report HTML" not in done.stdout and not page.exists()
+    assert (out / "report.json").is_file()
