@@ -122,6 +122,7 @@ def _write_trust_and_state(
     repo: dict | None = None,
     vllm: dict | None = None,
     apt_proxy: str | None = None,
+    dcgm: dict | None = None,
 ) -> Path:
     lines = [known_hosts_line(ports[i], public_key(paths.hostkey(i))) for i in sorted(ports)]
     write_known_hosts(paths.known_hosts, lines)
@@ -129,7 +130,7 @@ def _write_trust_and_state(
     hosts = [(host_name(i), container_name(i), ports[i], ips.get(i, "")) for i in sorted(ports)]
     state = make_state(
         hosts, paths.key, paths.known_hosts, toolkit_repo=repo, vllm_standin=vllm,
-        apt_proxy=apt_proxy,
+        apt_proxy=apt_proxy, dcgm_standin=dcgm,
     )  # fmt: skip
     return save_state(root, state)
 
@@ -143,6 +144,18 @@ def ensure_standin_vllm(root: Path, log: Log = print) -> dict:
     except ImportError as exc:  # the lab runs from a checkout, which has tests/
         raise LabError(f"cannot load the stand-in vLLM image builder: {exc}") from None
     return {"image": VLLM_IMAGE, "archive": str(save_tar(root, log=log))}
+
+
+def ensure_standin_dcgm(root: Path, log: Log = print) -> dict:
+    """The STAND-IN dcgm-exporter image (tests/standins/dcgm), built if needed (its recipe
+    hash: nothing is rebuilt while server.py, the counters CSV and the recipe stay the same)
+    and saved as a tarball the deploy loads on GPU hosts (monitoring_dcgm_image_archive)."""
+    try:
+        from tests.standins.dcgm.image import IMAGE as DCGM_IMAGE
+        from tests.standins.dcgm.image import save_tar
+    except ImportError as exc:  # the lab runs from a checkout, which has tests/
+        raise LabError(f"cannot load the stand-in dcgm-exporter image builder: {exc}") from None
+    return {"image": DCGM_IMAGE, "archive": str(save_tar(root, log=log))}
 
 
 def up(
@@ -171,13 +184,16 @@ def up(
     vllm = ensure_standin_vllm(root, log)
     timings["vllm_image"] = time.monotonic() - t
     t = time.monotonic()
+    dcgm = ensure_standin_dcgm(root, log)
+    timings["dcgm_image"] = time.monotonic() - t
+    t = time.monotonic()
     apt_proxy = aptcache.ensure(log) if apt_cache else None
     timings["apt_cache"] = time.monotonic() - t
     t = time.monotonic()
     paths = Paths.of(root)
     ensure_keys(paths, count)
     ports = _reconcile(root, count, list_containers(), log)
-    _write_trust_and_state(root, paths, ports, repo, vllm, apt_proxy)
+    _write_trust_and_state(root, paths, ports, repo, vllm, apt_proxy, dcgm)
     timings["hosts"] = time.monotonic() - t
     t = time.monotonic()
     states = wait_ready(root, ports, log=log)

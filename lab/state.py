@@ -7,7 +7,9 @@
                       "container": "gpufleet-lab-repo", "versions": ["1.17.8-1", "1.17.9-1"]}}
 
 Host entries may carry "address" (the bridge IP) and the state "vllm_standin"
-({"image", "archive"}: the STAND-IN vLLM image and its `docker save` tarball).
+({"image", "archive"}: the STAND-IN vLLM image and its `docker save` tarball) and
+"dcgm_standin" (the same for the STAND-IN dcgm-exporter, given to GPU hosts only: entries
+with a "variant", lab/gpu.py's GPU-shaped hosts, or "has_gpus": true).
 `toolkit_repo` is the lab's STAND-IN NVIDIA Container Toolkit repository (lab/repo.py); it is
 absent from state files written before it existed, and then the hosts get no repository data.
 
@@ -100,10 +102,12 @@ def make_state(
     toolkit_repo: dict[str, Any] | None = None,
     vllm_standin: dict[str, str] | None = None,
     apt_proxy: str | None = None,
+    dcgm_standin: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The state for `hosts` given as (name, container, port[, bridge address]), the stand-in
     toolkit repository (url, fingerprint, ...) as lab.repo.ensure_repo returns it, and the
-    stand-in vLLM image ({"image", "archive"}) as lab.fleet.ensure_standin_vllm does."""
+    stand-in vLLM image ({"image", "archive"}) as lab.fleet.ensure_standin_vllm does, and
+    the stand-in dcgm-exporter image as lab.fleet.ensure_standin_dcgm does."""
     state = {
         "hosts": [
             {"name": h[0], "container": h[1], "port": h[2]}
@@ -118,6 +122,8 @@ def make_state(
         state["toolkit_repo"] = dict(toolkit_repo)
     if vllm_standin is not None:
         state["vllm_standin"] = dict(vllm_standin)
+    if dcgm_standin is not None:
+        state["dcgm_standin"] = dict(dcgm_standin)
     if apt_proxy:
         state["apt_proxy"] = apt_proxy
     return state
@@ -165,6 +171,26 @@ def vllm_host_data(state: dict[str, Any], host: dict[str, Any]) -> dict[str, str
     return data
 
 
+def is_gpu_host(host: dict[str, Any]) -> bool:
+    """A GPU-shaped lab host (lab/gpu.py's, which have a variant), or one marked has_gpus."""
+    return bool(host.get("variant")) or host.get("has_gpus") is True
+
+
+def dcgm_host_data(state: dict[str, Any], host: dict[str, Any]) -> dict[str, str]:
+    """Host data for the monitoring layer's dcgm-exporter on a GPU host: the STAND-IN image,
+    loaded from its archive (the lab has no registry); {} for GPU-less hosts (they run no
+    dcgm-exporter) and for state files written before it existed."""
+    standin = state.get("dcgm_standin")
+    if not is_gpu_host(host) or not isinstance(standin, dict):
+        return {}
+    if not (standin.get("image") and standin.get("archive")):
+        return {}
+    return {
+        "monitoring_dcgm_image": standin["image"],
+        "monitoring_dcgm_image_archive": standin["archive"],
+    }
+
+
 def apt_proxy_host_data(state: dict[str, Any]) -> dict[str, Any]:
     """The lab's shared apt cache as every host's apt proxy; the lab's own stand-in repository
     is reached directly: it is on the same bridge, and apt-cacher-ng fetching from its
@@ -192,6 +218,7 @@ def inventory_hosts(state: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
                 "ssh_strict_host_key_checking": "yes",
                 **repo_host_data(state),
                 **vllm_host_data(state, host),
+                **dcgm_host_data(state, host),
                 **apt_proxy_host_data(state),
             },
         )

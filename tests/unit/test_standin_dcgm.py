@@ -400,3 +400,23 @@ def test_promtool_parses_the_text():
     assert "error while" not in out.lower() and "parsing error" not in out, out
     expected = ('should have "_total" suffix', "snake_case", "should not include type")
     assert all(any(e in line for e in expected) for line in out.splitlines() if line.strip())
+
+
+# --- the lab's host data ------------------------------------------------------------------
+
+
+def test_only_gpu_lab_hosts_get_the_stand_in_dcgm_image(tmp_path):
+    from lab.state import inventory_hosts, make_state
+
+    dcgm = {"image": image.IMAGE, "archive": str(tmp_path / "dcgm.tar")}
+    state = make_state([("lab-1", "gpufleet-lab-1", 2221)], tmp_path / "k", tmp_path / "kh",
+                       dcgm_standin=dcgm)  # fmt: skip
+    state["hosts"].append({"name": "lab-gpu-h100", "container": "c", "port": 3221,
+                           "variant": "h100"})  # fmt: skip
+    data = dict(inventory_hosts(state))
+    assert "monitoring_dcgm_image" not in data["lab-1"]
+    assert data["lab-gpu-h100"]["monitoring_dcgm_image"] == image.IMAGE
+    assert data["lab-gpu-h100"]["monitoring_dcgm_image_archive"] == dcgm["archive"]
+    older = make_state([("lab-1", "gpufleet-lab-1", 2221)], tmp_path / "k", tmp_path / "kh")
+    older["hosts"][0]["has_gpus"] = True
+    assert "monitoring_dcgm_image" not in dict(inventory_hosts(older))["lab-1"]

@@ -36,7 +36,7 @@ FILES = {
         0o755,
         f'#!/bin/sh\n# gpufleet STAND-IN for dcgm-exporter\nexec python3 {SERVER_IN_IMAGE} "$@"\n',
     ),
-    "etc/gpufleet-standin": (
+    "etc/gpufleet-standin-image": (  # not etc/gpufleet-standin: a GPU host's description dir
         0o644,
         "gpufleet STAND-IN for nvcr.io/nvidia/k8s/dcgm-exporter (not dcgm-exporter): "
         "built by tests/standins/dcgm\n",
