@@ -20,7 +20,7 @@ from contextlib import suppress
 from pyinfra import host, state
 from pyinfra.context import ctx_host, ctx_state
 
-from operations import docker, driver, preflight, toolkit, vllm
+from operations import docker, driver, monitoring, preflight, toolkit, vllm
 from operations.kit import bounds, lock
 from operations.kit.packages import package_manager_ready
 from operations.run import host_config, summarise_at_exit
@@ -30,6 +30,7 @@ LAYERS = {
     "docker": docker.apply,
     "toolkit": toolkit.apply,
     "vllm": vllm.apply,
+    "monitoring": monitoring.apply,
 }
 
 

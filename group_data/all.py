@@ -6,7 +6,7 @@ Override any key in group_data/<group>.py, in host data in the inventory, or wit
 
 # --- deploy: What a deploy run does.
 # Layers to apply (in stack order); preflight always runs (e.g. --data deploy_layers=driver,docker).
-deploy_layers = ["preflight", "driver", "docker", "toolkit", "vllm"]
+deploy_layers = ["preflight", "driver", "docker", "toolkit", "vllm", "monitoring"]
 # How long apt waits for a lock another process holds (unattended-upgrades).
 deploy_lock_timeout_s = 600
 # HTTP proxy apt fetches through, e.g. a shared apt-cacher-ng: one download.
@@ -179,3 +179,35 @@ vllm_restart_policy = "unless-stopped"
 vllm_ready_timeout_s = 1800
 # Most hosts a deploy takes out of service at once to replace a vLLM server.
 vllm_max_unavailable = "25%"
+
+# --- monitoring: Layer 5: exporters on every host; Prometheus, alerts and dashboards on some.
+# Run the distribution's prometheus-node-exporter.
+monitoring_node_exporter = True
+# Address node-exporter listens on.
+monitoring_node_exporter_address = "0.0.0.0"
+# Port node-exporter listens on.
+monitoring_node_exporter_port = 9100
+# Run NVIDIA's dcgm-exporter container on GPU hosts.
+monitoring_dcgm_exporter = True
+# dcgm-exporter image, pinned by tag or digest.
+monitoring_dcgm_image = "nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04"
+# Controller path of a `docker save` archive of the dcgm-exporter image.
+monitoring_dcgm_image_archive = None
+# Host address dcgm-exporter's port is published on.
+monitoring_dcgm_address = "0.0.0.0"
+# Host port of dcgm-exporter's /metrics.
+monitoring_dcgm_port = 9400
+# Run the fleet's Prometheus here (set for the group monitoring).
+monitoring_prometheus = False
+# On Prometheus hosts, also write Grafana's datasource and dashboards.
+monitoring_grafana_provisioning = False
+# Address Prometheus listens on.
+monitoring_prometheus_address = "0.0.0.0"
+# Port Prometheus listens on.
+monitoring_prometheus_port = 9090
+# How long Prometheus keeps samples (--storage.tsdb.retention.time).
+monitoring_prometheus_retention = "15d"
+# How often Prometheus scrapes every target.
+monitoring_scrape_interval = "15s"
+# One `for:` for every alert rule (a lab's short one); unset = each rule's own.
+monitoring_alert_for = None

@@ -24,3 +24,9 @@ toolkit_version = "1.17.8-1"
 vllm_ready_timeout_s = 120
 # The stand-in downloads nothing; the lab's hosts share the controller's disk.
 vllm_min_free_cache_gib = 0.5
+# Monitoring (lab-1 runs Prometheus: inventory/lab.py's `monitoring` group). Short intervals
+# and one short `for:` so the lab tests see an alert go pending, then firing, within a minute.
+monitoring_scrape_interval = "5s"
+monitoring_alert_for = "10s"
+# The lab runs no Grafana, but writes its provisioning files, so that they are deployed for real.
+monitoring_grafana_provisioning = True

@@ -31,3 +31,5 @@ if _state is None:
     raise _PyinfraError("no lab fleet is up: run `python -m lab up` first")
 
 lab_hosts = _checked_hosts(_inventory_hosts(_state))
+# The lab's Prometheus (the monitoring layer's server) runs on the first host.
+monitoring = [lab_hosts[0][0]] if lab_hosts else []

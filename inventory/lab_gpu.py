@@ -28,3 +28,6 @@ try:
     lab = _checked_hosts(_inventory_hosts(_ROOT))
 except _LabError as _exc:
     raise _PyinfraError(str(_exc)) from None
+# The HGX stand-in runs this inventory's Prometheus (the monitoring layer's server), scraping
+# both GPU hosts' node-exporter, dcgm-exporter (STAND-IN) and vLLM (STAND-IN).
+monitoring = [name for name, _data in lab if name == "lab-gpu-hgx8"]

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask = sub.add_parser("ask", help="ask every vLLM server of a targets file for a completion")
     ask.add_argument("targets", help="Prometheus file_sd file (python -m operations.cli.targets)")
+    prom = sub.add_parser("prometheus", help="list a Prometheus' targets; fail unless all up")
+    prom.add_argument("url", help="its base URL, e.g. http://172.17.0.3:9090")
     gpu = sub.add_parser("gpu", help="the STAND-IN GPU hosts (lab/gpu.py), beside lab-1..N")
     gpu_sub = gpu.add_subparsers(dest="gpu_command", required=True, metavar="ACTION")
     gpu_up = gpu_sub.add_parser("up", help="bring up a GPU host, healthy (idempotent)")
@@ -91,11 +93,8 @@ def _dispatch(args: argparse.Namespace, root) -> None:
         fleet.status(root)
     elif args.command == "repo":
         fleet.serve_repo(root)
-    elif args.command == "ask":
-        from lab.ask import ask
-
-        if not ask(args.targets):
-            raise LabError("not every vLLM server answered")
+    elif args.command in ("ask", "prometheus"):
+        _ask(args)
     elif args.command == "image":
         from lab.engine import ensure_engine
 
@@ -103,6 +102,20 @@ def _dispatch(args: argparse.Namespace, root) -> None:
         built = image.ensure_image(root, rebuild=args.rebuild, mirror=args.mirror)
         if not built:
             print(f"{image.IMAGE} is up to date (recipe {image.recipe_hash()})")
+
+
+def _ask(args: argparse.Namespace) -> None:
+    """`ask TARGETS`: every vLLM server answers; `prometheus URL`: every target is up."""
+    if args.command == "ask":
+        from lab.ask import ask
+
+        if not ask(args.targets):
+            raise LabError("not every vLLM server answered")
+        return
+    from lab.prometheus import show
+
+    if not show(args.url):
+        raise LabError(f"not every target of {args.url} is up")
 
 
 def _gpu_hosts(variants: list[str], root) -> None:

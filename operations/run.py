@@ -151,6 +151,30 @@ def exit_non_zero_on_signals() -> None:
         signal.signal(signum, _interrupted)
 
 
+_FLEETS: WeakKeyDictionary[State, dict[str, tuple[dict, FleetConfig]] | ConfigError] = (
+    WeakKeyDictionary()
+)
+
+
+def inventory_fleet(state: State) -> dict[str, tuple[dict, FleetConfig]]:
+    """{name: (data, config)} of every host of the inventory, targeted by this run or not
+    (what the monitoring group's Prometheus scrapes is the whole fleet, whatever --limit
+    says), validated once per run (raises ConfigError as fleet_config does)."""
+    state = _run_state(state)
+    if state not in _FLEETS:
+        hosts = [(h.name, h.data.dict()) for h in state.inventory]
+        sources = {h.name: host_sources(h) for h in state.inventory}
+        try:
+            configs = load_fleet(hosts, sources)
+            _FLEETS[state] = {name: (data, configs[name]) for name, data in hosts}
+        except ConfigError as error:
+            _FLEETS[state] = cli_error(error)
+    found = _FLEETS[state]
+    if isinstance(found, ConfigError):
+        raise found
+    return found
+
+
 def host_config(state: State, host: Host) -> FleetConfig:
     """Config of one host, after the whole run's hosts were validated."""
     return fleet_config(state)[host.name]

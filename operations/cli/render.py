@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GROUP_DATA_ALL = ROOT / "group_data" / "all.py"
 SCHEMA = ROOT / "schema" / "gpufleet.schema.json"
 README = ROOT / "README.md"
+ALERTS_BEGIN, ALERTS_END = "<!-- alerts:begin -->", "<!-- alerts:end -->"
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 
 
@@ -107,10 +108,26 @@ def render_reference() -> str:
     return "\n".join(out)
 
 
+def render_alerts() -> str:
+    """The README's alert table: one row per rule of operations/monitoring/alerts.py."""
+    from operations.monitoring.alerts import ALERTS
+
+    out = ["| alert | severity | for | fires when | what to do |", "|---|---|---|---|---|"]
+    for alert in ALERTS:
+        cells = [f"`{alert.name}`", alert.severity, alert.for_, alert.summary, alert.runbook]
+        out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _between(readme: str, begin: str, end: str, text: str) -> str:
+    head, _, rest = readme.partition(begin)
+    _, _, tail = rest.partition(end)
+    return f"{head}{begin}\n{text}{end}{tail}" if rest else readme
+
+
 def _readme_with_reference(readme: str) -> str:
-    head, _, rest = readme.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    return f"{head}{BEGIN}\n{render_reference()}{END}{tail}"
+    readme = _between(readme, ALERTS_BEGIN, ALERTS_END, render_alerts())
+    return _between(readme, BEGIN, END, render_reference())
 
 
 def outputs() -> dict[Path, str]:

@@ -44,12 +44,13 @@ from operations.kit.common import url_host
 DEFAULT_OUTPUT = Path("reports/prometheus/vllm-targets.json")
 
 
-def address(name: str, data: Mapping[str, Any], config: FleetConfig) -> str:
-    """Where Prometheus reaches a host's vLLM servers, IPv6 in brackets (ready for ``:port``).
+def address(name: str, data: Mapping[str, Any], config: FleetConfig, bind: Any = None) -> str:
+    """Where Prometheus reaches a host's service bound to ``bind`` (default: the vLLM
+    servers' address), IPv6 in brackets (ready for ``:port``).
 
-    A server bound to one address listens only there; bound to all (0.0.0.0 / ::) it is
+    A service bound to one address listens only there; bound to all (0.0.0.0 / ::) it is
     reached at the host's declared address or, failing that, the one pyinfra connects to."""
-    bind = config.vllm.bind_address
+    bind = config.vllm.bind_address if bind is None else bind
     if not bind.is_unspecified:
         found = str(bind)
     else:

@@ -42,8 +42,8 @@ from pydantic import (
 
 from operations.config.secrets import looks_secret, secret_flag
 
-LAYERS = ("preflight", "driver", "docker", "toolkit", "vllm")
-Layer = Literal["preflight", "driver", "docker", "toolkit", "vllm"]
+LAYERS = ("preflight", "driver", "docker", "toolkit", "vllm", "monitoring")
+Layer = Literal["preflight", "driver", "docker", "toolkit", "vllm", "monitoring"]
 
 
 def _split_csv(value: Any) -> Any:
@@ -960,6 +960,68 @@ class VllmConfig(VllmServer):
         ]
 
 
+Duration = Annotated[
+    str,
+    _pattern(r"^[1-9][0-9]{0,5}(ms|s|m|h|d|w|y)$", "a Prometheus duration such as 30s, 5m or 15d"),
+]
+
+
+class MonitoringConfig(Section):
+    """Layer 5: exporters on every host; Prometheus, alerts and dashboards on some."""
+
+    node_exporter: bool = Field(
+        default=True, description="Run the distribution's prometheus-node-exporter."
+    )
+    node_exporter_address: IpAddress = Field(
+        default="0.0.0.0", description="Address node-exporter listens on."
+    )
+    node_exporter_port: Int = Field(
+        default=9100, ge=1, le=65535, description="Port node-exporter listens on."
+    )
+    dcgm_exporter: bool = Field(
+        default=True, description="Run NVIDIA's dcgm-exporter container on GPU hosts."
+    )
+    dcgm_image: PinnedImage = Field(
+        default="nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04",
+        description="dcgm-exporter image, pinned by tag or digest.",
+    )
+    dcgm_image_archive: AbsPath | None = Field(
+        default=None,
+        description="Controller path of a `docker save` archive of the dcgm-exporter image.",
+    )
+    dcgm_address: IpAddress = Field(
+        default="0.0.0.0", description="Host address dcgm-exporter's port is published on."
+    )
+    dcgm_port: Int = Field(
+        default=9400, ge=1, le=65535, description="Host port of dcgm-exporter's /metrics."
+    )
+    prometheus: bool = Field(
+        default=False,
+        description="Run the fleet's Prometheus here (set for the group monitoring).",
+    )
+    grafana_provisioning: bool = Field(
+        default=False,
+        description="On Prometheus hosts, also write Grafana's datasource and dashboards.",
+    )
+    prometheus_address: IpAddress = Field(
+        default="0.0.0.0", description="Address Prometheus listens on."
+    )
+    prometheus_port: Int = Field(
+        default=9090, ge=1, le=65535, description="Port Prometheus listens on."
+    )
+    prometheus_retention: Duration = Field(
+        default="15d",
+        description="How long Prometheus keeps samples (--storage.tsdb.retention.time).",
+    )
+    scrape_interval: Duration = Field(
+        default="15s", description="How often Prometheus scrapes every target."
+    )
+    alert_for: Duration | None = Field(
+        default=None,
+        description="One `for:` for every alert rule (a lab's short one); unset = each rule's own.",
+    )
+
+
 class FleetConfig(BaseModel):
     """The effective configuration of one host: one section per layer."""
 
@@ -973,6 +1035,7 @@ class FleetConfig(BaseModel):
     docker: DockerConfig = DockerConfig()
     toolkit: ToolkitConfig = ToolkitConfig()
     vllm: VllmConfig = VllmConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     def conflicts(self) -> list[tuple[str, Any, str]]:
         """Problems between settings that no single field can see, as (key, value, allowed)."""

@@ -522,22 +522,23 @@ def container(config: FleetConfig, server: VllmInstance, secrets: Sealed):
 
 
 @operation()
-def archived_image(image: str, archive: str):
+def archived_image(image: str, archive: str, key: str = "vllm_image_archive"):
     """Load the image from a ``docker save`` archive on the controller when the host lacks it
-    (air-gapped fleets, and the lab, which has no registry); pyinfra's docker.image only pulls."""
+    (air-gapped fleets, and the lab, which has no registry); pyinfra's docker.image only pulls.
+    ``key`` names the setting the archive came from, in the error."""
     if host.get_fact(DockerImage, object_id=shell(image)):
         host.noop(f"{image} is present")
         return
-    temp, load = image_load(image, archive)
+    temp, load = image_load(image, archive, key)
     yield FileUploadCommand(archive, temp, remote_temp_filename=temp)
     yield load
 
 
-def image_load(image: str, archive: str) -> tuple[str, str]:
+def image_load(image: str, archive: str, key: str = "vllm_image_archive") -> tuple[str, str]:
     """(host path the archive is uploaded to, shell that loads it and checks it held ``image``)."""
     temp = f"/var/tmp/gpufleet-image-{hashlib.sha256(image.encode()).hexdigest()[:12]}.tar"
-    said = shell_say(shell(f"{archive} does not hold {image}", "vllm_image_archive"))
-    inspect = f"docker image inspect {shell(image, 'vllm_image')} >/dev/null 2>&1"
+    said = shell_say(shell(f"{archive} does not hold {image}", key))
+    inspect = f"docker image inspect {shell(image, key.removesuffix('_archive'))} >/dev/null 2>&1"
     return (
         temp,
         f"docker load -q -i {temp} >/dev/null; rm -f {temp}; {inspect} || {{ {said}; exit 1; }}",

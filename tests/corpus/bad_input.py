@@ -74,7 +74,7 @@ TWO_INSTANCES = [{"name": "a", "gpus": [0, 1]}, {"name": "b", "gpus": [2, 3], "p
 
 CASES = [
     # --- deploy, host, preflight
-    Case("layer-typo", {"deploy_layers": "driver,gpu"}, "deploy_layers[1]", "'toolkit' or 'vllm'"),
+    Case("layer-typo", {"deploy_layers": "driver,gpu"}, "deploy_layers[1]", "or 'monitoring'"),
     Case("has-gpus-not-bool", {"host_has_gpus": "maybe"}, "host_has_gpus", "valid boolean"),
     Case("gpu-count-zero", {"host_gpu_count": 0}, "host_gpu_count", "greater than or equal to 1"),
     Case("gpu-count-huge", {"host_gpu_count": 65}, "host_gpu_count", "less than or equal to 64"),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+import urllib.request
 
 import pytest
 
@@ -114,3 +116,54 @@ def test_each_fault_fails_exactly_its_check(deployed, gpu_hosts, tmp_path, varia
     assert list(failed) == [check], (name, failed)
     assert words in failed[check], failed[check]
     assert done.returncode == 1
+
+
+# fault -> the alert its DCGM metric fires at the GPU inventory's Prometheus (on the HGX)
+ALERTED_BY = {
+    "xid_79": "GpuFatalXid",
+    "row_remap_pending": "GpuRowRemapPending",
+    "ecc_uncorrected": "GpuUncorrectableEccErrors",
+}
+
+
+def gpu_alerts(prometheus_host) -> list[dict]:
+    url = f"http://{prometheus_host.address}:9090/api/v1/alerts"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())["data"]["alerts"]
+
+
+def test_prometheus_scrapes_both_gpu_hosts_dcgm_exporters(deployed, gpu_hosts):
+    prometheus = gpu_hosts("hgx8")
+    url = f"http://{prometheus.address}:9090/api/v1/targets?state=active"
+    deadline = time.monotonic() + 60
+    while True:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            targets = json.loads(response.read())["data"]["activeTargets"]
+        dcgm = {t["labels"]["gpufleet_host"]: t["health"] for t in targets
+                if t["labels"]["job"] == "dcgm"}  # fmt: skip
+        if set(dcgm.values()) == {"up"} or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert dcgm == {"lab-gpu-h100": "up", "lab-gpu-hgx8": "up"}
+
+
+@pytest.mark.parametrize("name", sorted(ALERTED_BY))
+def test_a_gpu_fault_fires_its_alert_through_the_standin_dcgm_exporter(deployed, gpu_hosts, name):
+    """The fault on the H100 stand-in shows in its dcgm-exporter's metrics, which the HGX's
+    Prometheus scrapes: the alert fires for that host and GPU, and clears once healed."""
+    host, prometheus = gpu_hosts("h100"), gpu_hosts("hgx8")
+    alert = ALERTED_BY[name]
+
+    def state() -> set[str]:
+        return {a["state"] for a in gpu_alerts(prometheus)
+                if a["labels"]["alertname"] == alert
+                and a["labels"].get("gpufleet_host") == host.name}  # fmt: skip
+
+    with fault(host, name):
+        deadline = time.monotonic() + 90
+        while "firing" not in state():
+            assert time.monotonic() < deadline, f"{alert} did not fire for {name}"
+            time.sleep(2)
+        fired = [a for a in gpu_alerts(prometheus) if a["labels"]["alertname"] == alert]
+        assert {a["labels"]["gpufleet_host"] for a in fired} == {host.name}
+        assert all(a["labels"].get("UUID") for a in fired)

@@ -49,6 +49,11 @@ STRING_SAMPLES = {
     "toolkit_default_runtime": "nvidia",
     "vllm_bind_address": "0.0.0.0",
     "vllm_quantization": "awq",
+    "monitoring_node_exporter_address": "0.0.0.0",
+    "monitoring_dcgm_address": "127.0.0.1",
+    "monitoring_dcgm_image_archive": "/srv/dcgm.tar",
+    "monitoring_prometheus_address": "0.0.0.0",
+    "monitoring_alert_for": "30s",
 }
 TEXT_KEYS = sorted(k for k in SETTINGS if "string" in _schema_types(k))
 LIST_SAMPLES = {

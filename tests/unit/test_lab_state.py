@@ -152,8 +152,9 @@ def test_inventory_file_defines_lab_hosts_group(tmp_path):
     _keys(tmp_path)
     namespace = _exec_inventory(tmp_path)
     groups = {k: v for k, v in namespace.items() if not k.startswith("_") and isinstance(v, list)}
-    assert list(groups) == ["lab_hosts"]
+    assert list(groups) == ["lab_hosts", "monitoring"]
     assert groups["lab_hosts"] == inventory_hosts(_state(tmp_path))
+    assert groups["monitoring"] == [groups["lab_hosts"][0][0]]  # the first host: Prometheus
 
 
 def test_inventory_file_gives_hosts_the_standin_repo(tmp_path):

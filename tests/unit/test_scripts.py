@@ -18,6 +18,7 @@ from operations.driver.facts import driver_command, parse_driver_state
 from operations.kit import scripts
 from operations.kit.daemon_json import apply_script
 from operations.kit.quoting import Unrepresentable, shell_join
+from operations.monitoring.facts import MonitoringProbe
 from operations.preflight.facts import missing, parse_profile, profile_command
 from operations.vllm import key_to_curl, ready_script
 from operations.vllm.facts import parse_state, state_command
@@ -72,9 +73,18 @@ def test_dev_ci_and_every_other_tracked_shell_file_pass_shellcheck():
 
 def test_what_is_sent_has_every_placeholder_filled_and_no_reader_notes():
     config = FleetConfig()
+    probe = MonitoringProbe().command(
+        ("a", "b"),
+        "http://127.0.0.1:9100/metrics",
+        "http://127.0.0.1:9400/metrics",
+        "http://x:9090",
+        "/c",
+    )
     sent = [
         driver_command(), profile_command("/srv"), stack_command(), state_command(),
-        apply_script(True, 90, True), ready_script(config, config.vllm.servers()[0]),
+        apply_script(True, 90, True), ready_script(config, config.vllm.servers()[0]), probe,
+        scripts.render("prometheus_apply", STAGED="/s", LIVE="/l", UNIT="prometheus"),
+        scripts.render("dcgm_ready", NAME="n", URL="http://127.0.0.1:9400/metrics", TIMEOUT=60),
     ]  # fmt: skip
     for text in sent:
         assert scripts.PLACEHOLDER.search(text) is None, text

@@ -8,6 +8,9 @@ from __future__ import annotations
 from operations.docker.facts import ContainerStack
 from operations.driver.facts import DriverState
 from operations.kit.daemon_json import DaemonJson
+from operations.monitoring.exporters import NODE_EXPORTER
+from operations.monitoring.facts import MonitoringProbe, probe_urls
+from operations.monitoring.server import LIVE as PROMETHEUS_DIR
 from operations.preflight.facts import HostProfile
 from operations.vllm.facts import VllmState
 from tests.verify.fleet import deploy_fact
@@ -17,3 +20,11 @@ DRIVER = deploy_fact(DriverState)
 STACK = deploy_fact(ContainerStack)  # docker and the container toolkit
 DAEMON_JSON = deploy_fact(DaemonJson)
 VLLM = deploy_fact(VllmState)
+MONITORING = deploy_fact(
+    MonitoringProbe,
+    node_units=lambda config: tuple(found.unit for found in NODE_EXPORTER.values()),
+    node_url=lambda config: probe_urls(config)["node_url"],
+    dcgm_url=lambda config: probe_urls(config)["dcgm_url"],
+    prometheus_url=lambda config: probe_urls(config)["prometheus_url"],
+    config=lambda config: f"{PROMETHEUS_DIR}/prometheus.yml",
+)

@@ -1,0 +1,26 @@
+## MonitoringProbe (operations/monitoring/facts.py): what the monitoring layer runs on this
+## host, as the verify checks see it: the node-exporter unit and the metric names it serves,
+## the dcgm-exporter container and its metric names, and, where Prometheus runs
+## (@PROMETHEUS@ = yes), its unit, promtool's verdict on the live config, its targets and rules.
+names() { curl -s --max-time 5 "$1" 2>/dev/null | sed -n 's/^\([a-zA-Z_:][a-zA-Z0-9_:]*\).*/\1/p' |
+  sort -u | tr '\n' ' '; }
+prom=@PROMETHEUS_URL@
+# shellcheck disable=SC2043  # @NODE_UNITS@: several words once rendered
+for unit in @NODE_UNITS@; do  # the name differs per platform: the one installed
+  systemctl cat "$unit" >/dev/null 2>&1 && echo "node_unit=$(systemctl is-active "$unit")"
+done
+echo "node_metrics=$(names @NODE_URL@)"
+# shellcheck disable=SC2050  # @DCGM@ is yes or no once rendered
+if [ @DCGM@ = yes ]; then
+  echo "dcgm_status=$(docker inspect --format '{{.State.Status}}' @DCGM_NAME@ 2>/dev/null)"
+  echo "dcgm_metrics=$(names @DCGM_URL@)"
+fi
+# shellcheck disable=SC2050  # @PROMETHEUS@ is yes or no once rendered
+if [ @PROMETHEUS@ = yes ]; then
+  echo "prometheus_unit=$(systemctl is-active prometheus 2>/dev/null)"
+  if out=$(promtool check config @CONFIG@ 2>&1); then echo "promtool=ok"
+  else echo "promtool=$(echo "$out" | tr '\n' ' ')"; fi
+  echo "targets=$(curl -s --max-time 10 "$prom/api/v1/targets?state=active")"
+  echo "rules=$(curl -s --max-time 10 "$prom/api/v1/rules")"
+fi
+true
