@@ -175,7 +175,7 @@ def test_gpu_health_per_gpu_from_the_gpus_read_and_the_unhealthy_ones():
     assert '<a href="#h-0">7/8 ok</a> <i>0</i><i>1</i><i>2</i><i class="x">3✗</i>' in page
     assert '<td class="g">8/8 ok <i>0</i>' not in page  # the only GPU host is node-0000
     assert "<td>3</td><td>00000000:1B:00.0</td><td>NVIDIA H100</td>" in page
-    assert "UNHEALTHY: 2 uncorrected ECC errors (test_ecc)" in page
+    assert "UNHEALTHY: 2 uncorrected ECC errors — test_ecc" in page
     assert '<td class="z">none</td>' in page  # hosts without GPUs say so
 
 

@@ -170,7 +170,7 @@ def gpu_health(report: dict, host: str) -> tuple[list[dict], dict[Any, list[str]
         said = checks.setdefault(finding.get("gpu"), {})
         said.setdefault(str(finding.get("reason", "")), []).append(str(finding.get("check", "?")))
     reasons = {
-        gpu: [f"{reason} ({', '.join(names)})" for reason, names in said.items()]
+        gpu: [f"{reason} — {', '.join(names)}" for reason, names in said.items()]
         for gpu, said in checks.items()
     }
     gpus = list(known or [])
