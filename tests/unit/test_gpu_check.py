@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEV = ROOT / "dev"
 FILES = {
     "summary.txt", "steps.log", "nvidia-smi-q.txt", "probe.json", "verify.log",
-    "verify-junit.xml", "fleet-report.json", "deploy-dry.log",
+    "verify-junit.xml", "fleet-report.json", "fleet-report.html", "deploy-dry.log",
 }  # fmt: skip
 STEPS = ("nvidia-smi", "install", "probe", "verify", "deploy-dry")
 HAS_DRIVER = Path("/proc/driver/nvidia/version").exists()
