@@ -8,7 +8,9 @@ Before anything is planned on any host, the config of every targeted host is val
 (operations.run); one bad value stops the run with an error naming host, key and value.
 Every command, transfer and fact read on a host is bounded (operations.kit.bounds): a host that
 stops answering, or whose facts cannot be read, fails alone with the reason while the
-others go on. Preflight always runs and gates the other layers; they run in stack order,
+others go on. Preflight always runs and gates the other layers; then the compatibility gates
+(operations.gates: driver CUDA vs the vLLM image, the toolkit's security floor, fabric manager
+vs driver) fail a host that does not fit, before any change; the layers run in stack order,
 after the package manager is made ready (apt waits for a held lock; an interrupted dpkg run
 is finished). Before that, the run takes the host's deploy lock (operations.kit.lock) and holds
 it until it disconnects: a second deploy waits for it, then fails that host naming the
@@ -20,7 +22,7 @@ from contextlib import suppress
 from pyinfra import host, state
 from pyinfra.context import ctx_host, ctx_state
 
-from operations import docker, driver, monitoring, preflight, toolkit, vllm
+from operations import docker, driver, gates, monitoring, preflight, toolkit, vllm
 from operations.kit import bounds, lock
 from operations.kit.packages import package_manager_ready
 from operations.run import host_config, summarise_at_exit
@@ -38,6 +40,8 @@ def plan() -> None:
     """Plan this host's layers: preflight, then the configured layers it lets through."""
     profile = preflight.run(config)
     if profile is None:
+        return
+    if not gates.check(config, profile):  # a gate refused this host: failed, nothing planned
         return
     if set(LAYERS) & set(config.deploy.layers):  # every layer installs packages
         if not lock.take(config):  # another run holds this host: failed, nothing planned

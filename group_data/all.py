@@ -123,6 +123,8 @@ toolkit_repo_fingerprint = None
 toolkit_default_runtime = None
 # Generate CDI specs for the GPUs.
 toolkit_cdi = True
+# CVEs of NVIDIA toolkit bulletins accepted below their fix; unset = none.
+toolkit_accept_cves = []
 
 # --- vllm: Layer 4: the vLLM OpenAI-compatible server.
 # Model to serve (Hugging Face id or path in the cache).

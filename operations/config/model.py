@@ -785,6 +785,9 @@ class DockerConfig(Section):
         return daemon_options_checked(options) if isinstance(options, Mapping) else options
 
 
+CveId = Annotated[str, _pattern(r"^CVE-[0-9]{4}-[0-9]{4,}$", "a CVE id such as CVE-2025-23266")]
+
+
 class ToolkitConfig(Section):
     """Layer 3: NVIDIA Container Toolkit."""
 
@@ -804,6 +807,10 @@ class ToolkitConfig(Section):
         default=None, description="Docker's default runtime; unset keeps Docker's (runc)."
     )
     cdi: bool = Field(default=True, description="Generate CDI specs for the GPUs.")
+    accept_cves: Annotated[list[CveId], BeforeValidator(_split_csv)] = Field(
+        default=[],
+        description="CVEs of NVIDIA toolkit bulletins accepted below their fix; unset = none.",
+    )
 
 
 class VllmServer(Section):

@@ -62,6 +62,7 @@ LIST_SAMPLES = {
     "docker_users": "ops",
     "docker_registry_mirrors": "https://mirror.internal",
     "vllm_extra_args": "--enforce-eager",
+    "toolkit_accept_cves": "CVE-2024-0132",
 }
 
 
