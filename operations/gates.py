@@ -8,8 +8,9 @@ others go on (like the driver layer's refusals: one failing operation, nothing e
 2. Toolkit: the NVIDIA Container Toolkit (the ``toolkit_version`` pin, else the installed
    one, on GPU hosts) is at least the fixed version of every NVIDIA security bulletin in
    TOOLKIT_FLOORS, unless ``toolkit_accept_cves`` names that bulletin's CVE.
-3. Fabric manager: on NVSwitch hosts, the installed fabric manager package is the driver's
-   exact version (the fabric manager refuses to start against another driver).
+3. Fabric manager: on NVSwitch hosts, the installed fabric manager (its package, else what
+   ``nv-fabricmanager --version`` says) is the driver's exact version (the fabric manager
+   refuses to start against another driver).
 
 A gate that cannot judge a host (no driver yet, a version not known) passes it and says why
 in the output. Facts only: the driver state and, for an unpinned toolkit, the container stack.
@@ -188,6 +189,8 @@ def fabric_manager_gate(
         return
     driver = state.get("nvml_version") or loaded_driver(state)
     managers = {n: v for n, v in state["packages"].items() if FABRIC_MANAGER_RE.match(n) and v}
+    if not managers and state.get("fabricmanager_version"):  # no package: the binary's word
+        managers = {"nv-fabricmanager": state["fabricmanager_version"]}
     if not driver:
         found.notes.append("fabric manager gate skipped: no NVIDIA driver here yet")
         return
@@ -199,8 +202,8 @@ def fabric_manager_gate(
         return
     if not managers:
         found.notes.append(
-            "fabric manager gate skipped: no fabric manager package is "
-            "installed, so its version cannot be read"
+            "fabric manager gate skipped: no fabric manager package or nv-fabricmanager "
+            "binary is installed, so its version cannot be read"
         )
     for name, version in sorted(managers.items()):
         if _base_version(version) != driver:

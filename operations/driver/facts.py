@@ -8,7 +8,8 @@
   with its flavour) and the module on disk for the running kernel (``modinfo``);
 - nouveau loaded or blacklisted, the NVIDIA packages and which are held (dpkg/apt-mark or
   rpm/dnf versionlock), whether systemd runs the host and, where it does, the persistence and
-  fabric manager units; the distribution's reboot-required flag;
+  fabric manager units; the distribution's reboot-required flag; the fabric manager's own
+  version (``nv-fabricmanager --version``) where its binary is installed;
 - where a driver is present, the NVML probe (operations/driver/nvml.py: pynvml run by the
   host's python3) as one JSON line, or, on a host without python3, ``nvidia-smi --query-gpu``
   CSV lines for what it can give;

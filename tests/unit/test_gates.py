@@ -10,8 +10,9 @@ import pytest
 
 from operations import gates
 from operations.config.load import load_config
-from operations.driver.facts import parse_driver_state
+from operations.driver.facts import driver_command, parse_driver_state
 from operations.driver.health import VLLM_IMAGE_CUDA
+from tests.unit.test_scripts import _dash, _stubs, needs_dash
 
 
 def config(**data):
@@ -223,9 +224,30 @@ def test_a_fabric_manager_that_is_no_package_is_skipped_with_the_reason():
     found = fabric(driver_state("580.159.04"))  # the lab's STAND-IN HGX: a unit, no package
     assert found.problems == []
     assert found.notes == [
-        "fabric manager gate skipped: no fabric manager package is installed, so its "
-        "version cannot be read"
+        "fabric manager gate skipped: no fabric manager package or nv-fabricmanager binary "
+        "is installed, so its version cannot be read"
     ]
+
+
+def test_a_fabric_manager_that_is_no_package_is_judged_on_what_its_binary_says():
+    state = driver_state("580.159.04", 13000, "fabricmanager_version=580.95.05")
+    (problem,) = fabric(state).problems
+    assert problem.startswith("the fabric manager nv-fabricmanager is 580.95.05, the driver is ")
+    same = driver_state("580.159.04", 13000, "fabricmanager_version=580.159.04")
+    assert fabric(same) == gates.Judgement()
+
+
+@needs_dash
+def test_the_driver_state_script_reads_the_fabric_manager_binarys_version(tmp_path):
+    """Recorded output: "Fabric Manager version is : 535.161.08" (nv-fabricmanager 535)."""
+    version = "printf '%s\\n' '' 'Fabric Manager version is : 535.161.08' ''"
+    for stubs, expected in (({"nv-fabricmanager": version}, "535.161.08"), ({}, None)):
+        path = _stubs(tmp_path / f"bin-{expected}", stubs)
+        done = _dash(driver_command(), tmp_path, path)
+        assert done.returncode == 0, done.stderr
+        assert parse_driver_state(done.stdout.splitlines()).get("fabricmanager_version") == (
+            expected
+        )
 
 
 def test_a_driver_move_in_this_run_takes_the_fabric_manager_with_it():

@@ -34,6 +34,11 @@ elif command -v rpm >/dev/null; then
 
   dnf -q versionlock list 2>/dev/null | sed -E 's/-([0-9]+:)?[^-]+-[^-]+$//; s/^/held=/'
 fi
+## A fabric manager no package manager installed (runfile, cloud image) names its version:
+## "Fabric Manager version is : 535.161.08".
+command -v nv-fabricmanager >/dev/null && nv-fabricmanager --version 2>/dev/null \
+  | sed -n 's/^.*Fabric Manager version is[[:space:]]*:[[:space:]]*\([0-9][0-9.]*\).*$/fabricmanager_version=\1/p' \
+  | head -n 1
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
   echo "init=systemd"
   # shellcheck disable=SC2043  # @UNITS@ is a list of words once rendered
