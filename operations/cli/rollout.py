@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ from pyinfra_cli.util import parse_cli_arg
 
 from operations.guard import check_data_args
 from operations.inventory import ROOT, add_limit_option, select
+from operations.kit.throttle import slot_count
+from operations.rollout.membership import Membership
+from operations.rollout.serving import Probe, http_probe, wait_drained, wait_ready
 
 Runner = Callable[..., int]
 """Runs a command (a list of arguments) with ``cwd=``; returns its exit code."""
@@ -76,16 +80,24 @@ def data_overrides(extra: Sequence[str]) -> dict[str, Any]:
     return {key: parse_cli_arg(value) for key, value in pairs}
 
 
-def validate(
+def validated(
     inventory: str, limit: Sequence[str], extra: Sequence[str] = (), exclude: Sequence[str] = ()
-) -> list[str]:
-    """The selected hosts, in order, once every one's config is valid (raises ConfigError,
-    or InventoryError when the inventory cannot be read or no host is selected)."""
+) -> Any:
+    """The selection (operations.inventory.Selection) once every selected host's config,
+    with the --data overrides, is valid (raises ConfigError, or InventoryError when the
+    inventory cannot be read or no host is selected)."""
     selection = select(inventory, limit, exclude, data_overrides(extra))
     for line in selection.warnings:
         _say(f"warning: {line}", error=True)
     selection.configs()
-    return list(selection.hosts)
+    return selection
+
+
+def validate(
+    inventory: str, limit: Sequence[str], extra: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[str]:
+    """The selected hosts, in order, once every one's config is valid (see validated)."""
+    return list(validated(inventory, limit, extra, exclude).hosts)
 
 
 def _say(message: str, error: bool = False) -> None:
@@ -145,17 +157,132 @@ def _interrupted(number: int, count: int, batch: list[str], code: int, untouched
         _say(f"not touched, still on the previous version: {', '.join(untouched)}", error=True)
 
 
-def _stopped(number: int, count: int, batch: list[str], code: int, untouched: list[str]) -> None:
-    """Say which batch failed and which hosts the rollout never reached."""
+def _stopped(
+    number: int, count: int, batch: list[str], code: int, untouched: list[str], stop: bool = True
+) -> None:
+    """Say which batch failed (and, with ``stop``, which hosts the rollout never reached)."""
+    why = f"pyinfra exited {code}" if code else "its servers did not answer ready"
     _say(
-        f"batch {number}/{count} ({', '.join(batch)}) failed: pyinfra exited {code}; "
+        f"batch {number}/{count} ({', '.join(batch)}) failed: {why}; "
         "its output above names the failing host(s), whose servers may be down",
         error=True,
     )
+    if stop:
+        _untouched(untouched)
+
+
+def _untouched(untouched: list[str]) -> None:
+    """Say which hosts the rollout never reached (or that none is left)."""
     if untouched:
         _say(f"not touched, still on the previous version: {', '.join(untouched)}", error=True)
     else:
         _say("no host is left untouched: this was the last batch", error=True)
+
+
+@dataclass
+class Plan:
+    """How a rollout goes beyond plain batches: a canary batch first, how many hosts may
+    fail (in batches rolled back) before it stops, and the serving side (``membership``:
+    targets taken out and put back, servers drained and waited for; None: none of it, as
+    for a fleet without vLLM)."""
+
+    canary: int = 0
+    max_failed: int = 0
+    membership: Membership | None = None
+    drain_timeout: float = 120.0
+    drain_settle: float = 2.0
+    ready_timeout: float = 120.0
+    probe: Probe = http_probe
+    sleep: Callable[[float], None] = time.sleep
+
+
+def plan_batches(hosts: Sequence[str], batch: int, canary: int = 0) -> list[list[str]]:
+    """The canary's hosts (the first ``canary``) as a batch of their own, then the rest
+    ``batch`` at a time, in the given order."""
+    head = [list(hosts[:canary])] if canary else []
+    return head + batches(hosts[canary:], batch)
+
+
+def previous_extra(extra: Sequence[str]) -> list[str]:
+    """The extra pyinfra arguments without their ``--data`` overrides: the deploy of the
+    inventory's own spec, to which a failed batch goes back."""
+    kept, skip = [], False
+    for arg in extra:
+        if skip:
+            skip = False
+        elif arg == "--data":
+            skip = True
+        elif not arg.startswith("--data="):
+            kept.append(arg)
+    return kept
+
+
+class Batch:
+    """One batch's run: its hosts taken out of the targets and drained, the deploy, and its
+    hosts put back once ready (or rolled back to the previous spec when it failed)."""
+
+    def __init__(self, number: int, count: int, hosts: list[str], plan: Plan, run: Runner):
+        self.number, self.count, self.hosts = number, count, hosts
+        self.plan, self.run = plan, run
+        served = plan.membership.targets(hosts) if plan.membership else {}
+        self.servers = served
+
+    def say(self, message: str, error: bool = False) -> None:
+        """A progress line: "batch i of n: host a, b — ..."."""
+        _say(f"batch {self.number} of {self.count}: {', '.join(self.hosts)} — {message}", error)
+
+    def drain(self) -> None:
+        """Take the batch out of the targets, then wait (bounded) until its servers run and
+        queue nothing; a drain that times out is said, and the batch goes on."""
+        membership = self.plan.membership
+        if membership is None or not self.servers:
+            return
+        for problem in membership.take_out(self.hosts):
+            self.say(f"warning: {problem}", error=True)
+        self.say(f"out of the targets ({membership.where()})")
+        self.plan.sleep(self.plan.drain_settle)  # readers re-read the file: no new request
+        plan = self.plan
+        left = wait_drained(
+            self.servers, plan.drain_timeout, self.say, plan.probe, sleep=plan.sleep
+        )
+        for host, why in left.items():
+            self.say(
+                f"warning: {host} still busy after {self.plan.drain_timeout:g}s ({why}): "
+                "going on, its requests may be cut",
+                error=True,
+            )
+
+    def deploy(self, inventory: str, extra: Sequence[str]) -> int:
+        """The batch's pyinfra run; its exit code as the shell says it (128+N on signal N)."""
+        code = _run_batch(self.run, deploy_command(inventory, self.hosts, extra))
+        return 128 - code if code < 0 else code
+
+    def restore(self) -> bool:
+        """Put the batch back in the targets once every server answers ready; False (they
+        stay out, said) when one does not within the ready timeout."""
+        membership = self.plan.membership
+        if membership is None or not self.servers:
+            return True
+        plan = self.plan
+        left = wait_ready(self.servers, plan.ready_timeout, self.say, plan.probe, sleep=plan.sleep)
+        if left:
+            self.say(f"left out of the targets, not ready: {', '.join(left)}", error=True)
+            return False
+        for problem in membership.put_back(self.hosts):
+            self.say(f"warning: {problem}", error=True)
+        self.say("back in the targets")
+        return True
+
+    def roll_back(self, inventory: str, extra: Sequence[str]) -> int:
+        """Deploy the batch's hosts on the inventory's own spec again (no --data override)
+        and put them back once ready; the rollback run's exit code."""
+        self.say("rolling back to the previous spec (the inventory's, without --data)", True)
+        code = self.deploy(inventory, previous_extra(extra))
+        if code == 0 and self.restore():
+            self.say("rolled back: on the previous spec and serving again", error=True)
+        else:
+            self.say(f"rollback failed (pyinfra exited {code}): check these hosts", error=True)
+        return code
 
 
 def roll(
@@ -164,24 +291,46 @@ def roll(
     batch: int,
     extra: Sequence[str] = (),
     run: Runner = call,
+    plan: Plan | None = None,
 ) -> int:
-    """Deploy to ``hosts`` ``batch`` at a time, each batch only after the previous succeeded;
-    0 when every batch succeeded, 1 at the first failing one (later batches never run), 130
-    or 143 when interrupted (the batch's run ended by SIGINT or SIGTERM, or exiting so)."""
+    """Deploy to ``hosts``: the canary batch, then ``batch`` at a time, each batch drained
+    before and put back after (``plan``); 0 when every batch succeeded, 1 when the rollout
+    stopped (the canary failed, or more hosts failed than ``plan.max_failed``: a failed
+    batch is rolled back when ``extra`` holds a --data change, later batches never run),
+    130 or 143 when interrupted (the batch's run ended by SIGINT or SIGTERM, or exiting so)."""
+    plan = plan or Plan()
     started = time.monotonic()
-    groups = batches(hosts, batch)
+    groups = plan_batches(hosts, batch, plan.canary)
+    failed: list[str] = []
     for number, group in enumerate(groups, start=1):
+        one = Batch(number, len(groups), group, plan, run)
         _say(f"batch {number}/{len(groups)}: {', '.join(group)}")
-        code = _run_batch(run, deploy_command(inventory, group, extra))
-        code = 128 - code if code < 0 else code  # killed by a signal: as the shell says it
+        took = time.monotonic()
+        one.drain()
+        code = one.deploy(inventory, extra)
         untouched = [h for g in groups[number:] for h in g]
         if code in INTERRUPTED:
             _interrupted(number, len(groups), group, code, untouched)
             return code
-        if code != 0:
-            _stopped(number, len(groups), group, code, untouched)
+        if code == 0 and one.restore():
+            one.say(f"done in {time.monotonic() - took:.0f}s")
+            continue
+        failed += group
+        _stopped(number, len(groups), group, code, untouched, stop=False)
+        if previous_extra(extra) != list(extra):
+            one.roll_back(inventory, extra)
+        else:
+            one.say("no --data change given: nothing to roll back to", error=True)
+        canary = plan.canary and number == 1
+        if canary or len(failed) > plan.max_failed:
+            why = "the canary failed" if canary else f"{len(failed)} host(s) failed"
+            _say(f"stopping: {why} (at most {plan.max_failed} may)", error=True)
+            _untouched(untouched)
             return 1
     seconds = time.monotonic() - started
+    if failed:
+        _say(f"done with failures: rolled back {', '.join(failed)}", error=True)
+        return 1
     _say(f"done: {len(hosts)} host(s) in {len(groups)} batch(es) in {seconds:.0f}s")
     return 0
 
@@ -197,16 +346,60 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count_or_percent(text: str) -> str:
+    """argparse type of --canary and --max-failed-hosts: N hosts or P% of those selected."""
+    digits = text.removesuffix("%")
+    if not digits.isdigit() or (text.endswith("%") and int(digits) > 100):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hosts N or a percent P%")
+    return text
+
+
+def hosts_of(setting: str, selected: int, at_least_one: bool) -> int:
+    """``setting`` (N or P%) as a number of the ``selected`` hosts: a percent rounds down
+    (but a non-zero one gives 1 when ``at_least_one``), and never more than are selected."""
+    if setting.endswith("%"):
+        percent = int(setting[:-1])
+        count = selected * percent // 100
+        count = max(count, 1) if at_least_one and percent else count
+    else:
+        count = int(setting)
+    return min(count, selected)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m operations.cli.rollout",
-        description="Deploy to the fleet N hosts at a time, stopping at the first failed batch.",
+        description="Deploy to the fleet in drained, readiness-gated batches, a canary first; "
+        "a failed batch goes back to the previous spec.",
         epilog="Arguments after -- are passed to every pyinfra run (e.g. -- --data key=value).",
     )
     parser.add_argument("inventory", help="pyinfra inventory, e.g. inventory/prod.py")
     parser.add_argument(
-        "--batch", type=_positive, default=1, metavar="N", help="hosts per batch (default: 1)"
-    )
+        "--batch", type=_positive, metavar="N",
+        help="hosts per batch after the canary (default: vllm_max_unavailable of the first host)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--canary", type=_count_or_percent, default="1", metavar="N|P%",
+        help="hosts in the first batch, alone (default: 1; 0: no canary)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-failed-hosts", type=_count_or_percent, default="0", metavar="N|P%",
+        help="hosts (of failed, rolled-back batches) after the canary that may fail before the "
+        "rollout stops (default: 0, stop at the first)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--targets-file", type=Path, metavar="PATH",
+        help="a file_sd targets file on the controller (a load balancer's, a Prometheus of "
+        "your own) to take drained hosts out of; the monitoring hosts' is always kept",
+    )  # fmt: skip
+    parser.add_argument(
+        "--drain-timeout", type=float, default=120.0, metavar="S",
+        help="seconds to wait for a host's servers to finish their requests (default: 120)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ready-timeout", type=float, default=120.0, metavar="S",
+        help="seconds for a deployed host's servers to answer /health (default: 120)",
+    )  # fmt: skip
     add_limit_option(parser)
     return parser
 
@@ -219,7 +412,44 @@ def _split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def main(argv: Sequence[str] | None = None, run: Runner = call) -> int:
+def _fleet(inventory: str, selected: Any) -> dict[str, tuple[Any, Any]]:
+    """Data and config of every host of the inventory (the targets list the whole fleet);
+    the selected hosts alone when another host's config does not load."""
+    try:
+        whole = select(inventory)
+        configs = whole.configs()
+    except PyinfraError as error:
+        _say(f"warning: targets of the selected hosts only: {error}", error=True)
+        whole, configs = selected, selected.configs()
+    return {name: (data, configs[name]) for name, data in whole.hosts.items()}
+
+
+def _plan(args: argparse.Namespace, inventory: str, selection: Any, run: Runner,
+          probe: Probe, sleep: Callable[[float], None]) -> tuple[int, Plan]:  # fmt: skip
+    """The batch size and the Plan the command line and the config give."""
+    configs = selection.configs()
+    count = len(selection.hosts)
+    first = configs[next(iter(selection.hosts))]
+    batch = args.batch or slot_count(str(first.vllm.max_unavailable), count)
+    membership = Membership(_fleet(inventory, selection), args.targets_file, inventory, run)
+    plan = Plan(
+        canary=hosts_of(args.canary, count, at_least_one=True),
+        max_failed=hosts_of(args.max_failed_hosts, count, at_least_one=False),
+        membership=membership,
+        drain_timeout=args.drain_timeout,
+        ready_timeout=args.ready_timeout,
+        probe=probe,
+        sleep=sleep,
+    )
+    return batch, plan
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    run: Runner = call,
+    probe: Probe = http_probe,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
     """Validate, then roll; 0 done, 1 a batch failed, 2 refused before anything ran, 130 or
     143 interrupted."""
     signal.signal(signal.SIGTERM, _terminated)
@@ -228,13 +458,15 @@ def main(argv: Sequence[str] | None = None, run: Runner = call) -> int:
     args = parser.parse_args(own)
     if any(arg.split("=", 1)[0] in _RESERVED for arg in extra):
         parser.error("--limit and --exclude go before --: the rollout sets each batch's limit")
+    path = Path(args.inventory)
+    inventory = str(path.resolve()) if path.exists() else args.inventory
     try:
-        hosts = validate(args.inventory, args.limit, extra, args.exclude)
+        selection = validated(args.inventory, args.limit, extra, args.exclude)
+        batch, plan = _plan(args, inventory, selection, run, probe, sleep)
     except PyinfraError as error:  # ConfigError, InventoryError: one line per problem
         _say(str(error), error=True)
         return 2
-    inventory = str(Path(args.inventory).resolve()) if Path(args.inventory).exists() else None
-    return roll(inventory or args.inventory, hosts, args.batch, extra, run)
+    return roll(inventory, list(selection.hosts), batch, extra, run, plan)
 
 
 if __name__ == "__main__":

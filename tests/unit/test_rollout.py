@@ -13,6 +13,19 @@ import pytest
 from operations.cli.rollout import batches, data_overrides, deploy_command, main, roll
 from operations.inventory import ROOT
 
+IDLE = "vllm:num_requests_running 0.0\nvllm:num_requests_waiting 0.0\n"
+
+
+def idle(url: str) -> tuple[int, str]:
+    """Every server is idle (/metrics) and ready (/health)."""
+    return 200, IDLE if url.endswith("/metrics") else ""
+
+
+def main_(argv, run):
+    """main with idle, ready servers and no waiting."""
+    return main(argv, run=run, probe=idle, sleep=lambda _s: None)
+
+
 INVENTORY = """\
 gpu = [
     ("h1", {"ssh_hostname": "10.0.0.1"}),
@@ -113,7 +126,7 @@ def test_interrupt_stops_the_rollout_with_130_naming_the_batch(capsys):
 def test_main_validates_then_rolls_the_inventory_with_extra_args(inventory):
     run = Runner()
     extra = ["--data", "vllm_image=vllm/vllm-openai:v0.11.1", "--parallel", "4"]
-    assert main([inventory, "--batch", "2", "--", *extra], run=run) == 0
+    assert main_([inventory, "--batch", "2", "--canary", "0", "--", *extra], run=run) == 0
     assert run.limits == [["h1", "h2"], ["h3", "h4"], ["h5"]]
     for command in run.commands:
         assert command[4] == str(Path(inventory).resolve())
@@ -122,7 +135,7 @@ def test_main_validates_then_rolls_the_inventory_with_extra_args(inventory):
 
 def test_main_limit_patterns_order_the_rollout(inventory):
     run = Runner()
-    assert main([inventory, "--limit", "canary", "--limit", "h1"], run=run) == 0
+    assert main_([inventory, "--limit", "canary", "--limit", "h1"], run=run) == 0
     assert run.limits == [["h4"], ["h5"], ["h1"]]
 
 
@@ -130,7 +143,7 @@ def test_bad_config_is_refused_before_any_run(tmp_path, capsys):
     path = tmp_path / "fleet.py"
     path.write_text('gpu = [("h1", {}), ("h2", {"vllm_port": -1})]')
     run = Runner()
-    assert main([str(path)], run=run) == 2
+    assert main_([str(path)], run=run) == 2
     assert run.commands == []
     err = capsys.readouterr().err
     assert "h2: vllm_port = -1: Input should be greater than or equal to 1" in err
@@ -139,7 +152,7 @@ def test_bad_config_is_refused_before_any_run(tmp_path, capsys):
 
 def test_bad_data_override_is_refused_before_any_run(inventory, capsys):
     run = Runner()
-    assert main([inventory, "--", "--data", "vllm_image=vllm/vllm-openai:latest"], run=run) == 2
+    assert main_([inventory, "--", "--data", "vllm_image=vllm/vllm-openai:latest"], run=run) == 2
     assert run.commands == []
     assert "vllm_image = 'vllm/vllm-openai:latest'" in capsys.readouterr().err
 
@@ -148,7 +161,7 @@ def test_batch_below_one_is_a_usage_error(inventory, capsys):
     run = Runner()
     for bad in ("0", "-1", "two"):
         with pytest.raises(SystemExit) as exited:
-            main([inventory, "--batch", bad], run=run)
+            main_([inventory, "--batch", bad], run=run)
         assert exited.value.code == 2
         assert "--batch" in capsys.readouterr().err
     assert run.commands == []
@@ -157,7 +170,7 @@ def test_batch_below_one_is_a_usage_error(inventory, capsys):
 def test_limit_among_extra_args_is_a_usage_error(inventory, capsys):
     run = Runner()
     with pytest.raises(SystemExit) as exited:
-        main([inventory, "--", "--limit=h9"], run=run)
+        main_([inventory, "--", "--limit=h9"], run=run)
     assert exited.value.code == 2
     assert "--limit and --exclude go before --" in capsys.readouterr().err
     assert run.commands == []
@@ -165,7 +178,7 @@ def test_limit_among_extra_args_is_a_usage_error(inventory, capsys):
 
 def test_no_selected_host_is_refused(inventory, capsys):
     run = Runner()
-    assert main([inventory, "--limit", "nosuchhost"], run=run) == 2
+    assert main_([inventory, "--limit", "nosuchhost"], run=run) == 2
     assert run.commands == []
     assert "--limit nosuchhost matches no host or group of" in capsys.readouterr().err
 
@@ -177,13 +190,14 @@ def test_data_overrides_are_parsed_like_pyinfra():
 
 def test_exclude_leaves_the_other_hosts_in_order(inventory):
     run = Runner()
-    assert main([inventory, "--batch", "2", "--exclude", "h2", "--exclude", "canary"], run=run) == 0
+    argv = [inventory, "--batch", "2", "--canary", "0", "--exclude", "h2", "--exclude", "canary"]
+    assert main_(argv, run=run) == 0
     assert run.limits == [["h1", "h3"]]
 
 
 def test_excluding_every_host_is_refused_saying_so(inventory, capsys):
     run = Runner()
-    assert main([inventory, "--limit", "canary", "--exclude", "h4,h5"], run=run) == 2
+    assert main_([inventory, "--limit", "canary", "--exclude", "h4,h5"], run=run) == 2
     assert run.commands == []
     err = capsys.readouterr().err
     assert "--exclude h4, h5 excludes the 2 host(s) --limit canary selects" in err
@@ -191,14 +205,14 @@ def test_excluding_every_host_is_refused_saying_so(inventory, capsys):
 
 def test_data_without_a_value_is_refused_before_any_batch(inventory, capsys):
     run = Runner()
-    assert main([inventory, "--", "--data", "vllm_port"], run=run) == 2
+    assert main_([inventory, "--", "--data", "vllm_port"], run=run) == 2
     assert run.commands == []
     assert "--data 'vllm_port': no '='; write it as --data key=value" in capsys.readouterr().err
 
 
 def test_a_refused_override_names_the_command_line(inventory, capsys):
     run = Runner()
-    assert main([inventory, "--", "--data", "vllm_port=eighty"], run=run) == 2
+    assert main_([inventory, "--", "--data", "vllm_port=eighty"], run=run) == 2
     assert run.commands == []
     err = capsys.readouterr().err
     assert "h1: vllm_port = 'eighty'" in err and "(from --data)" in err
