@@ -1,24 +1,30 @@
 """Roll a change (a new vLLM image or model, a driver update) through the fleet in batches.
 
-    python -m operations.cli.rollout inventory/prod.py                    # one host at a time
-    python -m operations.cli.rollout inventory/prod.py --batch 2 --limit gpu
     python -m operations.cli.rollout inventory/prod.py -- --data vllm_image=vllm/vllm-openai:v0.11.1
+    python -m operations.cli.rollout inventory/prod.py --canary 10% --batch 2 --max-failed-hosts 1
+    python -m operations.cli.rollout inventory/prod.py --targets-file /etc/lb/vllm.json -- ...
 
 Why batches: pyinfra runs each operation on every targeted host before the next operation
 (``--parallel`` only caps how many hosts run it at once). A plain run bounds how many vLLM
 servers it replaces at once (``vllm_max_unavailable``, operations.kit.throttle), but it still
 applies every other layer's change to every host, and takes no canary first. ``--serial``
-goes host by host but has no batch size, and stops at a failure only with
-``--fail-percent``. This command instead runs ``pyinfra -y INVENTORY deploy.py`` on N hosts at
-a time, in inventory order (or the order of the ``--limit`` patterns: a canary group first),
-and starts a batch only when the one before succeeded. The deploy waits for every vLLM server
-to be ready and fails the host otherwise, so pyinfra's exit code is the batch's health gate.
+goes host by host but has no batch size, and its ``--fail-percent`` misses ``server.shell``
+failures (pyinfra#1195). This command instead runs ``pyinfra -y INVENTORY deploy.py`` per
+batch: the canary (``--canary``, default 1 host) alone, then ``--batch`` hosts at a time
+(default: ``vllm_max_unavailable``), in inventory order (or the order of the ``--limit``
+patterns), and decides from each run's exit code.
 
-On a failing batch the rollout stops at once and lists the hosts it never touched: they still
-serve the previous version. Interrupted (Ctrl-C, SIGTERM), it passes the signal on to the
-batch's pyinfra run once (each run has its own process group, so a Ctrl-C reaches it through
-the rollout alone), waits for that run to disconnect, names the batch's hosts and those it
-never touched, and exits 130 (143 for SIGTERM).
+Around each batch's run (operations.rollout): its hosts leave the vLLM targets (the
+controller's ``--targets-file`` and the monitoring hosts' file_sd), their servers are drained
+(``vllm:num_requests_running``/``_waiting`` 0, bounded by ``--drain-timeout``), and they go
+back only once every server answers ``/health`` 200 (``--ready-timeout``). A failed batch is
+deployed again without the ``--data`` overrides (the inventory's own, previous spec) and put
+back once ready; the rollout then stops at a failed canary, or when more hosts failed than
+``--max-failed-hosts``, listing the hosts it never touched: they still serve the previous
+version. Interrupted (Ctrl-C, SIGTERM), it passes the signal on to the batch's pyinfra run
+once (each run has its own process group, so a Ctrl-C reaches it through the rollout alone),
+waits for that run to disconnect, names the batch's hosts and those it never touched, and
+exits 130 (143 for SIGTERM).
 
 Before any batch, the config of every selected host is validated (with the ``--data`` given
 after ``--``), so a bad value stops the rollout with nothing run, as does an inventory that

@@ -12,6 +12,7 @@ host back in, the file is the one the monitoring layer writes, so a deploy plans
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,7 +24,8 @@ from operations.config.model import FleetConfig
 
 Runner = Callable[..., int]
 PUSH = "operations/rollout/push.py"
-DATA_KEY = "gpufleet_rollout_targets"  # push.py reads the controller file from this --data
+ENV = "GPUFLEET_ROLLOUT_TARGETS"  # push.py reads the controller file's path from it (the
+# deploy's config guard refuses a --data key that is no setting)
 
 
 def monitoring_hosts(hosts: Mapping[str, tuple[Any, FleetConfig]]) -> list[str]:
@@ -35,13 +37,11 @@ def monitoring_hosts(hosts: Mapping[str, tuple[Any, FleetConfig]]) -> list[str]:
     ]
 
 
-def push_command(inventory: str, path: Path, hosts: Sequence[str]) -> list[str]:
-    """The pyinfra run that installs ``path`` as the monitoring hosts' vllm.json."""
+def push_command(inventory: str, hosts: Sequence[str]) -> list[str]:
+    """The pyinfra run that installs the file named by $GPUFLEET_ROLLOUT_TARGETS as the
+    monitoring hosts' vllm.json."""
     limits = [arg for host in hosts for arg in ("--limit", host)]
-    return [
-        sys.executable, "-m", "pyinfra", "-y", inventory, PUSH, *limits,
-        "--data", f"{DATA_KEY}={path}",
-    ]  # fmt: skip
+    return [sys.executable, "-m", "pyinfra", "-y", inventory, PUSH, *limits]
 
 
 class Membership:
@@ -111,7 +111,11 @@ class Membership:
         with tempfile.TemporaryDirectory(prefix="gpufleet-rollout-") as folder:
             path = Path(folder) / "vllm.json"
             path.write_text(text, encoding="utf-8")
-            code = self.run(push_command(self.inventory, path, self.monitoring), cwd=_root())
+            os.environ[ENV] = str(path)  # the pyinfra run inherits it
+            try:
+                code = self.run(push_command(self.inventory, self.monitoring), cwd=_root())
+            finally:
+                os.environ.pop(ENV, None)
         if code != 0:
             hosts = ", ".join(self.monitoring)
             return [f"pushing the targets to {hosts} failed: pyinfra exited {code}"]

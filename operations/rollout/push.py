@@ -1,7 +1,7 @@
 """pyinfra deploy file: install the rollout's vLLM targets on the monitoring hosts.
 
-    pyinfra -y INVENTORY operations/rollout/push.py --limit MON \
-        --data gpufleet_rollout_targets=/controller/path/vllm.json
+    GPUFLEET_ROLLOUT_TARGETS=/controller/path/vllm.json \
+        pyinfra -y INVENTORY operations/rollout/push.py --limit MON
 
 operations.rollout.membership runs it each time a batch's hosts are taken out of the targets
 or put back. The file is uploaded beside the live one and renamed over it, so Prometheus
@@ -9,17 +9,18 @@ or put back. The file is uploaded beside the live one and renamed over it, so Pr
 monitoring layer's config directory is failed rather than given one.
 """
 
-from pyinfra import host
+import os
+
 from pyinfra.operations import files, server
 
-from operations.rollout.membership import DATA_KEY
+from operations.rollout.membership import ENV
 
 LIVE = "/etc/gpufleet/prometheus/targets/vllm.json"
 TEMP = f"{LIVE}.rollout"
 
-source = host.data.get(DATA_KEY)
+source = os.environ.get(ENV)
 if not source:
-    raise SystemExit(f"push.py needs --data {DATA_KEY}=PATH (the targets file to install)")
+    raise SystemExit(f"push.py needs {ENV}=PATH (the targets file to install)")
 
 server.shell(
     name="The monitoring layer's targets directory exists",

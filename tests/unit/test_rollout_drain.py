@@ -9,12 +9,13 @@ then); a fake probe answers /metrics and /health per server, from scripted seque
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from operations.cli.rollout import Plan, hosts_of, main, plan_batches, previous_extra, roll
-from operations.rollout.membership import DATA_KEY, PUSH
+from operations.rollout.membership import ENV, PUSH
 from operations.rollout.serving import (
     load_of,
     requests_in_flight,
@@ -86,8 +87,7 @@ class Runner:
     def __call__(self, command: list[str], cwd: Path) -> int:
         self.commands.append(command)
         if PUSH in command:
-            source = next(a for a in command if a.startswith(f"{DATA_KEY}="))
-            entries = json.loads(Path(source.split("=", 1)[1]).read_text())
+            entries = json.loads(Path(os.environ[ENV]).read_text())
             self.pushed.append(sorted({e["labels"]["gpufleet_host"] for e in entries}))
             return 0
         self.seen.append(_hosts_in(self.targets_file))
