@@ -22,16 +22,28 @@ from contextlib import suppress
 from pyinfra import host, state
 from pyinfra.context import ctx_host, ctx_state
 
-from operations import docker, driver, gates, monitoring, preflight, toolkit, vllm
+from operations import docker, driver, gates, gateway, monitoring, preflight, toolkit, vllm
 from operations.kit import bounds, lock
 from operations.kit.packages import package_manager_ready
 from operations.run import host_config, summarise_at_exit
+
+
+def serve(config, profile) -> None:
+    """Layer 4: the vLLM servers, then the gateway in front of them (operations.gateway); with
+    the gateway off, its config goes first, so that the servers can take their ports back."""
+    if config.gateway.enabled(config.vllm.bind_address):
+        vllm.apply(config, profile)
+        gateway.apply(config, profile)
+    else:
+        gateway.apply(config, profile)
+        vllm.apply(config, profile)
+
 
 LAYERS = {
     "driver": driver.apply,
     "docker": docker.apply,
     "toolkit": toolkit.apply,
-    "vllm": vllm.apply,
+    "vllm": serve,
     "monitoring": monitoring.apply,
 }
 

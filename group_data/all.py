@@ -182,6 +182,24 @@ vllm_ready_timeout_s = 1800
 # Most hosts a deploy takes out of service at once to replace a vLLM server.
 vllm_max_unavailable = "25%"
 
+# --- gateway: Layer 4's front: nginx in front of the vLLM servers, which then listen on loopback.
+# on; off; auto = on unless vllm_bind_address is a loopback address.
+gateway_mode = "off"
+# A server's loopback port behind the gateway: its vllm port plus this.
+gateway_backend_port_offset = 10000
+# Controller path of the certificate (chain) nginx presents.
+gateway_tls_cert_file = None
+# Controller path of its private key (mode 0600).
+gateway_tls_key_file = None
+# Serve plain HTTP without TLS (only when set).
+gateway_plain_http = False
+# Addresses allowed /metrics besides loopback and the Prometheus hosts.
+gateway_metrics_allow = []
+# Largest request body accepted.
+gateway_max_body_size = "16m"
+# How long a request may run (long generations, streams).
+gateway_read_timeout_s = 3600
+
 # --- monitoring: Layer 5: exporters on every host; Prometheus, alerts and dashboards on some.
 # Run the distribution's prometheus-node-exporter.
 monitoring_node_exporter = True

@@ -7,6 +7,7 @@ stops the whole run before any fact is gathered or any operation is planned on a
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -139,8 +140,23 @@ def _interrupted(signum: int, frame: object) -> None:
     stopped before its last operation."""
     name = signal.Signals(signum).name
     print(f"--> Interrupted by {name}: the run stopped early", file=sys.stderr, flush=True)
+    if not _EXIT_CODE:  # whatever pyinfra exits with after this, the run exits 128 + signum
+        atexit.register(_exit_interrupted)
+    _EXIT_CODE.append(128 + signum)
     _stop_host_greenlets()
     raise SystemExit(128 + signum)
+
+
+_EXIT_CODE: list[int] = []
+
+
+def _exit_interrupted() -> None:
+    """At interpreter exit after a signal: exit 128 + signum. The SystemExit raised in the
+    handler can end in a greenlet that pyinfra's CLI then outlives (it went on to the next
+    operation and exited 1 when the signal came mid-operation, under load)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_EXIT_CODE[0])
 
 
 def exit_non_zero_on_signals() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -288,10 +289,33 @@ def checked_hosts(hosts: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, di
     return hosts
 
 
+def _tls_problems(host: str, config: FleetConfig) -> list[Problem]:
+    """The gateway's TLS files must be readable files on the controller; the key its owner's
+    only, as the secrets files (it is uploaded root-only and never shown)."""
+    gateway = config.gateway
+    if not gateway.enabled(config.vllm.bind_address):
+        return []
+    found = []
+    for key, path in (("gateway_tls_cert_file", gateway.tls_cert_file),
+                      ("gateway_tls_key_file", gateway.tls_key_file)):  # fmt: skip
+        if path and not os.access(path, os.R_OK):
+            found.append(
+                Problem(host, key, path, "no readable file at this path on the controller")
+            )
+        elif path and key == "gateway_tls_key_file" and shared_mode(path):
+            found.append(Problem(host, key, path, f"must be readable by its owner only "
+                                 f"(mode {shared_mode(path)}): chmod 600 {path}"))  # fmt: skip
+    return found
+
+
 def _controller_problems(host: str, config: FleetConfig) -> list[Problem]:
-    """What the vLLM layer reads on the controller (secrets, an image archive) must be there."""
+    """What the vLLM layer reads on the controller (secrets, an image archive, the gateway's
+    TLS files) must be there."""
     if "vllm" not in config.deploy.layers:
         return []
+    tls = _tls_problems(host, config)
+    if tls:
+        return tls
     archive = config.vllm.image_archive
     if archive and not Path(archive).is_file():
         return [Problem(host, "vllm_image_archive", archive, "no such file on the controller")]

@@ -35,6 +35,7 @@ from pydantic import (
     Field,
     HttpUrl,
     IPvAnyAddress,
+    IPvAnyNetwork,
     ValidationInfo,
     create_model,
     field_validator,
@@ -1029,6 +1030,56 @@ class MonitoringConfig(Section):
     )
 
 
+Network = Annotated[IPvAnyNetwork, BeforeValidator(_text_only)]
+
+
+class GatewayConfig(Section):
+    """Layer 4's front: nginx in front of the vLLM servers, which then listen on loopback."""
+
+    mode: Literal["auto", "on", "off"] = Field(
+        default="off",
+        description="on; off; auto = on unless vllm_bind_address is a loopback address.",
+    )
+    backend_port_offset: Int = Field(
+        default=10000,
+        ge=1,
+        le=60000,
+        description="A server's loopback port behind the gateway: its vllm port plus this.",
+    )
+    tls_cert_file: AbsPath | None = Field(
+        default=None, description="Controller path of the certificate (chain) nginx presents."
+    )
+    tls_key_file: AbsPath | None = Field(
+        default=None, description="Controller path of its private key (mode 0600)."
+    )
+    plain_http: bool = Field(
+        default=False, description="Serve plain HTTP without TLS (only when set)."
+    )
+    metrics_allow: Annotated[list[Network], BeforeValidator(_split_csv)] = Field(
+        default=[],
+        description="Addresses allowed /metrics besides loopback and the Prometheus hosts.",
+    )
+    max_body_size: Size = Field(default="16m", description="Largest request body accepted.")
+    read_timeout_s: Int = Field(
+        default=3600,
+        ge=10,
+        le=86400,
+        description="How long a request may run (long generations, streams).",
+    )
+
+    def enabled(self, bind: Any) -> bool:
+        """Whether the gateway fronts servers published on ``bind`` (vllm_bind_address)."""
+        return self.mode == "on" or (self.mode == "auto" and not bind.is_loopback)
+
+    def published(self, bind: Any, port: int) -> tuple[Any, int]:
+        """(address, port) a vLLM server's container is published on: loopback behind the
+        gateway (port + backend_port_offset), else vllm_bind_address and its own port."""
+        if not self.enabled(bind):
+            return bind, port
+        loopback = "::1" if bind.version == 6 else "127.0.0.1"
+        return ipaddress.ip_address(loopback), port + self.backend_port_offset
+
+
 class FleetConfig(BaseModel):
     """The effective configuration of one host: one section per layer."""
 
@@ -1042,11 +1093,41 @@ class FleetConfig(BaseModel):
     docker: DockerConfig = DockerConfig()
     toolkit: ToolkitConfig = ToolkitConfig()
     vllm: VllmConfig = VllmConfig()
+    gateway: GatewayConfig = GatewayConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
 
     def conflicts(self) -> list[tuple[str, Any, str]]:
         """Problems between settings that no single field can see, as (key, value, allowed)."""
-        return _vllm_conflicts(self.vllm, self.host.gpu_count)
+        return _vllm_conflicts(self.vllm, self.host.gpu_count) + _gateway_conflicts(self)
+
+
+def _gateway_conflicts(config: FleetConfig) -> list[tuple[str, Any, str]]:
+    """A gateway needs TLS files (both) or plain HTTP allowed, and each server's loopback
+    port must be a port no other server takes."""
+    gateway = config.gateway
+    if "vllm" not in config.deploy.layers or not gateway.enabled(config.vllm.bind_address):
+        return []
+    problems: list[tuple[str, Any, str]] = []
+    cert, key = gateway.tls_cert_file, gateway.tls_key_file
+    if bool(cert) != bool(key):
+        missing = "gateway_tls_key_file" if cert else "gateway_tls_cert_file"
+        problems.append((missing, None, "must be set too: TLS needs the certificate and its key"))
+    elif not cert and not gateway.plain_http:
+        problems.append((
+            "gateway_tls_cert_file", None,
+            "must be set (with gateway_tls_key_file) for the gateway's TLS, or set "
+            "gateway_plain_http = True to serve plain HTTP, or gateway_mode = 'off'",
+        ))  # fmt: skip
+    ports = {server.port for server in config.vllm.servers()}
+    for server in config.vllm.servers():
+        backend = server.port + gateway.backend_port_offset
+        if backend > 65535 or backend in ports:
+            problems.append((
+                "gateway_backend_port_offset", gateway.backend_port_offset,
+                f"puts {server.container}'s loopback port at {backend}: it must be at most "
+                "65535 and no server's own port",
+            ))  # fmt: skip
+    return problems
 
 
 def _instance_key(vllm: VllmConfig, index: int, field: str) -> str:

@@ -89,12 +89,12 @@ class MonitoringProbe(FactBase):
     the verify checks' fact. ``node_units``: the node-exporter unit names of every platform."""
 
     def command(self, node_units: tuple[str, ...], node_url: str, dcgm_url: str,
-                prometheus_url: str, config: str) -> str:  # fmt: skip
+                prometheus_url: str, config: str, wait_s: int = 20) -> str:  # fmt: skip
         return scripts.render(
             "monitoring_probe",
             NODE_URL=node_url, DCGM="yes" if dcgm_url else "no", DCGM_NAME=DCGM_CONTAINER,
             DCGM_URL=dcgm_url, CONFIG=config, PROMETHEUS="yes" if prometheus_url else "no",
-            PROMETHEUS_URL=prometheus_url,
+            PROMETHEUS_URL=prometheus_url, WAIT_S=int(wait_s),
             raw_values={"NODE_UNITS": " ".join(node_units)},
         )  # fmt: skip
 

@@ -178,7 +178,7 @@ def container_args(config: FleetConfig, server: VllmInstance) -> list[str]:
         "--log-opt", f"max-file={docker_config.log_max_file}",
         *_gpu_flags(config, server),
         *ipc,
-        "--publish", _publish(vllm.bind_address, server.port),
+        "--publish", _publish(*config.gateway.published(vllm.bind_address, server.port)),
         "--volume", f"{cache}:{CONTAINER_HF_HOME}",
         "--mount", secrets_mount(server),
         "--env", f"HF_HOME={CONTAINER_HF_HOME}",
@@ -236,12 +236,19 @@ def secrets_mount(server: VllmInstance) -> str:
     return f"type=bind,source={secrets_path(server)},target={SECRETS_IN_CONTAINER},readonly"
 
 
-def probe_address(config: FleetConfig) -> str:
-    """Where the host itself reaches the API: the bind address, or loopback for any-address."""
-    address = ipaddress.ip_address(config.vllm.bind_address)
+def probe_address(config: FleetConfig, address: Any = None) -> str:
+    """Where the host itself reaches the API published on ``address`` (default: the bind
+    address): that address, or loopback for any-address."""
+    address = ipaddress.ip_address(address or config.vllm.bind_address)
     if address.is_unspecified:
         address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
     return url_host(address)
+
+
+def probe_url(config: FleetConfig, server: VllmInstance) -> str:
+    """The server's own API as the host reaches it: behind the gateway, its loopback port."""
+    address, port = config.gateway.published(config.vllm.bind_address, server.port)
+    return f"http://{probe_address(config, address)}:{port}"
 
 
 def key_to_curl(secrets: str) -> str:
@@ -254,13 +261,13 @@ def key_to_curl(secrets: str) -> str:
     )
 
 
-def ready_script(config: FleetConfig, server: VllmInstance) -> str:
-    """Shell that waits until the instance serves, or fails with its last log lines
-    (operations/kit/scripts/vllm_ready.sh)."""
+def ready_script(config: FleetConfig, server: VllmInstance, url: str | None = None) -> str:
+    """Shell that waits until the instance serves at ``url`` (default: where it is published
+    now, probe_url), or fails with its last log lines (operations/kit/scripts/vllm_ready.sh)."""
     return scripts.render(
         "vllm_ready",
         NAME=server.container,
-        URL=f"http://{probe_address(config)}:{server.port}",
+        URL=url or probe_url(config, server),
         SECRETS=secrets_path(server),
         SERVED=server.served_name,
         TIMEOUT=config.vllm.ready_timeout_s,
@@ -398,6 +405,21 @@ def _as_started(server: VllmInstance, inspect: dict[str, Any]) -> VllmInstance:
     return server.model_copy(update=update)
 
 
+def _started_url(config: FleetConfig, inspect: dict[str, Any]) -> str | None:
+    """Where the container ``inspect`` was published (its API as the host reaches it), or
+    None when its bindings do not say."""
+    bindings = (inspect.get("HostConfig", {}).get("PortBindings") or {}).get(
+        f"{CONTAINER_PORT}/tcp"
+    ) or [{}]
+    port, address = str(bindings[0].get("HostPort", "")), bindings[0].get("HostIp") or "0.0.0.0"
+    if not port.isdigit():
+        return None
+    try:
+        return f"http://{probe_address(config, address)}:{port}"
+    except ValueError:
+        return None
+
+
 def _keep_previous(server: VllmInstance, proven: bool) -> str:
     """Shell that stops the instance's proven server (it frees the port) and keeps it as
     ``<container>.previous`` (replacing an older kept one), or removes a server that never
@@ -421,7 +443,7 @@ def _rollback(config: FleetConfig, server: VllmInstance, keep: dict[str, Any]) -
     (the same gate) and fail the host saying it was rolled back."""
     name, previous = shell(server.container), shell(server.container + PREVIOUS)
     spec = (keep.get("Config", {}).get("Labels") or {}).get(SPEC_LABEL, "")
-    old = ready_script(config, _as_started(server, keep))
+    old = ready_script(config, _as_started(server, keep), _started_url(config, keep))
     back = shell_say(
         shell(f"{server.container}: the new server did not get ready (above): rolled back to "
               f"the previous server (spec {spec}), which serves again")

@@ -54,6 +54,8 @@ STRING_SAMPLES = {
     "monitoring_dcgm_image_archive": "/srv/dcgm.tar",
     "monitoring_prometheus_address": "0.0.0.0",
     "monitoring_alert_for": "30s",
+    "gateway_tls_cert_file": "/etc/gpufleet/tls.crt",
+    "gateway_tls_key_file": "/etc/gpufleet/tls.key",
 }
 TEXT_KEYS = sorted(k for k in SETTINGS if "string" in _schema_types(k))
 LIST_SAMPLES = {
@@ -63,6 +65,7 @@ LIST_SAMPLES = {
     "docker_registry_mirrors": "https://mirror.internal",
     "vllm_extra_args": "--enforce-eager",
     "toolkit_accept_cves": "CVE-2024-0132",
+    "gateway_metrics_allow": "10.0.0.0/8",
 }
 
 

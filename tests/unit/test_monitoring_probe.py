@@ -44,7 +44,7 @@ def probe(tmp_path: Path, healthy: bool) -> dict:
         {"host": {"has_gpus": True}, "monitoring": {"prometheus": True}}
     )
     script = MonitoringProbe().command(
-        ("prometheus-node-exporter", "node_exporter"), config=f"{tmp_path}/p.yml",
+        ("prometheus-node-exporter", "node_exporter"), config=f"{tmp_path}/p.yml", wait_s=2,
         **probe_urls(config),
     )  # fmt: skip
     env = {"PATH": stubs(tmp_path / "bin", healthy), "LC_ALL": "C"}

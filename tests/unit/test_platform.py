@@ -17,7 +17,7 @@ from operations.platform import SUPPORTED, family_of, os_supported, platform_key
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "operations"
-LAYERS = ("preflight", "driver", "docker", "toolkit", "vllm", "monitoring")
+LAYERS = ("preflight", "driver", "docker", "toolkit", "vllm", "monitoring", "gateway")
 
 
 def _families(layer, table_value) -> set[str]:

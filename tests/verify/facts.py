@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from operations.docker.facts import ContainerStack
 from operations.driver.facts import DriverState
+from operations.gateway.facts import GatewayProbe
 from operations.kit.daemon_json import DaemonJson
 from operations.monitoring.exporters import NODE_EXPORTER
 from operations.monitoring.facts import MonitoringProbe, probe_urls
@@ -27,4 +28,18 @@ MONITORING = deploy_fact(
     dcgm_url=lambda config: probe_urls(config)["dcgm_url"],
     prometheus_url=lambda config: probe_urls(config)["prometheus_url"],
     config=lambda config: f"{PROMETHEUS_DIR}/prometheus.yml",
+)
+GATEWAY = deploy_fact(
+    GatewayProbe,
+    ports=lambda config: (
+        tuple(server.port for server in config.vllm.servers())
+        if config.gateway.enabled(config.vllm.bind_address)
+        else ()
+    ),  # no request at all where there is no gateway
+    address=lambda config: (
+        str(config.host.address or "")
+        if config.vllm.bind_address.is_unspecified
+        else str(config.vllm.bind_address)
+    ),
+    scheme=lambda config: "https" if config.gateway.tls_cert_file else "http",
 )

@@ -23,9 +23,11 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyinfra.api.exceptions import PyinfraError
+from pyinfra_cli.util import parse_cli_arg
 
 from operations.config.model import LAYERS
 from operations.inventory import select
@@ -52,6 +54,14 @@ UNREACHABLE = "host unreachable"
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("fleet verify")
     group.addoption("--inventory", help="pyinfra inventory file whose hosts are verified")
+    group.addoption(
+        "--data",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override data for every host, like pyinfra's --data (verify what a deploy with "
+        "the same --data made)",
+    )
     group.addoption(
         "--limit",
         action="append",
@@ -88,8 +98,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SIGTERM_BEFORE] = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         hosts = fleet_hosts(
-            config.getoption("inventory"), config.getoption("limit"), config.getoption("exclude")
-        )
+            config.getoption("inventory"), config.getoption("limit"), config.getoption("exclude"),
+            override_data(config.getoption("data")),
+        )  # fmt: skip
     except (PyinfraError, UnsafeSshValue) as error:  # bad settings, inventory or selection
         raise pytest.UsageError(str(error)) from None
     if not config.option.xmlpath:
@@ -135,11 +146,24 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, config.stash[SIGTERM_BEFORE])
 
 
-def fleet_hosts(inventory: str, limit: list[str], exclude: list[str]) -> list[FleetHost]:
+def override_data(items: list[str]) -> dict[str, Any]:
+    """``--data KEY=VALUE`` options as pyinfra's CLI parses them (UsageError when malformed)."""
+    found = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise pytest.UsageError(f"--data {item!r}: expected KEY=VALUE")
+        found[key] = parse_cli_arg(value)
+    return found
+
+
+def fleet_hosts(
+    inventory: str, limit: list[str], exclude: list[str], data: dict[str, Any] | None = None
+) -> list[FleetHost]:
     """The selected hosts with their validated config, reached through one ssh_config.
     Raises ConfigError or InventoryError (one line each, naming the file a value came from),
     InventoryError also when no host is selected; prints what loading warned about."""
-    selection = select(inventory, limit, exclude)
+    selection = select(inventory, limit, exclude, data)
     for line in selection.warnings:
         sys.stderr.write(f"warning: {line}\n")
     configs = selection.configs()

@@ -46,8 +46,10 @@ def _curl(config: FleetConfig, server: VllmInstance, path: str, body=None, key=T
     """Shell for one request from the host to the instance's API, printing body, newline and
     HTTP status. The key goes from the host's secrets file to curl's stdin (printf is a
     shell builtin), never onto a command line."""
-    url = f"http://{probe_address(config)}:{server.port}{path}"
+    tls = config.gateway.enabled(config.vllm.bind_address) and config.gateway.tls_cert_file
+    url = f"{'https' if tls else 'http'}://{probe_address(config)}:{server.port}{path}"
     options = ["-sS", "--max-time", "30", "-o", "/dev/stdout", "-w", r"\n%{http_code}"]
+    options += ["--insecure"] if tls else []  # loopback, not the name: test_gateway checks it
     if body is not None:
         options += ["-H", "Content-Type: application/json", "--data", json.dumps(body)]
     header = key_to_curl(shlex.quote(secrets_path(server))) if key else ""
@@ -126,13 +128,16 @@ def test_containers_run_the_pinned_image_with_the_restart_policy(fleet_host: Fle
 
 
 def test_port_published_only_on_the_configured_address(fleet_host: FleetHost):
-    bind = str(fleet_host.config.vllm.bind_address)
+    """On vllm_bind_address and the server's port; behind the gateway, on loopback only."""
+    config = fleet_host.config
     for server in servers(fleet_host):
+        address, port = config.gateway.published(config.vllm.bind_address, server.port)
+        bind, port = str(address), str(port)
         ports = inspect_of(fleet_host, server)["NetworkSettings"]["Ports"]
         bindings = {(b["HostIp"], b["HostPort"]) for b in ports.get(f"{CONTAINER_PORT}/tcp") or []}
         # Docker also lists the IPv6 twin of an any-address binding
-        bindings -= {("::", str(server.port))} if bind == "0.0.0.0" else set()
-        assert bindings == {(bind, str(server.port))}, f"{server.container}: {bindings}"
+        bindings -= {("::", port)} if bind == "0.0.0.0" else set()
+        assert bindings == {(bind, port)}, f"{server.container}: {bindings}"
 
 
 def test_secrets_file_is_root_only_and_holds_the_controllers_secrets(fleet_host: FleetHost):

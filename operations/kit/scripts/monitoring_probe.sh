@@ -1,7 +1,8 @@
 ## MonitoringProbe (operations/monitoring/facts.py): what the monitoring layer runs on this
 ## host, as the verify checks see it: the node-exporter unit and the metric names it serves,
 ## the dcgm-exporter container and its metric names, and, where Prometheus runs
-## (@PROMETHEUS@ = yes), its unit, promtool's verdict on the live config, its targets and rules.
+## (@PROMETHEUS@ = yes), its unit, promtool's verdict on the live config, its targets (waiting
+## up to @WAIT_S@ s for a first one) and rules.
 names() { curl -s --max-time 5 "$1" 2>/dev/null | sed -n 's/^\([a-zA-Z_:][a-zA-Z0-9_:]*\).*/\1/p' |
   sort -u | tr '\n' ' '; }
 prom=@PROMETHEUS_URL@
@@ -20,7 +21,15 @@ if [ @PROMETHEUS@ = yes ]; then
   echo "prometheus_unit=$(systemctl is-active prometheus 2>/dev/null)"
   if out=$(promtool check config @CONFIG@ 2>&1); then echo "promtool=ok"
   else echo "promtool=$(echo "$out" | tr '\n' ' ')"; fi
-  echo "targets=$(curl -s --max-time 10 "$prom/api/v1/targets?state=active")"
+  # a Prometheus just (re)started discovers its file_sd targets within seconds: wait for them
+  i=0
+  # shellcheck disable=SC2170  # @WAIT_S@ is a number once rendered
+  while :; do
+    targets=$(curl -s --max-time 10 "$prom/api/v1/targets?state=active")
+    case $targets in *'"activeTargets":[{'*) break;; esac
+    i=$((i + 1)); [ $i -ge @WAIT_S@ ] && break; sleep 1
+  done
+  echo "targets=$targets"
   echo "rules=$(curl -s --max-time 10 "$prom/api/v1/rules")"
 fi
 true

@@ -779,6 +779,19 @@ def route_version(_app: App, _request: dict) -> Response:
     return json_response(200, {"version": STANDIN_VERSION})
 
 
+def route_tokenize(app: App, request: dict) -> Response:
+    """POST /tokenize, /detokenize: open without the key, as in vLLM (a word count here)."""
+    text = str(request.get("prompt", ""))
+    return json_response(200, {"count": len(text.split()), "max_model_len": None,
+                               "tokens": list(range(len(text.split())))})  # fmt: skip
+
+
+def route_control(app: App, _request: dict) -> Response:
+    """POST /pause, /sleep, /collective_rpc: engine controls vLLM serves without the key
+    (in its dev mode); the stand-in only answers that it would act."""
+    return json_response(200, {"stand_in": "engine control reached, without the API key"})
+
+
 def route_args(app: App, _request: dict) -> Response:
     """GET /standin/args (the stand-in's own endpoint, open like /health)."""
     return json_response(200, app.args_body())
@@ -792,6 +805,14 @@ ROUTES = {
     ("GET", "/metrics"): route_metrics,
     ("GET", "/version"): route_version,
     ("GET", "/standin/args"): route_args,
+    # routes real vLLM serves without the API key (its key guards /v1 only): the tokenizer and
+    # the engine's controls. The stand-in answers them by POST like vLLM, so a GET that
+    # reaches it gets 405, not the gateway's 404 (tests/verify/test_gateway.py)
+    ("POST", "/tokenize"): route_tokenize,
+    ("POST", "/detokenize"): route_tokenize,
+    ("POST", "/pause"): route_control,
+    ("POST", "/sleep"): route_control,
+    ("POST", "/collective_rpc"): route_control,
 }
 KNOWN_PATHS = {path for _, path in ROUTES}
 
