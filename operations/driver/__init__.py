@@ -495,8 +495,9 @@ def _services(config: FleetConfig, profile: dict[str, Any], state: dict[str, Any
             continue
         gpus = config.host.has_gpus
         converged.service(unit, unit, running=gpus, enabled=gpus)
-        if not gpus and state["units"].get(unit, {}).get("active") == "failed":
-            # its failed starts keep systemd "degraded" until cleared, disabled or not
+        if not gpus and (_missing(state, unit) or _failed(state, unit)):
+            # its failed starts keep systemd "degraded" until cleared, disabled or not; one
+            # installed by this run failed at its package's own start, after the facts
             server.shell(
                 name=f"Clear {unit}'s failed state", commands=[f"systemctl reset-failed {unit}"]
             )
@@ -504,6 +505,10 @@ def _services(config: FleetConfig, profile: dict[str, Any], state: dict[str, Any
 
 def _missing(state: dict[str, Any], unit: str) -> bool:
     return state["units"].get(unit, {}).get("enabled", "missing") in ("missing", "not-found")
+
+
+def _failed(state: dict[str, Any], unit: str) -> bool:
+    return state["units"].get(unit, {}).get("active") == "failed"
 
 
 def _persistence_without_units(config: FleetConfig, state: dict[str, Any]) -> None:
