@@ -46,8 +46,10 @@ class Problem:
     source: str | None = None  # the file (or --data) the value came from, where known
 
     def __str__(self) -> str:
-        top = re.split(r"[\[.]", self.key, maxsplit=1)[0]
-        shown = repr(mask(self.value, secret_named(top) and top not in SETTINGS))
+        # any part of the key's path may name a secret (data.ssh_password, proxy.password)
+        parts = [part for part in re.split(r"[\[\].]", self.key) if part]
+        secret = any(secret_named(part) and part not in SETTINGS for part in parts)
+        shown = repr(mask(self.value, secret))
         where = f" (from {self.source})" if self.source else ""
         host = repr(self.host) if _unprintable(self.host) else self.host
         return f"{host}: {self.key} = {shown}: {self.allowed}{where}"

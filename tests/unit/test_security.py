@@ -91,6 +91,14 @@ def test_credential_like_keys_are_masked_in_errors():
     assert "sk-leak" not in shown and "'***'" in shown
 
 
+def test_credential_named_parts_deeper_in_a_key_are_masked_too():
+    for key in ("data.ssh_password", "hosts[2].data.hf_token", "proxy.password"):
+        shown = str(Problem("h", key, "hunter2-leak", "not allowed here"))
+        assert "hunter2-leak" not in shown and "'***'" in shown, key
+    # a setting that only names where a secret is kept shows its value
+    assert "'MY_KEY'" in str(Problem("h", "vllm_api_key_env", "MY_KEY", "x"))
+
+
 # --- injection: config values through the real deploy, generated shell run in a sandbox ----
 # The deploy is planned with the plan-test harness (the real deploy.py, pyinfra's fake
 # connector, a host with nothing deployed yet); every command and fact read holding a
