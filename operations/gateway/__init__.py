@@ -39,11 +39,12 @@ from pyinfra.api import FileUploadCommand, StringCommand, deploy, operation
 from pyinfra.operations import dnf
 
 from operations.config.model import FleetConfig, VllmInstance
+from operations.gateway.facts import CONF_PATH
 from operations.kit import converged, scripts
 from operations.kit.common import url_host
 from operations.platform import family_of
 
-CONF = converged.managed("/etc/nginx/conf.d/gpufleet-gateway.conf")
+CONF = converged.managed(CONF_PATH)
 STAGED = f"{CONF}.staged"
 PREV = f"{CONF}.prev"
 TLS_DIR = converged.managed("/etc/gpufleet/gateway")

@@ -48,10 +48,10 @@ def test_verify_passes_and_writes_the_fleet_report(lab, tmp_path):
         assert cells["toolkit"]["not_applicable"] == 2
         # image and restart policy, published address, secrets file, no temporary file beside
         # it, readiness marks and no server kept aside, secrets not in inspect, /health,
-        # /v1/models, one-token completion, /v1 refused without the key; the GPUs and the
-        # gateway's three checks (nginx, the allowlist, its certificate: gateway_mode off) N/A
-        assert cells["vllm"]["status"] == "PASS" and cells["vllm"]["passed"] == 10
-        assert cells["vllm"]["not_applicable"] == 4
+        # /v1/models, one-token completion, a streamed one, /v1 refused without the key; the
+        # GPUs and the gateway's four (nginx, allowlist, unbuffered, certificate: off) N/A
+        assert cells["vllm"]["status"] == "PASS" and cells["vllm"]["passed"] == 11
+        assert cells["vllm"]["not_applicable"] == 5
     assert "fleet report" in done.output
 
 

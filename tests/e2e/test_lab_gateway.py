@@ -10,9 +10,11 @@ opens a route; turning the gateway off puts the server back on its port.
 
 from __future__ import annotations
 
+import json
 import shlex
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -115,3 +117,41 @@ def test_tls_presents_the_configured_certificate(gateway):
     assert on_host(HOST, "stat -c %a:%U /etc/gpufleet/gateway/tls.key").stdout.strip() == "600:root"
     done = verify("--limit", HOST, "-m", "vllm", *tls)
     assert done.returncode == 0, done.output[-3000:]
+
+
+def stream_arrivals(url: str, key: str) -> list[float]:
+    """Seconds from the request to each server-sent event of a streamed completion."""
+    body = json.dumps({"prompt": "a", "max_tokens": 4, "stream": True}).encode()
+    request = urllib.request.Request(url + "/v1/completions", data=body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", f"Bearer {key}")
+    started, arrivals = time.monotonic(), []
+    with urllib.request.urlopen(request, timeout=30) as response:
+        for line in response:  # read as the lines come, not at the end
+            if line.startswith(b"data: "):
+                arrivals.append(time.monotonic() - started)
+    return arrivals
+
+
+def test_streamed_tokens_pass_the_gateway_as_they_are_made(gateway):
+    """With 0.5 s between the STAND-IN's tokens, each event reaches the controller through
+    nginx about 0.5 s after the one before; with proxy_buffering turned on by hand, nginx
+    holds the small stream back and everything lands at the end (the negative control)."""
+    key, url = LAB_SECRETS["VLLM_API_KEY"], f"http://{address(HOST)}:8000"
+    delay = "/tmp/gpufleet-standin-token-delay"
+    assert on_host(HOST, f"docker exec vllm-main sh -c 'echo 0.5 > {delay}'").returncode == 0
+    try:
+        arrivals = stream_arrivals(url, key)
+        assert len(arrivals) == 5, arrivals  # 4 tokens and [DONE]
+        gaps = [b - a for a, b in zip(arrivals, arrivals[1:-1], strict=False)]
+        assert arrivals[0] < 1.0 and all(gap > 0.35 for gap in gaps), arrivals
+        buffered = f"sed -i 's|proxy_buffering off;|proxy_buffering on;|' {CONF}"
+        assert on_host(HOST, f"{buffered} && systemctl reload nginx").returncode == 0
+        time.sleep(1)
+        arrivals = stream_arrivals(url, key)
+        assert arrivals[-1] - arrivals[0] < 0.3, arrivals  # all at once, at the end
+        done = verify("--limit", HOST, "-m", "vllm", *PLAIN)
+        assert done.returncode != 0 and "proxy_buffering" in done.output, done.output[-2000:]
+    finally:
+        on_host(HOST, f"docker exec vllm-main rm -f {delay}")
+        assert deploy("-y", "--limit", HOST, *PLAIN).returncode == 0  # the deploy puts it back

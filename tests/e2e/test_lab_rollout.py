@@ -8,9 +8,10 @@
   printed and written to reports/rollout/lab-roll.json.
 - A change the STAND-IN refuses at start rolls back the canary only: it serves on its old
   spec again, the other hosts keep the very same containers.
-- A drain waits for a request in flight: the STAND-IN has no streaming route, so a request
-  is held in its queue with its stuck file (vllm:num_requests_waiting) until the test lets
-  it go; the rollout deploys only after it finished, and it succeeds.
+- A drain waits for a request in flight: one held in the STAND-IN's queue with its stuck file
+  (vllm:num_requests_waiting) until the test lets it go, and a streamed completion whose
+  tokens come 2 s apart (the stand-in's token delay file; vllm:num_requests_running): the
+  rollout deploys only after it finished, every event and [DONE] arrived, and it succeeds.
 
 Each test starts from, and leaves, the plain deploy.
 """
@@ -38,6 +39,7 @@ GOOD = "vllm_extra_args=--max-num-seqs=64"  # a flag vLLM knows: every server is
 BAD = "vllm_extra_args=--no-such-engine-flag"  # refused at start, as vLLM's argparse does
 LIVE_TARGETS = "/etc/gpufleet/prometheus/targets/vllm.json"  # lab-1 runs the Prometheus
 STUCK = "/tmp/gpufleet-standin-stuck"
+TOKEN_DELAY = "/tmp/gpufleet-standin-token-delay"
 
 
 def rollout(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -66,7 +68,7 @@ def plain(lab, tmp_path: Path) -> Path:
                str(targets))  # fmt: skip
     assert made.returncode == 0, made.output
     yield targets
-    on_host("lab-1", f"docker exec vllm-main rm -f {STUCK}")
+    on_host("lab-1", f"docker exec vllm-main rm -f {STUCK} {TOKEN_DELAY}")
     done = deploy("-y")
     assert done.returncode == 0, done.output
 
@@ -228,5 +230,46 @@ def test_a_drain_waits_for_a_request_in_flight(plain):
     assert result.get("code") == 200, result  # the request in flight finished, not cut
     assert "batch 1 of 1: lab-1 — drained 1/1" in out
     assert "still busy" not in out
+    assert container_ids("lab-1") != before
+    assert hosts_in(plain.read_text()) == HOSTS
+
+
+def _streamed_request(result: dict) -> None:
+    """A streamed completion of 4 tokens to lab-1: the arrival time of each event."""
+    body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 4, "stream": True})
+    request = urllib.request.Request(
+        f"http://{address('lab-1')}:8000/v1/completions", data=body.encode(), method="POST",
+        headers={"Authorization": f"Bearer {LAB_SECRETS['VLLM_API_KEY']}",
+                 "Content-Type": "application/json"},
+    )  # fmt: skip
+    result["events"] = []
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            for line in response:
+                if line.startswith(b"data: "):
+                    result["events"].append((time.monotonic(), line[6:].strip()))
+    except OSError as error:
+        result["error"] = str(error)
+
+
+def test_a_drain_waits_for_a_streamed_completion_to_finish(plain):
+    before = container_ids("lab-1")
+    slow = on_host("lab-1", f"docker exec vllm-main sh -c 'echo 2 > {TOKEN_DELAY}'")
+    assert slow.returncode == 0, slow.output
+    result: dict = {}
+    streaming = threading.Thread(target=_streamed_request, args=(result,), daemon=True)
+    streaming.start()
+    time.sleep(0.5)
+    done = rollout("--limit", "lab-1", "--targets-file", str(plain), "--drain-timeout", "60",
+                   "--", "--data", GOOD)  # fmt: skip
+    finished = time.monotonic()
+    streaming.join(timeout=30)
+    assert done.returncode == 0, done.output
+    assert "error" not in result, result  # the stream was not cut by the replacement
+    events = result["events"]
+    assert len(events) == 5 and events[-1][1] == b"[DONE]", events
+    assert events[-1][0] < finished  # it ended before the rollout did: drained, then replaced
+    assert "batch 1 of 1: lab-1 — drained 1/1" in done.output
+    assert "waiting on lab-1 (draining:" in done.output  # it did wait on the stream
     assert container_ids("lab-1") != before
     assert hosts_in(plain.read_text()) == HOSTS

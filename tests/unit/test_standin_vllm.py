@@ -196,6 +196,80 @@ def test_chat_completion_shape_and_default_max_tokens(srv):
     assert 1 <= body["usage"]["completion_tokens"] <= 4
 
 
+def _stream(port: int, path: str, body: dict) -> tuple[str, list[tuple[float, dict | str]]]:
+    """(Content-Type, [(arrival time, event)]) of one streamed request, read as it comes."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.request("POST", path, json.dumps(body), {**AUTH, "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()
+        events = []
+        while line := resp.readline():
+            if line.startswith(b"data: "):
+                text = line[6:].strip().decode()
+                events.append((time.monotonic(), text if text == "[DONE]" else json.loads(text)))
+        return resp.getheader("Content-Type"), events
+    finally:
+        conn.close()
+
+
+def test_streamed_chat_is_vllms_chunks_then_done(srv):
+    req = {"model": "qwen", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+           "max_tokens": 3, "stream_options": {"include_usage": True}}  # fmt: skip
+    kind, events = _stream(srv.port, "/v1/chat/completions", req)
+    assert kind == "text/event-stream; charset=utf-8"
+    bodies = [event for _, event in events]
+    assert bodies[-1] == "[DONE]" and bodies[-2]["usage"]["completion_tokens"] == 3
+    chunks = bodies[:-2]
+    assert {chunk["object"] for chunk in chunks} == {"chat.completion.chunk"}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert len(chunks) == 4 and len({chunk["id"] for chunk in chunks}) == 1
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, None, "length"]
+    text = "".join(chunk["choices"][0]["delta"]["content"] for chunk in chunks)
+    assert len(text.split()) == 3
+
+
+def test_streamed_completion_events_arrive_as_tokens_are_made(tmp_path):
+    delay = tmp_path / "token-delay"
+    delay.write_text("0.3\n")  # as the lab tests write it into a running container
+    with running(tmp_path, [MODEL, "--api-key", API_KEY],
+                 {"STANDIN_TOKEN_DELAY_FILE": str(delay)}) as srv:  # fmt: skip
+        started = time.monotonic()
+        req = {"model": MODEL, "prompt": "x", "max_tokens": 4, "stream": True}
+        _, events = _stream(srv.port, "/v1/completions", req)
+        assert events[-1][1] == "[DONE]" and len(events) == 5
+        assert [e["choices"][0]["finish_reason"] for _, e in events[:-1]][-1] == "length"
+        gaps = [b - a for (a, _), (b, _) in zip(events, events[1:-1], strict=False)]
+        assert events[0][0] - started < 0.9 and all(gap > 0.2 for gap in gaps), gaps
+        _, metrics = srv.call("GET", "/metrics")
+        assert metric_value(metrics, "vllm:generation_tokens_total") == 4.0
+
+
+def test_a_stream_counts_as_running_until_it_ends(tmp_path):
+    delay = tmp_path / "token-delay"
+    delay.write_text("0.4")
+    with running(tmp_path, [MODEL], {"STANDIN_TOKEN_DELAY_FILE": str(delay)}) as srv:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=20)
+        conn.request("POST", "/v1/completions",
+                     json.dumps({"prompt": "x", "max_tokens": 4, "stream": True}))  # fmt: skip
+        resp = conn.getresponse()
+        resp.readline()  # the stream has begun
+        _, metrics = srv.call("GET", "/metrics")
+        assert metric_value(metrics, "vllm:num_requests_running") == 1.0
+        resp.read()
+        conn.close()
+        _, metrics = srv.call("GET", "/metrics")
+        assert metric_value(metrics, "vllm:num_requests_running") == 0.0
+
+
+def metric_value(metrics: bytes, name: str) -> float:
+    """The value of a one-series metric in a /metrics body."""
+    for line in metrics.decode().splitlines():
+        if line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name}")
+
+
 def test_unknown_model_is_an_openai_404(srv):
     req = {"model": "gpt-4", "prompt": "x"}
     status, body = srv.json("POST", "/v1/completions", req, AUTH)

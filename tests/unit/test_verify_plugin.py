@@ -364,3 +364,23 @@ def test_ssh_sockets_go_to_tmp_when_the_temporary_directory_is_too_long(monkeypa
     finally:
         close_connections()
     assert not config.parent.exists()  # the run's directory goes with its connections
+
+
+def _streamed(answer: str) -> None:
+    """Run the streaming check against one canned (200, body) answer of instance main."""
+    from tests.verify import test_vllm
+
+    host = FleetHost("@local", FleetConfig(), {})
+    host.read = lambda spec: {("main", "stream"): (200, answer)}  # type: ignore[method-assign]
+    test_vllm.test_streamed_completion_arrives_as_events(host)
+
+
+def test_the_streaming_check_passes_a_stream_and_fails_what_is_not_one():
+    chunk = json.dumps({"object": "text_completion", "choices": [{"text": " a"}]})
+    _streamed(f"data: {chunk}\n\ndata: {chunk}\n\ndata: [DONE]\n\n")
+    with pytest.raises(AssertionError, match=r"did not end with data: \[DONE\]"):
+        _streamed(f"data: {chunk}\n\n")  # cut short (a proxy timeout, an engine crash)
+    with pytest.raises(AssertionError, match="did not end"):  # stream ignored: one JSON body
+        _streamed(json.dumps({"object": "text_completion", "choices": []}))
+    with pytest.raises(AssertionError, match="not completion chunks"):
+        _streamed("data: [DONE]\n\n")

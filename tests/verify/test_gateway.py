@@ -2,7 +2,7 @@
 outside address, every route vLLM serves without the key (and the same reached by path
 tricks) answers 404 through it; with TLS it presents the configured certificate. The servers'
 loopback-only binding and /v1's 401 without the key are checked by test_vllm, through the
-gateway when it is on. Not applicable where the gateway is off."""
+gateway when it is on; streams pass unbuffered. Not applicable where the gateway is off."""
 
 from __future__ import annotations
 
@@ -38,6 +38,17 @@ def test_gateway_answers_404_to_every_route_outside_the_allowlist(fleet_host: Fl
         if found["routes"].get((port, path)) != "404"
     ]
     assert not open_, f"routes not refused at {found['address']}: " + "; ".join(open_)
+
+
+def test_gateway_passes_streams_unbuffered(fleet_host: FleetHost):
+    """Every /v1/ location keeps proxy_buffering off: buffered, nginx holds streamed tokens
+    back until its buffer fills or the generation ends (test_vllm checks a stream arrives)."""
+    buffering = _on(fleet_host)["buffering"]
+    servers = len(fleet_host.config.vllm.servers())
+    assert buffering["on"] == 0 and buffering["off"] >= servers, (
+        f"the gateway's config buffers streams: proxy_buffering on in {buffering['on']} "
+        f"place(s), off in {buffering['off']} of {servers} /v1/ location(s)"
+    )
 
 
 def _fingerprint(path: str) -> str:

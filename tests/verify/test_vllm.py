@@ -59,10 +59,12 @@ def _curl(config: FleetConfig, server: VllmInstance, path: str, body=None, key=T
 def _probes(server: VllmInstance) -> dict[str, tuple[str, dict | None, bool]]:
     """What is asked of every instance: name -> (path, JSON body, with the key)."""
     completion = {"model": server.served_name, "prompt": "Hello", "max_tokens": 1}
+    streamed = completion | {"max_tokens": 2, "stream": True}
     return {
         "health": ("/health", None, False),
         "models": ("/v1/models", None, True),
         "completion": ("/v1/completions", completion, True),
+        "stream": ("/v1/completions", streamed, True),
         "models_without_key": ("/v1/models", None, False),
     }
 
@@ -217,6 +219,26 @@ def test_one_token_completion(fleet_host: FleetHost):
         assert code == 200, f"{server.container}: /v1/completions {code} {text[:200]}"
         choice = json.loads(text)["choices"][0]
         assert isinstance(choice.get("text"), str), f"{server.container}: {text[:200]}"
+
+
+def _events(text: str) -> list[str]:
+    """The data of each server-sent event of a streamed response."""
+    return [line[6:].strip() for line in text.splitlines() if line.startswith("data: ")]
+
+
+def test_streamed_completion_arrives_as_events(fleet_host: FleetHost):
+    """stream=true, through the gateway where it is on: completion chunks, then [DONE]."""
+    for server in servers(fleet_host):
+        code, text = api(fleet_host, server, "stream")
+        assert code == 200, f"{server.container}: streamed /v1/completions {code} {text[:200]}"
+        events = _events(text)
+        assert events and events[-1] == "[DONE]", (
+            f"{server.container}: the stream did not end with data: [DONE]: {text[-200:]!r}"
+        )
+        chunks = [json.loads(event) for event in events[:-1]]
+        assert chunks and all(chunk.get("object") == "text_completion" for chunk in chunks), (
+            f"{server.container}: not completion chunks: {text[:200]!r}"
+        )
 
 
 def test_v1_refused_without_the_api_key(fleet_host: FleetHost):

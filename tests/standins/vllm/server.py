@@ -59,6 +59,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -457,6 +458,7 @@ HISTOGRAMS = {
         "Histogram of time spent in RUNNING phase for request.", REQUEST_BUCKETS),
 }  # fmt: skip
 STUCK_FILE = "/tmp/gpufleet-standin-stuck"
+TOKEN_DELAY_FILE = "/tmp/gpufleet-standin-token-delay"  # seconds between streamed tokens
 STUCK_MAX_WAIT_S = 60.0
 STUCK_POLL_S = 0.2
 
@@ -622,6 +624,7 @@ class App:
     stuck_file: str = STUCK_FILE
     stuck_at_start: int = 0  # STANDIN_STUCK_WAITING: stuck from the start, for good
     token_delay: float = 0.0  # STANDIN_TOKEN_DELAY_S
+    token_delay_file: str = TOKEN_DELAY_FILE
 
     def stuck(self) -> int:
         """How many phantom requests wait while the engine is stuck (0: it is not)."""
@@ -678,6 +681,67 @@ class App:
         )
         return reply, timing
 
+    def token_pause(self) -> float:
+        """Seconds between tokens: STANDIN_TOKEN_DELAY_S, or the token delay file's number
+        (written into a running container by the lab tests: a slow stream on demand)."""
+        try:
+            text = Path(self.token_delay_file).read_text().strip()
+        except OSError:
+            return self.token_delay
+        try:
+            return min(max(float(text), 0.0), 10.0)
+        except ValueError:
+            return self.token_delay
+
+    def stream(self, model: str, prompt: object, max_tokens: int, kind: str,
+               request: dict) -> Stream:  # fmt: skip
+        """Queue the request, then yield one event per token as it is 'generated' (counted
+        running meanwhile, as in vLLM), the finish, usage if asked, and `[DONE]`."""
+        arrived = time.monotonic()
+        self.wait_for_engine(arrived)
+        reply = generate(model, prompt, max_tokens)
+        options = request.get("stream_options")
+        usage = isinstance(options, dict) and options.get("include_usage") is True
+        prefix = "chatcmpl" if kind == "chat.completion" else "cmpl"
+        head = {"id": f"{prefix}-{os.urandom(16).hex()}", "created": int(time.time()),
+                "model": reply.model}  # fmt: skip
+        return Stream(self._events(reply, kind, head, usage, arrived))
+
+    def _events(self, reply: Reply, kind: str, head: dict, usage: bool,
+                arrived: float) -> Iterator[bytes]:  # fmt: skip
+        scheduled = time.monotonic()
+        with self.stats.lock:
+            self.stats.running += 1
+        stamps: list[float] = []
+        words = reply.text.split(" ") if reply.text else []
+        chat = kind == "chat.completion"
+        try:
+            if chat:
+                yield sse(stream_chunk(kind, head, "", None, True))
+            for index, word in enumerate(words):
+                pause = self.token_pause()
+                if pause > 0:
+                    time.sleep(pause)
+                stamps.append(time.monotonic())
+                piece = word if index == 0 and chat else " " + word
+                finish = reply.finish_reason if index == len(words) - 1 else None
+                yield sse(stream_chunk(kind, head, piece, finish, False))
+            if not words:
+                yield sse(stream_chunk(kind, head, "", reply.finish_reason, False))
+            if usage:
+                yield sse(head | {"object": f"{kind}.chunk" if kind == "chat.completion"
+                                  else kind, "choices": [], "usage": reply.usage()})  # fmt: skip
+            yield sse("[DONE]")
+        finally:
+            with self.stats.lock:
+                self.stats.running -= 1
+        done = stamps[-1] if stamps else time.monotonic()
+        self.stats.finished(reply, Timing(
+            queue=scheduled - arrived, ttft=(stamps[0] if stamps else done) - arrived,
+            itls=[b - a for a, b in zip(stamps, stamps[1:], strict=False)],
+            inference=done - scheduled, e2e=done - arrived,
+        ))  # fmt: skip
+
     def model_for(self, request: dict) -> str:
         """The served name a request asks for (default: the first); 404 for any other."""
         name = request.get("model") or self.settings.served[0]
@@ -723,6 +787,31 @@ def json_response(status: int, body: object) -> Response:
     return status, JSON, json.dumps(body).encode()
 
 
+@dataclass
+class Stream:
+    """A streamed 200: server-sent events, one per generated token, as vLLM sends them."""
+
+    events: Iterator[bytes]
+
+
+def sse(body: object) -> bytes:
+    """One server-sent event (vLLM: `data: <json>` and a blank line)."""
+    text = body if isinstance(body, str) else json.dumps(body)
+    return f"data: {text}\n\n".encode()
+
+
+def stream_chunk(kind: str, head: dict, piece: str, finish: str | None, first: bool) -> dict:
+    """One `chat.completion.chunk` (a delta; the first, vLLM's role chunk, names the role)
+    or streamed `text_completion` (its text)."""
+    if kind == "chat.completion":
+        delta = {"role": "assistant", "content": piece} if first else {"content": piece}
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return head | {"object": "chat.completion.chunk", "choices": [choice]}
+    choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish,
+              "stop_reason": None}  # fmt: skip
+    return head | {"object": "text_completion", "choices": [choice]}
+
+
 def route_health(app: App, _request: dict) -> Response:
     """GET /health: 200 and no body, like vLLM; 500 with STANDIN_FAIL_HEALTH=1."""
     return (500 if app.fail_health else 200), JSON, b""
@@ -747,21 +836,26 @@ def route_models(app: App, _request: dict) -> Response:
     return json_response(200, {"object": "list", "data": data})
 
 
-def route_completions(app: App, request: dict) -> Response:
-    """POST /v1/completions."""
+def route_completions(app: App, request: dict) -> Response | Stream:
+    """POST /v1/completions (stream=true: server-sent events)."""
     model = app.model_for(request)
     max_tokens = requested_tokens(request, ("max_tokens",))
+    if request.get("stream"):
+        return app.stream(model, request.get("prompt"), max_tokens, "text_completion", request)
     reply, timing = app.run(model, request.get("prompt"), max_tokens)
     app.stats.finished(reply, timing)
     return json_response(200, completion_body(reply))
 
 
-def route_chat(app: App, request: dict) -> Response:
-    """POST /v1/chat/completions (max_completion_tokens wins over max_tokens)."""
+def route_chat(app: App, request: dict) -> Response | Stream:
+    """POST /v1/chat/completions (max_completion_tokens wins over max_tokens; stream=true:
+    server-sent events)."""
     model = app.model_for(request)
     if not isinstance(request.get("messages"), list) or not request["messages"]:
         raise bad_request("messages must be a non-empty list.", "messages")
     max_tokens = requested_tokens(request, ("max_completion_tokens", "max_tokens"))
+    if request.get("stream"):
+        return app.stream(model, request["messages"], max_tokens, "chat.completion", request)
     reply, timing = app.run(model, request["messages"], max_tokens)
     app.stats.finished(reply, timing)
     return json_response(200, chat_body(reply))
@@ -827,8 +921,8 @@ def parse_body(raw: bytes) -> dict:
         raise bad_request("The request body is not valid JSON.") from None
     if not isinstance(request, dict):
         raise bad_request("The request body must be a JSON object.")
-    if request.get("stream"):
-        raise bad_request("stream=true is not supported by the gpufleet stand-in.", "stream")
+    if "stream" in request and not isinstance(request["stream"], bool):
+        raise bad_request("stream must be a boolean.", "stream")
     return request
 
 
@@ -868,10 +962,14 @@ class Handler(BaseHTTPRequestHandler):
             log("ERROR", f"{type(exc).__name__} while serving {self.command} {path}")
             response = json_response(500, ApiError(500, "Internal error", "InternalError").body())
         handler = path if path in KNOWN_PATHS else "other"
-        self.app.stats.http_request(handler, self.command, response[0])
-        self.respond(*response)
+        status = 200 if isinstance(response, Stream) else response[0]
+        self.app.stats.http_request(handler, self.command, status)
+        if isinstance(response, Stream):
+            self.respond_stream(response)
+        else:
+            self.respond(*response)
 
-    def handle_route(self, path: str, raw: bytes) -> Response:
+    def handle_route(self, path: str, raw: bytes) -> Response | Stream:
         """The response for an authorized, routed request (or the error for it)."""
         if path.startswith("/v1") and not self.app.authorized(self.headers.get("Authorization")):
             return json_response(401, {"error": "Unauthorized"})
@@ -895,6 +993,27 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def respond_stream(self, stream: Stream) -> None:
+        """Send the events as uvicorn does: chunked, one chunk per event, each flushed as it
+        is made (what a buffering proxy in front would hold back)."""
+        chunked = self.request_version != "HTTP/1.0"  # 1.0: the end of the body is the close
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.close_connection = True
+        self.end_headers()
+        try:
+            for event in stream.events:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event) if chunked else event)
+                self.wfile.flush()
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client went away: vLLM aborts the request
+            self.close_connection = True
+            stream.events.close()
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """uvicorn's access log line; the path without its query string."""
@@ -982,6 +1101,7 @@ def make_app(settings: Settings, environ: dict[str, str]) -> App:
         stuck_file=environ.get("STANDIN_STUCK_FILE") or STUCK_FILE,
         stuck_at_start=_number(environ, "STANDIN_STUCK_WAITING", int),
         token_delay=_number(environ, "STANDIN_TOKEN_DELAY_S", float),
+        token_delay_file=environ.get("STANDIN_TOKEN_DELAY_FILE") or TOKEN_DELAY_FILE,
     )
 
 
