@@ -65,6 +65,9 @@ def load_of(target: str, probe: Probe) -> Load:
     status, body = probe(f"http://{target}/metrics")
     if status == 0 and "refused" in body.lower():
         return Load(0)  # nothing listens: nothing to drain
+    if status == 403:  # the gateway's allowlist (operations/gateway)
+        return Load(1, "metrics: HTTP 403 (the gateway answers /metrics only to the monitoring "
+                    "hosts and gateway_metrics_allow: add this controller's address)")  # fmt: skip
     if status != 200:
         return Load(1, f"metrics: {'HTTP ' + str(status) if status else body}")
     counts = requests_in_flight(body)

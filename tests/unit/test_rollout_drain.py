@@ -146,6 +146,11 @@ def test_a_server_that_refuses_the_connection_has_nothing_to_drain():
     ("answer", "why"),
     [
         ((404, ""), "metrics: HTTP 404"),
+        (
+            (403, ""),
+            "metrics: HTTP 403 (the gateway answers /metrics only to the monitoring "
+            "hosts and gateway_metrics_allow: add this controller's address)",
+        ),
         ((0, "timed out"), "metrics: timed out"),
         ((200, "up 1\n"), "metrics: no vllm:num_requests_running"),
         ((200, metrics(3, 2)), "3 running, 2 waiting"),
