@@ -150,7 +150,7 @@ def _on_host(path: str, text: str) -> bool:
 def checked_conf(text: str):
     """Stage the config, then put it in place only if nginx -t accepts it (nginx_apply.sh)."""
     yield FileUploadCommand(StringIO(text), STAGED, remote_temp_filename=STAGED)
-    yield scripts.render("nginx_apply", STAGED=STAGED, LIVE=CONF, PREV=PREV)
+    yield scripts.render("nginx_apply", MODE="apply", STAGED=STAGED, LIVE=CONF, PREV=PREV)
 
 
 @operation()
@@ -169,8 +169,9 @@ def tls_files(cert: str, key: str):
 
 @operation()
 def removed():
-    """The gateway turned off: its config removed, nginx reloaded."""
-    yield f"rm -f {CONF} && {{ ! systemctl is-active --quiet nginx || systemctl reload nginx; }}"
+    """The gateway turned off: its config removed, nginx reloaded (and its new workers
+    serving before the vLLM servers take their ports back)."""
+    yield scripts.render("nginx_apply", MODE="remove", STAGED=STAGED, LIVE=CONF, PREV=PREV)
 
 
 def _tls(config: FleetConfig) -> bool:

@@ -93,7 +93,7 @@ def test_verify_passes_then_fails_when_a_hand_edit_opens_a_route(gateway):
 def test_a_config_nginx_refuses_is_rolled_back(gateway):
     before = on_host(HOST, f"sha1sum {CONF}").stdout
     bad = f"echo 'server {{ listen 8000; bogus_directive on; }}' > {CONF}.staged"
-    apply = scripts.render("nginx_apply", STAGED=STAGED, LIVE=CONF, PREV=PREV)
+    apply = scripts.render("nginx_apply", MODE="apply", STAGED=STAGED, LIVE=CONF, PREV=PREV)
     done = on_host(HOST, f"{bad} && sh -c {shlex.quote(apply)}")
     assert done.returncode != 0 and "nginx -t refused it" in done.output, done.output
     assert on_host(HOST, f"sha1sum {CONF}").stdout == before

@@ -111,7 +111,7 @@ def by_name_of(planned: dict) -> dict:
 def test_the_gateway_off_removes_its_config_only_where_it_is(tmp_path, monkeypatch):
     facts = {MARK: [path_line(CONF, "file", "644 root root", "old")]}
     planned = plan_of(tmp_path / "a", monkeypatch, raw=True, facts=facts, gateway_mode="off")
-    assert planned["Remove the gateway config (gateway off)"][0].startswith(f"rm -f {CONF}")
+    assert f"rm -f {CONF}\n" in planned["Remove the gateway config (gateway off)"][0]
     facts = {MARK: [path_line(CONF, "absent")]}
     planned = plan_of(tmp_path / "b", monkeypatch, raw=True, facts=facts, gateway_mode="off")
     assert "Remove the gateway config (gateway off)" not in planned
