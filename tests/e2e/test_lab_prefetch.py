@@ -84,7 +84,8 @@ def test_a_model_change_is_fetched_while_the_old_server_answers_then_swapped(pre
     output = run.communicate(timeout=300)[0]
     assert run.returncode == 0, output[-3000:]
     assert answered_while_fetching >= 2, output[-3000:]  # the old one served during the fetch
-    assert "vllm-main: org/slow-model is in the model cache" in output
+    ref = on_host(HOST, f"cat {CACHE}/hub/models--org--slow-model/refs/main")
+    assert ref.returncode == 0 and len(ref.stdout.strip()) == 40, ref.output  # complete
     assert served(HOST) == ["org/slow-model"]
     size = on_host(HOST, f"du -sm {CACHE}/hub/models--org--slow-model/blobs | cut -f1")
     assert int(size.stdout.strip()) >= 8, size.output
@@ -107,22 +108,22 @@ def test_a_model_change_is_fetched_while_the_old_server_answers_then_swapped(pre
     ],
 )
 def test_a_failed_fetch_fails_the_host_and_the_old_server_serves_on(prefetching, model, data, said):
-    before = container_ids(HOST)
+    before, serving = container_ids(HOST), served(HOST)
     done = lab_deploy(f"vllm_model={model}", *data)
     assert done.returncode != 0
     assert f"vllm-main: the pre-fetch of {model}" in done.output and said in done.output
     assert "the running server was left as it was" in done.output
     assert LAB_SECRETS["HF_TOKEN"] not in done.output
     assert container_ids(HOST) == before  # untouched: the same container
-    assert served(HOST) == [MODEL]
+    assert served(HOST) == serving
     assert not _prefetching_now()  # the one-shot container is gone, even after a timeout
 
 
 def test_an_offline_server_with_an_empty_cache_fails_at_start_and_is_rolled_back(prefetching):
-    before = container_ids(HOST)
+    before, serving = container_ids(HOST), served(HOST)
     done = lab_deploy("vllm_extra_args=--download-dir=/tmp/empty-cache")
     assert done.returncode != 0
     assert "ValueError: Invalid repository ID or local directory specified" in done.output
     assert "rolled back to the previous server" in done.output, done.output[-3000:]
-    assert served(HOST) == [MODEL]
+    assert served(HOST) == serving
     assert set(container_ids(HOST)) == set(before)

@@ -34,8 +34,8 @@ def prefetch_of(commands: list[str]) -> str:
 
 def prefetch_run(script: str) -> list[str]:
     """The one-shot container's ``docker run`` words inside the pre-fetch script."""
-    line = next(ln for ln in script.splitlines() if ln.startswith('timeout "$timeout" '))
-    return shlex.split(line.removeprefix('timeout "$timeout" ').partition(' >"$log"')[0])
+    line = next(ln for ln in script.splitlines() if ln.startswith('timeout -k 10 "$timeout" '))
+    return shlex.split(line.removeprefix('timeout -k 10 "$timeout" ').partition(' >"$log"')[0])
 
 
 def test_a_model_change_prefetches_with_the_new_image_before_the_old_server_stops(

@@ -30,7 +30,7 @@ case "$1" in
     ok) echo /root/.cache/huggingface/hub/models--org--m/snapshots/abc; exit 0;;
     fail) printf 'Traceback (most recent call last):\n  File "<string>", line 1\n\n' >&2
           echo 'huggingface_hub.errors.HfHubHTTPError: 429 Too Many Requests' >&2; exit 1;;
-    hang) exec sleep 30;;
+    hang) trap "" TERM; sleep 30;;  # ignores SIGTERM, as python as PID 1 does
   esac;;
 esac
 exit 2

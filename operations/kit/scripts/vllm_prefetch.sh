@@ -9,7 +9,8 @@ job="$name.prefetch"
 docker rm -f "$job" >/dev/null 2>&1 || true  # one a lost connection left
 log=$(mktemp) || exit 1
 started=$(date +%s)
-timeout "$timeout" @RUN@ >"$log" 2>&1
+# -k: the client is killed when the container ignores SIGTERM (python as PID 1 does)
+timeout -k 10 "$timeout" @RUN@ >"$log" 2>&1
 status=$?
 if [ "$status" = 0 ]; then
   rm -f "$log"
@@ -20,7 +21,8 @@ docker rm -f "$job" >/dev/null 2>&1 || true  # timeout stops the client, not the
 last=$(grep -v '^[[:space:]]*$' "$log" | tail -n 1 | cut -c 1-400)
 rm -f "$log"
 kept="the running server was left as it was"
-if [ "$status" = 124 ]; then
+took=$(( $(date +%s) - started ))
+if [ "$status" = 124 ] || { [ "$status" = 137 ] && [ "$took" -ge "$timeout" ]; }; then
   echo "$name: the pre-fetch of $model did not finish within ${timeout}s (vllm_prefetch_timeout_s); $kept" >&2
 else
   echo "$name: the pre-fetch of $model failed (status $status): ${last:-no output}; $kept" >&2
