@@ -165,6 +165,12 @@ vllm_shm_size = "10g"
 vllm_hf_cache_dir = "/var/lib/gpufleet/huggingface"
 # Free space the cache's filesystem needs before a server is (re)created.
 vllm_min_free_cache_gib = 20.0
+# Bound of the model's pre-fetch, run before a server is (re)created.
+vllm_prefetch_timeout_s = 3600
+# Servers run with HF_HUB_OFFLINE=1: only the pre-fetched cache, no Hub.
+vllm_hf_offline = True
+# Host path of vLLM's compile cache (VLLM_CACHE_ROOT), root-only 0700.
+vllm_compile_cache_dir = "/var/lib/gpufleet/vllm-cache"
 # Controller environment variable holding the HF token.
 vllm_hf_token_env = "HF_TOKEN"
 # Controller file holding the HF token (instead of the env var).

@@ -921,6 +921,20 @@ class VllmConfig(VllmServer):
         le=1_000_000,
         description="Free space the cache's filesystem needs before a server is (re)created.",
     )
+    prefetch_timeout_s: Int = Field(
+        default=3600,
+        ge=10,
+        le=86400,
+        description="Bound of the model's pre-fetch, run before a server is (re)created.",
+    )
+    hf_offline: bool = Field(
+        default=True,
+        description="Servers run with HF_HUB_OFFLINE=1: only the pre-fetched cache, no Hub.",
+    )
+    compile_cache_dir: AbsPath = Field(
+        default="/var/lib/gpufleet/vllm-cache",
+        description="Host path of vLLM's compile cache (VLLM_CACHE_ROOT), root-only 0700.",
+    )
     hf_token_env: EnvName = Field(
         default="HF_TOKEN", description="Controller environment variable holding the HF token."
     )

@@ -10,7 +10,9 @@ differ, and changes nothing else. What a host gets, in order:
 1. ``curl`` (the readiness probe) and the Hugging Face cache directory, which is a host path
    so downloaded models survive every recreation and image upgrade.
 2. The pinned image, pulled (pyinfra's ``docker.image``) before any running container is
-   replaced, so a failed pull leaves the old server serving.
+   replaced, so a failed pull leaves the old server serving. vLLM's compile cache
+   (``VLLM_CACHE_ROOT``) is a host path too (``vllm_compile_cache_dir``, root-only 0700), so
+   compiled graphs survive recreations like the models.
 3. Containers of instances no longer configured are removed, with their secrets files, first:
    a new instance may take over a retired one's port or GPUs.
 4. Per instance, a root-only secrets file (``/etc/gpufleet/vllm/<name>.env``, 0600 in a 0700
@@ -23,23 +25,35 @@ differ, and changes nothing else. What a host gets, in order:
    place and the server starts without its API key, open to anyone; ``--mount`` refuses to
    start it, and the wrapper refuses a secrets path that is not a file. A directory that an
    older ``--volume`` container left there is removed when the file is written.
-5. The container (re)created when needed, then gated on readiness: ``/health`` answers 200 and
+5. Weights before swaps: before a container is (re)created, its model is fetched into the
+   cache by a one-shot ``docker run --rm`` of the NEW image (its own huggingface_hub, so
+   the cache layout is the one that image's vLLM reads; real images and the STAND-IN both
+   ship it), with the secrets file mounted and sourced by the same wrapper as the server: the
+   token is in no argv, no ``Config.Env`` and no output (the host script prints only the
+   tool's last line, on failure). The old server keeps serving meanwhile; the fetch is
+   bounded by ``vllm_prefetch_timeout_s`` and on failure or timeout the host fails with
+   that last line, the old container untouched (operations/kit/scripts/vllm_prefetch.sh).
+   Nothing is fetched for an instance that is not (re)created: a no-change deploy adds no
+   command. With ``vllm_hf_offline`` (default) servers run with ``HF_HUB_OFFLINE=1``: they
+   load only from the cache the pre-fetch filled and a restart never depends on the Hub
+   (part of the spec: changing it recreates).
+6. The container (re)created when needed, then gated on readiness: ``/health`` answers 200 and
    ``/v1/models`` lists the served name (with the API key), within ``vllm_ready_timeout_s``.
    A container that exits or restarts meanwhile, or never gets ready, fails this host with
    its last log lines. Only a passed gate writes the readiness mark
    (``/etc/gpufleet/vllm/<name>.ready``: the spec hash; a label cannot change after ``docker
    run``): a server whose spec is not marked ready is never converged, the next run gates it
    again (no recreation: a first model download may just have outlasted the timeout).
-6. A recreation never removes a proven server (one marked ready) before its replacement is:
+7. A recreation never removes a proven server (one marked ready) before its replacement is:
    it is stopped (freeing the port) and renamed ``vllm-<name>.previous``; once the new one is
    ready it is removed. When the new one fails, it is removed, the previous one is renamed
    back, started and gated again, and the host fails saying it was rolled back. A run that died
    mid-way may leave ``vllm-<name>.previous`` and no current container (the host serves
    nothing meanwhile): the next run keeps it the same way, so it is removed only once a new
    server is ready, restored otherwise. A server that never passed the gate is not kept.
-7. The secrets' temporary file is removed on every path; one a lost connection left is removed
+8. The secrets' temporary file is removed on every path; one a lost connection left is removed
    by the next run (and reported by verify).
-8. Replacing a serving server (its stop to the new one's readiness) is one command that holds
+9. Replacing a serving server (its stop to the new one's readiness) is one command that holds
    one of the run's ``vllm_max_unavailable`` slots (operations.kit.throttle): a plain deploy never
    takes the whole fleet's servers down together. The readiness gate is fenced
    (operations.kit.lock.fenced): it is stopped should the run's connection go first.
@@ -111,6 +125,15 @@ converged.managed(SECRETS_DIR)
 
 CONTAINER_PORT = 8000
 CONTAINER_HF_HOME = "/root/.cache/huggingface"
+CONTAINER_VLLM_CACHE = "/root/.cache/vllm"  # VLLM_CACHE_ROOT, bind-mounted from the host
+PREFETCH = ".prefetch"  # suffix of the one-shot pre-fetch container's name
+# The pre-fetch in the new image: huggingface_hub's snapshot_download (in every vLLM image,
+# whatever its CLI is called: `huggingface-cli` before 0.34, `hf` since), token from $HF_TOKEN
+# (the secrets file the wrapper sourced), cache from $HF_HOME.
+PREFETCH_CODE = (
+    "import sys; from huggingface_hub import snapshot_download; "
+    "print(snapshot_download(sys.argv[1]))"
+)
 SECRETS_IN_CONTAINER = "/run/gpufleet/secrets.env"
 # Loads the secrets into the server's environment, then becomes the server (PID 1 stays it).
 # A secrets path that is not a file stops it: sh's `.` reads a directory as empty, and the
@@ -168,7 +191,9 @@ def container_args(config: FleetConfig, server: VllmInstance) -> list[str]:
     shm = container_value(vllm.shm_size, "vllm_shm_size")
     ipc = ["--ipc", "host"] if vllm.ipc_host else ["--shm-size", shm]
     cache = volume_source(vllm.hf_cache_dir, "vllm_hf_cache_dir")
+    compiled = volume_source(vllm.compile_cache_dir, "vllm_compile_cache_dir")
     image = image_reference(vllm.image, "vllm_image")
+    offline = ["--env", "HF_HUB_OFFLINE=1"] if vllm.hf_offline else []
     return [
         "--name", container_value(server.container, "vllm_instances.name"),
         "--label", f"{LABEL}={server.name}",
@@ -180,13 +205,55 @@ def container_args(config: FleetConfig, server: VllmInstance) -> list[str]:
         *ipc,
         "--publish", _publish(*config.gateway.published(vllm.bind_address, server.port)),
         "--volume", f"{cache}:{CONTAINER_HF_HOME}",
+        "--volume", f"{compiled}:{CONTAINER_VLLM_CACHE}",
         "--mount", secrets_mount(server),
         "--env", f"HF_HOME={CONTAINER_HF_HOME}",
+        "--env", f"VLLM_CACHE_ROOT={CONTAINER_VLLM_CACHE}",
+        *offline,
         "--entrypoint", "/bin/sh",
         image,
         "-c", WRAPPER, "gpufleet-vllm",
         *engine_args(server),
     ]  # fmt: skip
+
+
+def prefetch_args(config: FleetConfig, server: VllmInstance) -> list[str]:
+    """``docker run`` arguments of the one-shot pre-fetch of one instance's model: the NEW
+    image, the cache mounted as the server mounts it, the secrets file mounted and sourced by
+    the server's wrapper (the token never on a command line or in ``Config.Env``), online
+    whatever the server's ``vllm_hf_offline``. No port, no GPU, no label (not a server)."""
+    vllm = config.vllm
+    cache = volume_source(vllm.hf_cache_dir, "vllm_hf_cache_dir")
+    model = container_value(server.model, "vllm_model")
+    return [
+        "docker", "run", "--rm",
+        "--name", container_value(server.container + PREFETCH, "vllm_instances.name"),
+        "--volume", f"{cache}:{CONTAINER_HF_HOME}",
+        "--mount", secrets_mount(server),
+        "--env", f"HF_HOME={CONTAINER_HF_HOME}",
+        "--env", "HF_HUB_OFFLINE=0",
+        "--env", "HF_HUB_DISABLE_PROGRESS_BARS=1",
+        "--entrypoint", "/bin/sh",
+        image_reference(vllm.image, "vllm_image"),
+        "-c", WRAPPER, "gpufleet-vllm",
+        "python3", "-c", PREFETCH_CODE, model,
+    ]  # fmt: skip
+
+
+def prefetch_command(config: FleetConfig, server: VllmInstance) -> StringCommand:
+    """The pre-fetch (operations/kit/scripts/vllm_prefetch.sh) as one command: the host
+    fails with the tool's last line when it fails or outlasts vllm_prefetch_timeout_s, before
+    the running server is touched."""
+    timeout = config.vllm.prefetch_timeout_s
+    script = scripts.render(
+        "vllm_prefetch",
+        NAME=server.container,
+        MODEL=server.model,
+        TIMEOUT=timeout,
+        keys={"NAME": "vllm_instances.name", "MODEL": "vllm_model"},
+        raw_values={"RUN": shell_join(prefetch_args(config, server), "vllm pre-fetch argument")},
+    )
+    return StringCommand(script, _timeout=timeout + config.deploy.timeout_margin_s)
 
 
 class Runtime(NamedTuple):
@@ -493,7 +560,8 @@ def replace_commands(
     proven: bool = False, serving: bool = False,
 ) -> list[str | StringCommand]:  # fmt: skip
     """Shell that (re)creates one instance with the label ``spec`` (spec_of): the cache space
-    guard, the old container kept stopped as the previous server (``proven``: it passed the
+    guard, the model's pre-fetch with the new image (the old server still serving), the old
+    container kept stopped as the previous server (``proven``: it passed the
     gate) or removed, its readiness mark removed, ``docker run`` (every argument one shell
     word) and the readiness gate, with the rollback to ``keep`` when it fails. Built while
     planning too (``apply``), so a value that cannot be written stops the run before any host
@@ -509,13 +577,14 @@ def replace_commands(
         _keep_previous(server, proven),
         f"rm -f {shell(ready_path(server.name))}",
     ]
+    fetch = prefetch_command(config, server)
     if not serving:
-        return [guard, *stop, start_and_gate(config, server, spec, start, keep)]
+        return [guard, fetch, *stop, start_and_gate(config, server, spec, start, keep)]
     script, bound = _gate_script(config, server, spec, start, keep)
     replace = lock.fenced(throttle.reporting("\n".join([*stop, script])))
     setting = config.vllm.max_unavailable
     margin = config.deploy.timeout_margin_s  # the old server's stop
-    return [guard, Throttled(replace, server.container, setting, _timeout=bound + margin)]
+    return [guard, fetch, Throttled(replace, server.container, setting, _timeout=bound + margin)]
 
 
 @operation()
@@ -601,6 +670,10 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     install = PACKAGES[family_of(profile)]
     install(name="Install curl (the readiness probe)", packages=["curl"])
     files.directory(name="vLLM model cache", path=config.vllm.hf_cache_dir, present=True)
+    files.directory(
+        name="vLLM compile cache", path=config.vllm.compile_cache_dir, present=True,
+        mode="700", user="root", group="root",
+    )  # fmt: skip
     converged.directory(
         "vLLM secrets directory", SECRETS_DIR, mode="700", user="root", group="root"
     )

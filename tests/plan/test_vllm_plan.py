@@ -21,7 +21,10 @@ from tests.plan.test_docker_plan import by_name, profile
 
 KEY, TOKEN = "sk-test-KEY-1234567890", "hf_TOKEN_abcdefghijklmnop"
 SECRETS_DIR = "/etc/gpufleet/vllm"
-BASE = ["Install curl (the readiness probe)", "vLLM model cache", "vLLM secrets directory"]
+BASE = [
+    "Install curl (the readiness probe)", "vLLM model cache", "vLLM compile cache",
+    "vLLM secrets directory",
+]  # fmt: skip
 
 
 def config_of(**data) -> FleetConfig:
@@ -162,8 +165,9 @@ def test_fresh_host_gets_the_full_container_spec_and_a_readiness_gate(tmp_path, 
     guard = commands[2]
     assert "df -Pk /var/lib/gpufleet/huggingface" in guard and "-ge 20971520 ]" in guard
     assert "vllm_min_free_cache_gib needs 20 GiB: the running server was left" in guard
-    assert commands[3] == "docker rm -f vllm-main >/dev/null 2>&1 || true"  # nothing to keep
-    assert commands[4] == f"rm -f {SECRETS_DIR}/main.ready"  # not ready until the gate says
+    assert commands[3].startswith("name=vllm-main model=Qwen/Qwen2.5-1.5B-Instruct")  # pre-fetch
+    assert commands[4] == "docker rm -f vllm-main >/dev/null 2>&1 || true"  # nothing to keep
+    assert commands[5] == f"rm -f {SECRETS_DIR}/main.ready"  # not ready until the gate says
     ready = commands[-1]
     assert "url=http://127.0.0.1:8000" in ready and "timeout=1800" in ready
     assert "served=Qwen/Qwen2.5-1.5B-Instruct" in ready and "docker logs --tail 30" in ready
@@ -543,7 +547,7 @@ def test_the_recreation_keeps_and_restores_the_previous_server_on_a_host(
     commands = replace_commands(new, new.vllm.servers()[0], spec_of(new), keep, proven=True)
     env = {"PATH": f"{tmp_path}/bin:/usr/bin:/bin", "SIM": str(tmp_path),
            "NEW_READY": new_ready, "NEW_STATUS": new_status}  # fmt: skip
-    for command in commands[1:]:  # not the cache space guard
+    for command in commands[2:]:  # not the cache space guard, not the pre-fetch
         text = command if isinstance(command, str) else command.get_raw_value()
         text = text.replace(SECRETS_DIR, str(tmp_path / "etc")).replace("timeout=1800", "timeout=1")
         done = subprocess.run(["sh", "-c", text], env=env, capture_output=True, text=True)
@@ -565,9 +569,9 @@ def test_the_recreation_keeps_and_restores_the_previous_server_on_a_host(
 def test_replacing_a_serving_server_is_one_throttled_fenced_command(tmp_path, monkeypatch):
     """From the serving server's stop to the new one's readiness is one command, so the slot
     (vllm_max_unavailable) covers the whole time the host does not serve; it is fenced."""
-    guard, replace = recreation(tmp_path, monkeypatch, deployed(config_of()), raw=True,
-                                vllm_dtype="half")  # fmt: skip
-    assert "df -Pk" in guard
+    guard, fetch, replace = recreation(tmp_path, monkeypatch, deployed(config_of()), raw=True,
+                                       vllm_dtype="half")  # fmt: skip
+    assert "df -Pk" in guard and "docker run --rm --name vllm-main.prefetch" in fetch
     assert replace.startswith(FENCE)
     assert replace.endswith(REPORTED[1])  # it says when it failed: that holds others back
     stop, rename = replace.index("docker stop vllm-main"), replace.index("docker rename vllm-main")
@@ -594,7 +598,7 @@ def test_the_throttled_command_carries_the_setting_and_the_bound(tmp_path):
     (server,) = config.vllm.servers()
     keep = json.loads(running(config).removeprefix("container="))
     spec = spec_of(config)
-    _, throttled = replace_commands(config, server, spec, keep, proven=True, serving=True)
+    _, _, throttled = replace_commands(config, server, spec, keep, proven=True, serving=True)
     assert isinstance(throttled, Throttled)
     assert (throttled.instance, throttled.setting) == ("vllm-main", "2")
     margin = config.deploy.timeout_margin_s

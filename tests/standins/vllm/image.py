@@ -52,6 +52,9 @@ HASH_LABEL = f"{STANDIN_LABEL}.recipe"
 PACKAGES_LABEL = f"{STANDIN_LABEL}.packages"
 SERVER = Path(__file__).resolve().with_name("server.py")
 SERVER_IN_IMAGE = "/opt/standin/server.py"
+# STAND-IN huggingface_hub (the deploy's pre-fetch imports it, as in a real vLLM image)
+HUB = Path(__file__).resolve().with_name("hub.py")
+HUB_IN_IMAGE = "usr/lib/python3/dist-packages/huggingface_hub/__init__.py"
 PORT = 8000
 RECIPE_VERSION = 1  # bump when the build code changes in a way the data below does not show
 WORK_DIR = "standin-vllm"  # under .lab/: apt lists and the saved tarball
@@ -161,6 +164,7 @@ def vllm_recipe() -> Recipe:
         version=RECIPE_VERSION,
         packages=PACKAGES,
         applets=BUSYBOX_APPLETS,
+        copies={HUB_IN_IMAGE: HUB},
     )
 
 
@@ -179,7 +183,7 @@ def recipe_hash(recipe: Recipe | None = None) -> str:
         "changes": spec.changes,
         "server": hashlib.sha256(spec.server.read_bytes()).hexdigest(),
     }
-    if spec.copies:  # (absent for the vLLM image: its hash stays what it was)
+    if spec.copies:  # (the STAND-IN huggingface_hub in the vLLM image)
         material["copies"] = {
             dest: hashlib.sha256(Path(src).read_bytes()).hexdigest()
             for dest, src in sorted(spec.copies.items())

@@ -25,6 +25,11 @@ Fault knobs (environment): STANDIN_STARTUP_DELAY_S (sleep before binding the por
 model download), STANDIN_CRASH=1 (log an error and exit 1 at start), STANDIN_FAIL_HEALTH=1,
 STANDIN_TOKEN_DELAY_S (seconds per generated token, for latencies a dashboard can see).
 
+Offline: with HF_HUB_OFFLINE=1 it starts only when the model is complete in the Hugging Face
+cache (refs/main and its snapshot's config.json, as the stand-in huggingface_hub, hub.py
+beside this file, writes them when the deploy pre-fetches the model); otherwise it exits 1
+with vLLM's own error, `ValueError: Invalid repository ID or local directory specified`.
+
 A stuck engine (the alert "requests waiting, no tokens"): while the file $STANDIN_STUCK_FILE
 (default /tmp/gpufleet-standin-stuck) exists in the container, or STANDIN_STUCK_WAITING=N
 was set at start, the engine schedules nothing: /metrics shows N waiting requests (the
@@ -1086,6 +1091,35 @@ def startup_delay(environ: dict[str, str]) -> None:
         time.sleep(delay)
 
 
+OFFLINE_TRUE = ("1", "ON", "YES", "TRUE")  # huggingface_hub's truthy environment values
+
+
+def offline_refusal(settings: Settings, environ: dict[str, str]) -> str | None:
+    """With HF_HUB_OFFLINE=1, vLLM's start error when the model is not in the cache (a local
+    path is never looked up); None when it may start. Same cache layout as hub.py (kept apart:
+    this file runs alone on the controller too)."""
+    model = settings.model
+    if environ.get("HF_HUB_OFFLINE", "").upper() not in OFFLINE_TRUE or model.startswith(
+        ("/", ".")
+    ):
+        return None
+    home = Path(environ.get("HF_HOME") or DEFAULT_HF_HOME)
+    hub = settings.download_dir or environ.get("HF_HUB_CACHE") or home / "hub"
+    root = Path(hub) / ("models--" + model.replace("/", "--"))
+    try:
+        revision = (root / "refs" / "main").read_text().strip()
+    except OSError:
+        revision = ""
+    if revision and (root / "snapshots" / revision / "config.json").is_file():
+        return None
+    return (
+        f"ValueError: Invalid repository ID or local directory specified: '{model}'. Please "
+        "verify the following requirements: 1. Provide a valid Hugging Face repository ID. "
+        "2. Specify a local directory that contains a recognized configuration file. "
+        "(gpufleet stand-in: HF_HUB_OFFLINE=1 and the model is not in the cache)"
+    )
+
+
 def make_app(settings: Settings, environ: dict[str, str]) -> App:
     """The app state: marker written, environment names (never values) noted."""
     marker = marker_path(settings.model, settings.download_dir, environ)
@@ -1140,6 +1174,10 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     log("INFO", f"model={settings.model} served={settings.served} port={settings.port}")
     if environ.get("STANDIN_CRASH") == "1":
         return crash(settings)
+    refused = offline_refusal(settings, environ)
+    if refused:
+        log("ERROR", refused)
+        return 1
     try:
         signal.signal(signal.SIGTERM, _on_sigterm)
         startup_delay(environ)
