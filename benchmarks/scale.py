@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -109,10 +110,15 @@ def measure(command: list[str], log: Path, sim_pid: int) -> dict:
     with log.open("w") as out:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
         peak_rss = peak_fds = 0
-        while proc.poll() is None:
-            rss, fds = _sample(_tree(proc.pid))
-            peak_rss, peak_fds = max(peak_rss, rss), max(peak_fds, fds)
-            time.sleep(0.2)
+        try:
+            while proc.poll() is None:
+                rss, fds = _sample(_tree(proc.pid))
+                peak_rss, peak_fds = max(peak_rss, rss), max(peak_fds, fds)
+                time.sleep(0.2)
+        finally:  # stopped (SIGTERM, Ctrl-C): the step goes with the benchmark
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
     wall = time.monotonic() - start_t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -124,8 +130,17 @@ def measure(command: list[str], log: Path, sim_pid: int) -> dict:
     }  # fmt: skip
 
 
-def fleet_hosts(count: int, recording: dict) -> list[tuple[str, dict]]:
+def fleet_hosts(count: int, recording: dict, work: Path) -> list[tuple[str, dict]]:
+    """The simulated hosts' inventory entries: the recorded host's data, each its own name
+    and address. An image archive (a controller path the lab rebuilds under a new name) becomes
+    an empty STAND-IN file: a no-change deploy only checks that it exists (the host has the
+    image); were it uploaded, the replay refuses SFTP and the run fails visibly."""
     data = dict(recording["host_data"])
+    for key in ("vllm_image_archive", "monitoring_dcgm_image_archive"):
+        if key in data:
+            placeholder = work / f"STAND-IN-{key}.tar"
+            placeholder.touch()
+            data[key] = str(placeholder)
     return [(sim_name(i), {**data, "host_address": sim_address(i)}) for i in range(1, count + 1)]
 
 
@@ -142,7 +157,7 @@ def bench_size(count: int, recording_path: Path, log=print) -> dict:
     ensure_keys(work)
     nofile = raise_nofile(4 * count + 256)
     recording = rec.load(recording_path)
-    hosts = fleet_hosts(count, recording)
+    hosts = fleet_hosts(count, recording, work)
     server, ports = start(work, [n for n, _ in hosts], recording_path, nofile=4 * count + 256)
     try:
         inventory = write_inventory(work, ports, hosts)
@@ -266,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recording", default=str(RECORDING))
     parser.add_argument("--smoke", action="store_true", help="fail on any failure, write less")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `finally` stops the server
     try:
         sizes = [int(n) for n in args.hosts.split(",")]
     except ValueError:

@@ -26,7 +26,9 @@ from pathlib import Path
 from benchmarks.replay import recording as rec
 from benchmarks.replay import server
 from benchmarks.replay.fleet import ROOT, start, write_inventory
+from operations.config.model import LAYERS
 
+PLANNED_NOTHING = "[{}] No changes".format
 RECORDINGS = Path(__file__).resolve().parent / "recordings"
 SSH_KEYS = {"ssh_hostname", "ssh_port", "ssh_user", "ssh_key", "ssh_known_hosts_file",
             "ssh_strict_host_key_checking"}  # fmt: skip
@@ -83,6 +85,42 @@ def _run(command: list[str], log: Path) -> int:
         return subprocess.call(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
+def _deploy(host: str, inventory: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pyinfra", "--limit", host, *extra, str(inventory), "deploy.py"]
+
+
+def _record_steps(host: str, inventory: Path, work: Path, log: Path) -> list[int]:
+    """The recorded runs; SystemExit before the one real deploy when it would change the host.
+
+    1. a dry deploy of every layer: every fact a no-change deploy reads (the vLLM layer plans
+       a change here: the lab's API key is not the STAND-IN's; nothing runs);
+    2. a dry deploy of every layer but vLLM, whose proposed changes must be none;
+    3. that deploy for real: what only a real run sends (the deploy lock), changing nothing;
+    4. one verify and 5. the targets file."""
+    rest = "deploy_layers=" + ",".join(layer for layer in LAYERS if layer != "vllm")
+    rcs = [_run(_deploy(host, inventory, "--dry"), log)]
+    start_at = log.stat().st_size
+    rcs.append(_run(_deploy(host, inventory, "--dry", "--data", rest), log))
+    planned = log.read_text()[start_at:]
+    if rcs[-1] != 0 or not _no_change(planned, host):
+        raise SystemExit(f"{host} is not converged (a dry deploy plans changes besides the "
+                         f"API key's): record it later; see {log}")  # fmt: skip
+    py = sys.executable
+    rcs += [
+        _run(_deploy(host, inventory, "-y", "--data", rest), log),
+        _run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/verify", "--inventory",
+              str(inventory), "--limit", host, "--fleet-report", str(work / "report.json")], log),
+        _run([py, "-m", "operations.cli.targets", str(inventory), "--limit", host,
+              "-o", str(work / "targets.json")], log),
+    ]  # fmt: skip
+    return rcs
+
+
+def _no_change(output: str, host: str) -> bool:
+    """Whether pyinfra's proposed changes (a dry run without -y) show none for ``host``."""
+    return PLANNED_NOTHING(host) in output
+
+
 def _record(args: argparse.Namespace) -> int:
     from lab.state import inventory_hosts
 
@@ -101,16 +139,8 @@ def _record(args: argparse.Namespace) -> int:
     proc, ports = start(work, [args.host], None, proxy=work / "proxy.json")
     inventory = write_inventory(work, ports, entries, [entries[0][0]])
     log = work / "record.log"
-    py = sys.executable
-    steps = [
-        [py, "-m", "pyinfra", "-y", "--dry", "--limit", args.host, str(inventory), "deploy.py"],
-        [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/verify", "--inventory",
-         str(inventory), "--limit", args.host, "--fleet-report", str(work / "report.json")],
-        [py, "-m", "operations.cli.targets", str(inventory), "--limit", args.host,
-         "-o", str(work / "targets.json")],
-    ]  # fmt: skip
     try:
-        rcs = [_run(step, log) for step in steps]
+        rcs = _record_steps(args.host, inventory, work, log)
     finally:
         proc.terminate()
         proc.wait(30)
