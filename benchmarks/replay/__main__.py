@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,6 @@ from benchmarks.replay import server
 from benchmarks.replay.fleet import ROOT, start, write_inventory
 from operations.config.model import LAYERS
 
-PLANNED_NOTHING = "[{}] No changes".format
 RECORDINGS = Path(__file__).resolve().parent / "recordings"
 SSH_KEYS = {"ssh_hostname", "ssh_port", "ssh_user", "ssh_key", "ssh_known_hosts_file",
             "ssh_strict_host_key_checking"}  # fmt: skip
@@ -117,8 +117,10 @@ def _record_steps(host: str, inventory: Path, work: Path, log: Path) -> list[int
 
 
 def _no_change(output: str, host: str) -> bool:
-    """Whether pyinfra's proposed changes (a dry run without -y) show none for ``host``."""
-    return PLANNED_NOTHING(host) in output
+    """Whether pyinfra's detected changes (a dry run without -y: a table of operations with
+    the hosts each changes, ``1 (lab-2)``, or ``-``) show none for ``host``."""
+    _, found, table = output.partition("--> Detected changes:")
+    return bool(found) and not re.search(rf"\b\d+ \([^)]*\b{re.escape(host)}\b", table)
 
 
 def _record(args: argparse.Namespace) -> int:

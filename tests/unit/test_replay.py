@@ -86,3 +86,13 @@ def test_a_recording_holding_a_lab_secret_is_found():
     data = {"commands": {"cat f": {"stdout": "VLLM_API_KEY='sk-lab-0123abcd'", "stderr": ""}}}
     assert rec.secrets_in(data, []) == ["cat f"]
     assert rec.secrets_in({"commands": {"true": {"stdout": "", "stderr": ""}}}, []) == []
+
+
+def test_the_recorder_refuses_a_host_whose_dry_run_plans_a_change():
+    from benchmarks.replay.__main__ import _no_change
+
+    table = "--> Detected changes:\n    Operation   Change      Conditional Change\n"
+    assert _no_change(table + "    Docker      -           -\n", "lab-2")
+    assert not _no_change(table + "    Docker      1 (lab-2)   -\n", "lab-2")
+    assert not _no_change(table + "    Docker      -           1 (lab-2)\n", "lab-2")
+    assert not _no_change("--> Skipping change detection\n", "lab-2")  # -y: nothing shown
