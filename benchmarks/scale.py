@@ -2,7 +2,9 @@
 
     python -m benchmarks.scale                    # N = 64, 256, 1024
     python -m benchmarks.scale --hosts 8,32       # another selection
-    python -m benchmarks.scale --hosts 32 --smoke # fails unless every command had a recording
+    python -m benchmarks.scale --hosts 32 --smoke # under reports/scale/smoke, no plot
+
+It exits 1 unless every step succeeded, every command had a recording and no host changed.
 
 For each N it starts the replay server (benchmarks/replay: a STAND-IN, its own process, so its
 CPU is counted apart), writes an inventory of N simulated hosts answering like the recorded
@@ -150,10 +152,10 @@ def _misses(work: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def bench_size(count: int, recording_path: Path, log=print) -> dict:
-    """Every step's figures for ``count`` simulated hosts."""
-    work = OUT / "work" / f"{count}-hosts"
-    logs = OUT / "logs" / f"{count}-hosts"
+def bench_size(count: int, recording_path: Path, out: Path = OUT, log=print) -> dict:
+    """Every step's figures for ``count`` simulated hosts, files under ``out``."""
+    work = out / "work" / f"{count}-hosts"
+    logs = out / "logs" / f"{count}-hosts"
     logs.mkdir(parents=True, exist_ok=True)
     ensure_keys(work)
     nofile = raise_nofile(4 * count + 256)
@@ -281,22 +283,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--hosts", default="64,256,1024", help="comma-separated sizes")
     parser.add_argument("--recording", default=str(RECORDING))
-    parser.add_argument("--smoke", action="store_true", help="fail on any failure, write less")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="files under reports/scale/smoke, no plot (./dev test's check)",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `finally` stops the server
     try:
         sizes = [int(n) for n in args.hosts.split(",")]
     except ValueError:
         parser.error(f"--hosts {args.hosts!r}: expected comma-separated host counts")
-    results = [bench_size(n, Path(args.recording)) for n in sizes]
+    out = OUT / "smoke" if args.smoke else OUT
+    results = [bench_size(n, Path(args.recording), out) for n in sizes]
     problems = [p for r in results for p in failures(r)]
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     host = machine()
-    (OUT / "results.json").write_text(json.dumps(
+    (out / "results.json").write_text(json.dumps(
         {"stand_in": "simulated replay hosts", "machine": host, "results": results,
          "goals": goals(results), "failures": problems}, indent=1))  # fmt: skip
-    (OUT / "results.md").write_text(markdown(results, host))
-    plot(results, OUT / "results.png")
+    (out / "results.md").write_text(markdown(results, host))
+    if not args.smoke:
+        plot(results, out / "results.png")
     print(markdown(results, host))
     for problem in problems:
         print(f"FAILURE: {problem}", file=sys.stderr)
