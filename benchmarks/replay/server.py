@@ -113,7 +113,11 @@ def _handler(sim: Simulator, identity: Identity):
             process.stderr.write(f"{NO_RECORDING}<interactive shell>\n".encode())
             process.exit(127)
             return
-        out, err, rc = await sim.answer(identity, command)
+        try:
+            out, err, rc = await sim.answer(identity, command)
+        except (OSError, asyncssh.Error) as error:  # record mode: the real host did not answer
+            print(f"STAND-IN replay proxy: {identity.name}: {error}", flush=True)
+            out, err, rc = b"", f"STAND-IN replay proxy: {error}\n".encode(), 255
         process.stdout.write(out)
         process.stderr.write(err)
         process.exit(rc)
