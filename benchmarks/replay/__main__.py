@@ -106,8 +106,11 @@ def _record_steps(host: str, inventory: Path, work: Path, log: Path) -> list[int
         raise SystemExit(f"{host} is not converged (a dry deploy plans changes besides the "
                          f"API key's): record it later; see {log}")  # fmt: skip
     py = sys.executable
+    start_at = log.stat().st_size
+    rcs.append(_run(_deploy(host, inventory, "-y", "--data", rest), log))
+    if f"[{host}] Success" in log.read_text()[start_at:]:  # an operation ran: not a no-change run
+        raise SystemExit(f"{host}: the no-change deploy ran an operation: no recording; see {log}")
     rcs += [
-        _run(_deploy(host, inventory, "-y", "--data", rest), log),
         _run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/verify", "--inventory",
               str(inventory), "--limit", host, "--fleet-report", str(work / "report.json")], log),
         _run([py, "-m", "operations.cli.targets", str(inventory), "--limit", host,
@@ -117,10 +120,19 @@ def _record_steps(host: str, inventory: Path, work: Path, log: Path) -> list[int
 
 
 def _no_change(output: str, host: str) -> bool:
-    """Whether pyinfra's detected changes (a dry run without -y: a table of operations with
-    the hosts each changes, ``1 (lab-2)``, or ``-``) show none for ``host``."""
+    """Whether pyinfra's detected changes (a dry run without -y: per operation, the hosts it
+    changes, ``1 (lab-2)``, or ``-``, then the hosts of its conditional change) show no change
+    for ``host``. A conditional change (an ``_if`` on an earlier operation's change: the apt
+    update after a new repository, the restart after new flags) cannot fire without one."""
     _, found, table = output.partition("--> Detected changes:")
-    return bool(found) and not re.search(rf"\b\d+ \([^)]*\b{re.escape(host)}\b", table)
+    if not found:
+        return False
+    mine = re.compile(rf"^\d+ \(.*\b{re.escape(host)}\b")
+    for line in table.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) >= 3 and mine.match(cells[-2]):
+            return False
+    return True
 
 
 def _record(args: argparse.Namespace) -> int:

@@ -94,5 +94,5 @@ def test_the_recorder_refuses_a_host_whose_dry_run_plans_a_change():
     table = "--> Detected changes:\n    Operation   Change      Conditional Change\n"
     assert _no_change(table + "    Docker      -           -\n", "lab-2")
     assert not _no_change(table + "    Docker      1 (lab-2)   -\n", "lab-2")
-    assert not _no_change(table + "    Docker      -           1 (lab-2)\n", "lab-2")
+    assert _no_change(table + "    Restart      -           1 (lab-2)\n", "lab-2")  # _if only
     assert not _no_change("--> Skipping change detection\n", "lab-2")  # -y: nothing shown
