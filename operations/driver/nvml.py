@@ -11,6 +11,7 @@ pynvml (nvidia-ml-py) is about 300 KB, more than one command-line argument may h
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import tarfile
@@ -25,9 +26,13 @@ PROBE = Path(__file__).with_name("nvml_probe.py")
 
 @cache
 def payload() -> str:
-    """base64 of a gzipped tar holding pynvml.py and probe.py."""
+    """base64 of a gzipped tar holding pynvml.py and probe.py; the same bytes on every run
+    (gzip's header time is 0, not now), so the probe's command does not change per run."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=9) as tar:
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=9, mtime=0) as packed,
+        tarfile.open(fileobj=packed, mode="w") as tar,
+    ):
         for name, path in (("pynvml.py", Path(pynvml.__file__)), ("probe.py", PROBE)):
             data = path.read_bytes()
             info = tarfile.TarInfo(name)
