@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -61,7 +62,7 @@ def ssh_python(name: str, stdin: str) -> str:
     command = ["ssh", "-q", "-i", state["ssh_key"], "-o",
                f"UserKnownHostsFile={state['known_hosts']}", "-o", "StrictHostKeyChecking=yes",
                "-o", "BatchMode=yes", "-p", str(port), "root@127.0.0.1",
-               "python3 -c " + json.dumps(HOST_SCRIPT)]  # fmt: skip
+               "python3 -c " + shlex.quote(HOST_SCRIPT)]  # fmt: skip
     done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         sys.exit(f"the measurement on {name} failed: {done.stderr.strip()[-500:]}")
