@@ -206,11 +206,15 @@ def apt_move(packages: tuple[str, ...] | list[str]) -> str:
 
 
 APT_LOCK_CONF = converged.managed("/etc/apt/apt.conf.d/90gpufleet-lock-timeout")
-# dpkg itself does not wait for its lock: retry while apt waits would (every 2 s)
+# dpkg itself does not wait for its lock: retry while apt waits would (every 2 s), on the lock
+# only: any other failure (a dependency problem) fails at once, quoting dpkg
 _FINISH_DPKG = (
     "deadline=$(( $(date +%s) + {timeout} )); "
-    "until DEBIAN_FRONTEND=noninteractive dpkg --configure -a; do "
-    '[ "$(date +%s)" -lt "$deadline" ] || exit 1; sleep 2; done'
+    "until out=$(DEBIAN_FRONTEND=noninteractive dpkg --configure -a 2>&1); do "
+    'case $out in *"is locked by another process"*|*"lock was locked"*) ;; '
+    '*) printf "%s\\n" "$out" >&2; exit 1;; esac; '
+    '[ "$(date +%s)" -lt "$deadline" ] || {{ printf "%s\\n" "$out" >&2; exit 1; }}; sleep 2; '
+    'done; printf "%s\\n" "$out"'
 )
 
 

@@ -151,7 +151,7 @@ def test_apt_waits_for_a_held_lock_and_finishes_an_interrupted_dpkg_run(tmp_path
     lock = planned["Package manager | apt waits for a held lock"]
     assert f'upload {conf}: DPkg::Lock::Timeout "120";\n' in lock
     (finish,) = planned["Package manager | Finish the interrupted dpkg run"]
-    assert "until DEBIAN_FRONTEND=noninteractive dpkg --configure -a; do" in finish
+    assert "until out=$(DEBIAN_FRONTEND=noninteractive dpkg --configure -a 2>&1); do" in finish
     assert "deadline=$(( $(date +%s) + 120 ))" in finish
 
 
