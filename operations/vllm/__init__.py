@@ -527,6 +527,14 @@ def _rollback(config: FleetConfig, server: VllmInstance, keep: dict[str, Any]) -
     )
 
 
+def _start_server(config: FleetConfig, server: VllmInstance, run: str) -> str:
+    """Shell defining ``start_server``: ``run``, recovering once from Docker's stale port
+    allocation where that is safe (kit/scripts/vllm_start.sh)."""
+    _, port = config.gateway.published(config.vllm.bind_address, server.port)
+    return scripts.render("vllm_start", NAME=server.container, PORT=str(port),
+                          raw_values={"RUN": run})  # fmt: skip
+
+
 def _gate_script(
     config: FleetConfig, server: VllmInstance, spec: str, run: str | None,
     keep: dict[str, Any] | None,
@@ -534,11 +542,12 @@ def _gate_script(
     """(shell that starts the new container (``run``; None: it runs already), gates it on
     readiness and marks ``spec`` ready, rolling back to ``keep`` on failure; its bound: the
     readiness bound, plus a second deadline for a rollback's wait, as bounds.restart_s)."""
-    start = f"{run} >/dev/null && " if run else ""
+    start = "start_server && " if run else ""
+    define = _start_server(config, server, run) + "\n" if run else ""
     previous = shell(server.container + PREVIOUS)
     failed = _rollback(config, server, keep) if keep else "exit 1"
     script = (
-        f"if {start}(\n{ready_script(config, server)}\n); then\n"
+        f"{define}if {start}(\n{ready_script(config, server)}\n); then\n"
         f"docker rm -f {previous} >/dev/null 2>&1 || true; {_mark_ready(server, spec)}\n"
         f"else\n{failed}\nfi"
     )

@@ -119,10 +119,16 @@ def gate_of(commands: list[str]) -> str:
     return gate
 
 
+def starts_new(gate: str) -> bool:
+    """The gate starts a new container (start_server, kit/scripts/vllm_start.sh) first."""
+    return gate.startswith("start_server() {") and "\nif start_server && (\n" in gate
+
+
 def docker_run(commands: list[str]) -> list[str]:
     gate = gate_of(commands)
-    assert gate.startswith("if docker run "), gate
-    return shlex.split(gate.removeprefix("if ").partition(" >/dev/null && (")[0])
+    assert starts_new(gate), gate
+    line = gate.partition("\n  err=$(")[2].partition("\n")[0]
+    return shlex.split(line.removesuffix(" 2>&1 >/dev/null) && return 0"))
 
 
 def test_fresh_host_gets_the_full_container_spec_and_a_readiness_gate(tmp_path, monkeypatch):
@@ -208,7 +214,7 @@ def test_instance_is_recreated_when(tmp_path, monkeypatch, why, container_status
     state = ["docker=up", running(config, status=container_status, spec=spec), mark,
              secrets_line("main", secrets)]  # fmt: skip
     commands = plan_of(tmp_path, monkeypatch, state=state)["vLLM vllm-main"]
-    assert gate_of(commands).startswith("if docker run "), why
+    assert starts_new(gate_of(commands)), why
     uploaded = any(c.startswith("upload ") for c in commands)
     assert uploaded == (secrets["VLLM_API_KEY"] != KEY), why
 
@@ -255,7 +261,7 @@ def test_a_secrets_path_docker_made_a_directory_is_replaced_and_the_server_recre
     assert commands[1].startswith(
         f"{{ [ ! -d {SECRETS_DIR}/main.env ] || rm -rf -- {SECRETS_DIR}/main.env; }} && chmod 600"
     )
-    assert gate_of(commands).startswith("if docker run ")
+    assert starts_new(gate_of(commands))
     assert planned["Remove retired vLLM instances"][-1] == f"rm -rf -- {SECRETS_DIR}/old.env"
 
 
@@ -391,7 +397,7 @@ def test_a_previous_server_left_by_a_crashed_run_is_kept_and_restored_on_failure
     commands = recreation(tmp_path, monkeypatch, state)
     assert commands[-3] == "docker rm -f vllm-main >/dev/null 2>&1 || true"
     gate = gate_of(commands)
-    assert gate.startswith("if docker run ")
+    assert starts_new(gate)
     assert "docker rename vllm-main.previous vllm-main" in gate.split("\nelse\n", 1)[1]
     assert "docker rm -f vllm-main.previous" in gate.split("\nelse\n", 1)[0]  # once ready
 
