@@ -135,8 +135,10 @@ def stream_arrivals(url: str, key: str) -> list[float]:
 
 def test_streamed_tokens_pass_the_gateway_as_they_are_made(gateway):
     """With 0.5 s between the STAND-IN's tokens, each event reaches the controller through
-    nginx about 0.5 s after the one before; with proxy_buffering turned on by hand, nginx
-    holds the small stream back and everything lands at the end (the negative control)."""
+    nginx about 0.5 s after the one before. A hand edit to proxy_buffering on fails verify.
+    (nginx 1.22 measured here still passed these few small events at once with buffering
+    on: it holds data back only while its buffers fill, so the check is on the config that
+    guarantees the stream, not on a timing this stream cannot show.)"""
     key, url = LAB_SECRETS["VLLM_API_KEY"], f"http://{address(HOST)}:8000"
     delay = "/tmp/gpufleet-standin-token-delay"
     assert on_host(HOST, f"docker exec vllm-main sh -c 'echo 0.5 > {delay}'").returncode == 0
@@ -147,11 +149,10 @@ def test_streamed_tokens_pass_the_gateway_as_they_are_made(gateway):
         assert arrivals[0] < 1.0 and all(gap > 0.35 for gap in gaps), arrivals
         buffered = f"sed -i 's|proxy_buffering off;|proxy_buffering on;|' {CONF}"
         assert on_host(HOST, f"{buffered} && systemctl reload nginx").returncode == 0
-        time.sleep(1)
-        arrivals = stream_arrivals(url, key)
-        assert arrivals[-1] - arrivals[0] < 0.3, arrivals  # all at once, at the end
         done = verify("--limit", HOST, "-m", "vllm", *PLAIN)
-        assert done.returncode != 0 and "proxy_buffering" in done.output, done.output[-2000:]
+        assert done.returncode != 0 and "proxy_buffering on in 1 place" in done.output, done.output[
+            -2000:
+        ]
     finally:
         on_host(HOST, f"docker exec vllm-main rm -f {delay}")
         assert deploy("-y", "--limit", HOST, *PLAIN).returncode == 0  # the deploy puts it back
