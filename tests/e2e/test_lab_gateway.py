@@ -139,6 +139,8 @@ def test_streamed_tokens_pass_the_gateway_as_they_are_made(gateway):
     (nginx 1.22 measured here still passed these few small events at once with buffering
     on: it holds data back only while its buffers fill, so the check is on the config that
     guarantees the stream, not on a timing this stream cannot show.)"""
+    done = deploy("-y", "--limit", HOST, *PLAIN)  # plain HTTP again after the TLS test
+    assert done.returncode == 0, done.output[-3000:]
     key, url = LAB_SECRETS["VLLM_API_KEY"], f"http://{address(HOST)}:8000"
     delay = "/tmp/gpufleet-standin-token-delay"
     assert on_host(HOST, f"docker exec vllm-main sh -c 'echo 0.5 > {delay}'").returncode == 0
