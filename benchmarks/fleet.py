@@ -174,7 +174,8 @@ def markdown(results: list[dict], host: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: list[dict], path: Path) -> bool:
+def pyplot():
+    """matplotlib's pyplot on the Agg backend; None, said on stderr, where it is missing."""
     try:
         import matplotlib
 
@@ -182,6 +183,13 @@ def plot(results: list[dict], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         print("no matplotlib: pip install -e '.[bench]' for the plot", file=sys.stderr)
+        return None
+    return plt
+
+
+def plot(results: list[dict], path: Path) -> bool:
+    plt = pyplot()
+    if plt is None:
         return False
     sizes = [r["hosts"] for r in results]
     figure, axis = plt.subplots(figsize=(7, 4.5))

@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.fleet import machine
+from benchmarks.fleet import machine, pyplot
 from benchmarks.replay import recording as rec
 from benchmarks.replay.fleet import start, write_inventory
 from benchmarks.replay.server import ensure_keys, raise_nofile, sim_address, sim_name
@@ -252,13 +252,8 @@ def markdown(results: list[dict], host: dict) -> str:
 
 
 def plot(results: list[dict], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no matplotlib: pip install -e '.[bench]' for the plot", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return False
     sizes = [r["hosts"] for r in results]
     figure, axis = plt.subplots(figsize=(7, 4.5))

@@ -182,14 +182,19 @@ def _held_request(result: dict) -> None:
     result["code"], result["text"] = code, text
 
 
-def api_post(name: str) -> tuple[int, str]:
-    """A completion to a lab host's server, waiting up to 90 s for its answer."""
-    body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 2}).encode()
-    request = urllib.request.Request(
+def completion_request(name: str, fields: dict) -> urllib.request.Request:
+    """A completion (``fields`` over a 'hi' prompt to the model) to a lab host's server."""
+    body = json.dumps({"model": MODEL, "prompt": "hi"} | fields).encode()
+    return urllib.request.Request(
         f"http://{address(name)}:8000/v1/completions", data=body, method="POST",
         headers={"Authorization": f"Bearer {LAB_SECRETS['VLLM_API_KEY']}",
                  "Content-Type": "application/json"},
     )  # fmt: skip
+
+
+def api_post(name: str) -> tuple[int, str]:
+    """A completion to a lab host's server, waiting up to 90 s for its answer."""
+    request = completion_request(name, {"max_tokens": 2})
     try:
         with urllib.request.urlopen(request, timeout=90) as response:
             return response.status, response.read().decode()
@@ -236,12 +241,7 @@ def test_a_drain_waits_for_a_request_in_flight(plain):
 
 def _streamed_request(result: dict) -> None:
     """A streamed completion of 4 tokens to lab-1: the arrival time of each event."""
-    body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 4, "stream": True})
-    request = urllib.request.Request(
-        f"http://{address('lab-1')}:8000/v1/completions", data=body.encode(), method="POST",
-        headers={"Authorization": f"Bearer {LAB_SECRETS['VLLM_API_KEY']}",
-                 "Content-Type": "application/json"},
-    )  # fmt: skip
+    request = completion_request("lab-1", {"max_tokens": 4, "stream": True})
     result["events"] = []
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
