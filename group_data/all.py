@@ -190,7 +190,7 @@ vllm_max_unavailable = "25%"
 
 # --- gateway: Layer 4's front: nginx in front of the vLLM servers, which then listen on loopback.
 # on; off; auto = on unless vllm_bind_address is a loopback address.
-gateway_mode = "off"
+gateway_mode = "auto"
 # A server's loopback port behind the gateway: its vllm port plus this.
 gateway_backend_port_offset = 10000
 # Controller path of the certificate (chain) nginx presents.

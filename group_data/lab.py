@@ -30,3 +30,7 @@ monitoring_scrape_interval = "5s"
 monitoring_alert_for = "10s"
 # The lab runs no Grafana, but writes its provisioning files, so that they are deployed for real.
 monitoring_grafana_provisioning = True
+# The gateway (nginx in front of vLLM) is on by default wherever vLLM listens beyond loopback,
+# with TLS files or plain HTTP to choose. The lab's tests reach its servers directly; the
+# gateway's own tests (tests/e2e/test_lab_gateway.py) turn it on for their runs.
+gateway_mode = "off"

@@ -30,6 +30,7 @@ _ENV = "GPUFLEET_GPU_CHECK_DATA"
 _DATA = {
     "host_has_gpus": True,
     "driver_source": "preinstalled",
+    "gateway_mode": "off",  # the check serves nothing: no nginx put in front of a server
 }
 
 

@@ -48,11 +48,12 @@ from typing import Any
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra_cli.util import parse_cli_arg
 
+from operations.cli.targets import tls_gateway
 from operations.guard import check_data_args
 from operations.inventory import ROOT, add_limit_option, select
 from operations.kit.throttle import slot_count
 from operations.rollout.membership import Membership
-from operations.rollout.serving import Probe, http_probe, wait_drained, wait_ready
+from operations.rollout.serving import Probe, http_probe, trusting, wait_drained, wait_ready
 
 Runner = Callable[..., int]
 """Runs a command (a list of arguments) with ``cwd=``; returns its exit code."""
@@ -437,7 +438,11 @@ def _plan(args: argparse.Namespace, inventory: str, selection: Any, run: Runner,
     count = len(selection.hosts)
     first = configs[next(iter(selection.hosts))]
     batch = args.batch or slot_count(str(first.vllm.max_unavailable), count)
-    membership = Membership(_fleet(inventory, selection), args.targets_file, inventory, run)
+    fleet = _fleet(inventory, selection)
+    membership = Membership(fleet, args.targets_file, inventory, run)
+    if probe is http_probe:  # servers behind a TLS gateway verify against its certificate
+        certs = {str(c.gateway.tls_cert_file) for _, c in fleet.values() if tls_gateway(c)}
+        probe = trusting(sorted(certs))
     plan = Plan(
         canary=hosts_of(args.canary, count, at_least_one=True),
         max_failed=hosts_of(args.max_failed_hosts, count, at_least_one=False),

@@ -12,6 +12,9 @@ follows the fleet without a restart. There is one target per vLLM server (contai
 selected host whose ``deploy_layers`` include ``vllm``, labelled with the inventory host
 (``gpufleet_host``), the server (``gpufleet_instance``) and the model clients ask for
 (``model``). vLLM serves its metrics at the default ``/metrics`` path, without the API key.
+Behind a TLS gateway a target also carries ``__scheme__: https``; a Prometheus of your own
+then needs the gateways' certificates as its ``tls_config.ca_file``, as the monitoring layer's
+Prometheus gets them.
 
 The address is where the server listens: ``vllm_bind_address`` when it is one specific
 address, else ``host_address``, else the host's ``ssh_hostname``, else its inventory name.
@@ -58,9 +61,17 @@ def address(name: str, data: Mapping[str, Any], config: FleetConfig, bind: Any =
     return url_host(found)
 
 
+def tls_gateway(config: FleetConfig) -> bool:
+    """Whether the host's servers are reached through its gateway's TLS (https)."""
+    gateway = config.gateway
+    return gateway.enabled(config.vllm.bind_address) and gateway.tls_cert_file is not None
+
+
 def file_sd(hosts: Mapping[str, tuple[Mapping[str, Any], FleetConfig]]) -> list[dict]:
     """file_sd entries, one per vLLM server of each host that runs the vLLM layer, sorted by
-    host and server so that the same fleet always gives the same file."""
+    host and server so that the same fleet always gives the same file. A server behind a TLS
+    gateway carries ``__scheme__: https``, which Prometheus scrapes it with (a target's own
+    ``__scheme__`` wins over its job's)."""
     entries = []
     for name, (data, config) in hosts.items():
         if "vllm" not in config.deploy.layers:
@@ -71,6 +82,7 @@ def file_sd(hosts: Mapping[str, tuple[Mapping[str, Any], FleetConfig]]) -> list[
                 "gpufleet_host": name,
                 "gpufleet_instance": server.name,
                 "model": server.served_name,
+                **({"__scheme__": "https"} if tls_gateway(config) else {}),
             }
             entries.append({"targets": [f"{where}:{server.port}"], "labels": labels})
     return sorted(

@@ -1051,7 +1051,7 @@ class GatewayConfig(Section):
     """Layer 4's front: nginx in front of the vLLM servers, which then listen on loopback."""
 
     mode: Literal["auto", "on", "off"] = Field(
-        default="off",
+        default="auto",
         description="on; off; auto = on unless vllm_bind_address is a loopback address.",
     )
     backend_port_offset: Int = Field(

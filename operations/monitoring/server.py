@@ -5,7 +5,9 @@ package's (no conffile prompt on an upgrade).
 ``/etc/gpufleet/prometheus/`` holds ``prometheus.yml`` (global intervals, the rules, one
 scrape job per JOB reading ``targets/<job>.json``: paths relative to the config, as
 Prometheus resolves them), ``rules/gpufleet.yml`` (operations.monitoring.alerts) and the
-three file_sd files (operations.monitoring.targets). When any of them differs from what the
+three file_sd files (operations.monitoring.targets), and ``gateway-ca.pem``: the certificates of
+the fleet's TLS gateways, which the ``vllm`` job verifies its https targets with (empty, and
+not referenced, when no gateway serves TLS). When any of them differs from what the
 config gives, the whole set is uploaded to a staging directory beside it and
 ``prometheus_apply.sh`` runs ``promtool check config`` and ``promtool check rules`` on it:
 a refusal leaves the live files and the running server untouched and fails the host quoting
@@ -28,6 +30,7 @@ from typing import Any
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 from pyinfra.operations import systemd
 
+from operations.cli.targets import tls_gateway
 from operations.config.model import FleetConfig
 from operations.kit import converged, scripts
 from operations.kit.common import fail_host, url_host
@@ -38,7 +41,10 @@ LIVE = "/etc/gpufleet/prometheus"
 STAGED = "/etc/gpufleet/prometheus.staged"
 UNIT = converged.managed_unit("prometheus")
 DROP_IN = converged.managed("/etc/systemd/system/prometheus.service.d/gpufleet.conf")
-FILES = ("prometheus.yml", "rules/gpufleet.yml", *(f"targets/{job}.json" for job in JOBS))
+CA_BUNDLE = "gateway-ca.pem"
+FILES = (
+    "prometheus.yml", "rules/gpufleet.yml", CA_BUNDLE, *(f"targets/{job}.json" for job in JOBS),
+)  # fmt: skip
 for _name in FILES:
     converged.managed(f"{LIVE}/{_name}")
 # Grafana provisioning (for sites that run Grafana beside Prometheus): source -> host path
@@ -59,16 +65,34 @@ PACKAGES: dict[str, list[str] | None] = {"apt": ["prometheus"], "dnf": None}
 HEADER = "# Written by gpufleet (operations/monitoring/server.py): changes here are replaced.\n"
 
 
-def prometheus_yml(config: FleetConfig) -> str:
-    """The server's config: JSON, which is YAML, after a comment line."""
+def gateway_ca_bundle(fleet: Hosts) -> str:
+    """The certificates of the fleet's TLS gateways (each distinct controller file once, in
+    path order): what Prometheus trusts when it scrapes a vLLM server through one, so a
+    self-signed gateway certificate verifies as well as one from the operator's CA."""
+    paths = sorted(
+        {str(config.gateway.tls_cert_file) for _, config in fleet.values() if tls_gateway(config)}
+    )
+    return "".join(Path(path).read_text().rstrip("\n") + "\n" for path in paths)
+
+
+def _scrape_job(job: str, tls: bool) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "job_name": job,
+        "file_sd_configs": [{"files": [f"targets/{job}.json"]}],
+    }
+    if tls and job == "vllm":  # targets behind a TLS gateway say __scheme__: https
+        found["tls_config"] = {"ca_file": CA_BUNDLE}
+    return found
+
+
+def prometheus_yml(config: FleetConfig, tls: bool = False) -> str:
+    """The server's config: JSON, which is YAML, after a comment line. ``tls``: some vLLM
+    target is behind a TLS gateway, verified against the bundle of gateway certificates."""
     interval = config.monitoring.scrape_interval
     document = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": ["rules/gpufleet.yml"],
-        "scrape_configs": [
-            {"job_name": job, "file_sd_configs": [{"files": [f"targets/{job}.json"]}]}
-            for job in JOBS
-        ],
+        "scrape_configs": [_scrape_job(job, tls) for job in JOBS],
     }
     return HEADER + json.dumps(document, indent=2) + "\n"
 
@@ -76,8 +100,10 @@ def prometheus_yml(config: FleetConfig) -> str:
 def config_files(config: FleetConfig, fleet: Hosts) -> dict[str, str]:
     """{path under LIVE: content} of every file the server reads."""
     targets = job_targets(fleet)
+    bundle = gateway_ca_bundle(fleet)
     return {
-        "prometheus.yml": prometheus_yml(config),
+        "prometheus.yml": prometheus_yml(config, tls=bool(bundle)),
+        CA_BUNDLE: bundle,
         "rules/gpufleet.yml": rules_text(
             config.monitoring.alert_for, fatal_xids=config.gpu.fatal_xids
         ),

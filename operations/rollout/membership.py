@@ -61,12 +61,16 @@ class Membership:
         self.inventory, self.run = inventory, run
 
     def targets(self, hosts: Iterable[str]) -> dict[str, list[str]]:
-        """{host: its servers' host:port}, for hosts that serve vLLM (others are left out)."""
+        """{host: its servers' host:port (https://host:port behind a TLS gateway)}, for hosts
+        that serve vLLM (others are left out)."""
         wanted, found = list(hosts), {}
         for entry in self.entries:
             name = entry["labels"]["gpufleet_host"]
+            scheme = entry["labels"].get("__scheme__")
             if name in wanted:
-                found.setdefault(name, []).extend(entry["targets"])
+                found.setdefault(name, []).extend(
+                    f"{scheme}://{target}" if scheme else target for target in entry["targets"]
+                )
         return {name: found[name] for name in wanted if name in found}
 
     def current(self) -> list[dict]:

@@ -9,7 +9,9 @@ answers ``/metrics`` with an error, or not at all within the timeout, is not kno
 
 from __future__ import annotations
 
+import functools
 import re
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -25,15 +27,36 @@ _SAMPLE = re.compile(r"^(vllm:num_requests_(?:running|waiting))(?:\{[^}]*\})?\s+
 POLL_S = 0.5
 
 
-def http_probe(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    """GET ``url``: (status, body); (0, why) when the connection failed or timed out."""
+def http_probe(
+    url: str, timeout: float = 2.0, context: ssl.SSLContext | None = None
+) -> tuple[int, str]:
+    """GET ``url``: (status, body); (0, why) when the connection failed or timed out.
+    ``context``: what an https URL is verified with (the gateways' certificates)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http only
+        opened = urllib.request.urlopen(url, timeout=timeout, context=context)  # noqa: S310
+        with opened as response:
             return response.status, response.read().decode(errors="replace")
     except urllib.error.HTTPError as error:
         return error.code, ""
     except (OSError, ValueError) as error:
         return 0, str(getattr(error, "reason", error))
+
+
+def trusting(cert_files: Sequence[str]) -> Probe:
+    """http_probe verifying https servers against these certificates (a TLS gateway's own,
+    self-signed or not) as well as the system's CAs; plain http_probe when there are none."""
+    if not cert_files:
+        return http_probe
+    context = ssl.create_default_context()
+    for path in cert_files:
+        context.load_verify_locations(cafile=path)
+    return functools.partial(http_probe, context=context)
+
+
+def server_url(target: str, path: str) -> str:
+    """The URL of ``path`` on a server: ``target`` is host:port (plain HTTP) or
+    https://host:port (behind a TLS gateway), as Membership.targets gives it."""
+    return f"{target if '://' in target else 'http://' + target}/{path}"
 
 
 def requests_in_flight(metrics: str) -> tuple[int, int] | None:
@@ -61,8 +84,9 @@ class Load:
 
 
 def load_of(target: str, probe: Probe) -> Load:
-    """How many requests the server at ``target`` (host:port) still runs or queues."""
-    status, body = probe(f"http://{target}/metrics")
+    """How many requests the server at ``target`` (host:port, or https://host:port) still runs
+    or queues."""
+    status, body = probe(server_url(target, "metrics"))
     if status == 0 and "refused" in body.lower():
         return Load(0)  # nothing listens: nothing to drain
     if status == 403:  # the gateway's allowlist (operations/gateway)
@@ -80,7 +104,7 @@ def load_of(target: str, probe: Probe) -> Load:
 
 def ready_of(target: str, probe: Probe) -> str:
     """'' when the server at ``target`` answers /health 200, else why not."""
-    status, body = probe(f"http://{target}/health")
+    status, body = probe(server_url(target, "health"))
     if status == 200:
         return ""
     return f"HTTP {status}" if status else body or "no answer"

@@ -32,6 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.plan.harness import gateway_off_beside
+
 TOOLS = frozenset({"deploy", "verify", "rollout", "prometheus"})
 WITH_DATA = frozenset({"deploy", "rollout"})  # the tools that take --data
 GOOD = "gpu = ['@fake/a', '@fake/b']\n"
@@ -244,6 +246,8 @@ def write_case(case: CliCase, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     if case.inventory is not None:
         _write(directory / "fleet.py", case.inventory)
+    if "all" not in case.group_data:  # the cases are about other settings: no gateway
+        gateway_off_beside(directory / "fleet.py")
     for name, text in case.group_data.items():
         path = directory / "group_data" / f"{name}.py"
         path.parent.mkdir(exist_ok=True)

@@ -36,6 +36,24 @@ def _inventory_file(tmp_path: Path, hosts: dict[str, dict[str, Any]], group: str
     return path
 
 
+def gateway_off(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the gateway off unless it sets a ``gateway_*`` key (a copy). By default
+    the gateway is on wherever vLLM listens beyond loopback, and then needs TLS files or plain
+    HTTP allowed: tests of the other layers do not set them (the gateway's tests do)."""
+    if any(key.startswith("gateway_") for key in data):
+        return data
+    return {**data, "gateway_mode": "off"}
+
+
+def gateway_off_beside(inventory: Path) -> Path:
+    """The same for an inventory file of a test: group_data beside it (which pyinfra reads
+    after the repository's) turns the gateway off for every host that sets none itself."""
+    group_data = inventory.parent / "group_data"
+    group_data.mkdir(exist_ok=True)
+    (group_data / "all.py").write_text('gateway_mode = "off"\n')
+    return inventory
+
+
 class FakeFleet:
     """Fake hosts with scripted facts, planned through the real deploy.py and group_data."""
 
@@ -43,6 +61,7 @@ class FakeFleet:
         for data in hosts.values():
             data.setdefault("fake_delay", 0)
             data.setdefault("fake_delay_jitter", 0)
+            data.update(gateway_off(data))
         self.inventory_path = _inventory_file(tmp_path, hosts, group)
         self.inventory = None
         self.state = State()

@@ -16,7 +16,7 @@ from operations.config.secrets import env_file
 from operations.kit import throttle
 from operations.vllm import NO_RUNTIME, Runtime
 from operations.vllm import spec_of as spec_under
-from tests.plan.harness import FakeFleet
+from tests.plan.harness import FakeFleet, gateway_off
 from tests.plan.test_docker_plan import by_name, profile
 
 KEY, TOKEN = "sk-test-KEY-1234567890", "hf_TOKEN_abcdefghijklmnop"
@@ -28,7 +28,7 @@ BASE = [
 
 
 def config_of(**data) -> FleetConfig:
-    config, problems = load_config("h", data)
+    config, problems = load_config("h", gateway_off(data))
     assert not problems, problems
     return config
 

@@ -15,6 +15,7 @@ from operations.config.load import load_config
 from operations.config.model import FleetConfig
 from operations.kit import bounds
 from operations.kit.bounds import Watch, timeout_for
+from tests.plan.harness import gateway_off
 from tests.verify.fleet import FleetHost, Unreachable, _ssh_block
 
 # --- the policy ---------------------------------------------------------------------------
@@ -22,7 +23,7 @@ from tests.verify.fleet import FleetHost, Unreachable, _ssh_block
 
 def config_of(**data) -> FleetConfig:
     """The validated config of a host with this data (the deploy's own loader)."""
-    config, problems = load_config("gpu-3", data)
+    config, problems = load_config("gpu-3", gateway_off(data))
     assert problems == []
     return config
 

@@ -17,6 +17,7 @@ import pytest
 
 from tests.corpus.bad_input import CASES as BAD_INPUT
 from tests.corpus.cli import CASES, TOOLS, CliCase, command, write_case
+from tests.plan.harness import gateway_off_beside
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = [(tool, case) for case in CASES for tool in sorted(case.tools)]
@@ -83,6 +84,7 @@ def test_bad_input_corpus_is_refused_by_verify_rollout_and_prometheus(tmp_path):
     rows = ",\n".join(f"    ('@fake/{case.id}', {case.data!r})" for case in cases)
     inventory = tmp_path / "corpus.py"
     inventory.write_text(f"corpus = [\n{rows},\n]\n")
+    gateway_off_beside(inventory)
     source = f"(from {inventory})"
     tools = {
         "verify": (

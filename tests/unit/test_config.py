@@ -10,18 +10,24 @@ import pytest
 from operations.cli import render
 from operations.config.load import ConfigError, load_config, load_fleet
 from operations.config.model import SECTIONS, SETTINGS, FleetConfig
+from tests.plan.harness import gateway_off
 
 
 def problems(**data) -> list[str]:
-    return [str(problem) for problem in load_config("node-1", data)[1]]
+    return [str(problem) for problem in load_config("node-1", gateway_off(data))[1]]
 
 
 def test_group_data_all_holds_exactly_the_model_defaults():
     values = {k: v for k, v in runpy.run_path(str(render.GROUP_DATA_ALL)).items() if k[0] != "_"}
     assert set(values) == set(SETTINGS)
     config, found = load_config("all", values)
+    # the defaults put the gateway in front of servers listening beyond loopback, and then
+    # the operator chooses: TLS files, plain HTTP, or the gateway off
+    assert [(p.key, p.value) for p in found] == [("gateway_tls_cert_file", None)]
+    assert "gateway_plain_http = True" in found[0].allowed
+    config, found = load_config("all", {**values, "gateway_plain_http": True})
     assert found == []
-    assert config == FleetConfig()
+    assert config == FleetConfig(gateway={"plain_http": True})
 
 
 def test_rendered_files_are_in_sync_with_the_model():
@@ -67,7 +73,7 @@ def test_schema_covers_every_setting_and_validates_types():
     ],
 )
 def test_good_values_are_accepted(data):
-    config, found = load_config("node-1", data)
+    config, found = load_config("node-1", gateway_off(data))
     assert found == [] and config is not None
 
 
@@ -139,7 +145,7 @@ def test_secret_looking_values_are_never_echoed():
 
 def test_fleet_errors_list_every_bad_host_at_once():
     with pytest.raises(ConfigError) as error:
-        load_fleet([("a", {"vllm_port": 0}), ("b", {}), ("c", {"driver_branch": "x"})])
+        load_fleet([("a", {"vllm_port": 0}), ("b", gateway_off({})), ("c", {"driver_branch": "x"})])
     text = str(error.value)
     assert "nothing was changed" in text
     assert "a: vllm_port = 0" in text and "c: driver_branch = 'x'" in text

@@ -12,11 +12,12 @@ from operations import gates
 from operations.config.load import load_config
 from operations.driver.facts import driver_command, parse_driver_state
 from operations.driver.health import VLLM_IMAGE_CUDA
+from tests.plan.harness import gateway_off
 from tests.unit.test_scripts import _dash, _stubs, needs_dash
 
 
 def config(**data):
-    found, problems = load_config("node-1", data)
+    found, problems = load_config("node-1", gateway_off(data))
     assert not problems, problems
     return found
 

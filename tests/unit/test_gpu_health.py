@@ -14,6 +14,7 @@ import pytest
 from operations.config.load import load_config
 from operations.driver import health
 from operations.driver.facts import parse_driver_state
+from tests.plan.harness import gateway_off
 
 H100_GPU = {
     "index": 0, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-5e0c", "pci_bus_id":
@@ -45,7 +46,7 @@ def state_of(doc: dict, *extra: str) -> dict:
 
 
 def config_of(**data):
-    config, problems = load_config("gpu-1", data)
+    config, problems = load_config("gpu-1", gateway_off(data))
     assert problems == []
     return config
 

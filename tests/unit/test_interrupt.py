@@ -45,7 +45,16 @@ def _pyinfra_until(tmp_path: Path, marker: str) -> subprocess.Popen:
     deploy = tmp_path / "sleepy.py"
     deploy.write_text(SLEEPY)
     process = subprocess.Popen(
-        [sys.executable, "-m", "pyinfra", "-y", "@local", str(deploy)],
+        [
+            sys.executable,
+            "-m",
+            "pyinfra",
+            "-y",
+            "--data",
+            "gateway_mode=off",
+            "@local",
+            str(deploy),
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -10,6 +10,7 @@ import pytest
 
 from operations.cli import targets as prometheus
 from operations.cli.targets import file_sd, load_hosts, main, write_atomic
+from tests.plan.harness import gateway_off_beside
 
 INVENTORY = """\
 gpu = [
@@ -31,6 +32,7 @@ cpu = [("c1", {"deploy_layers": ["preflight", "docker"], "ssh_hostname": "10.0.0
 def inventory(tmp_path: Path) -> str:
     path = tmp_path / "fleet.py"
     path.write_text(INVENTORY)
+    gateway_off_beside(path)
     return str(path)
 
 
@@ -131,6 +133,7 @@ def test_main_default_output_is_under_reports_of_the_working_directory(
 def test_bad_config_is_refused_with_the_message_and_nothing_written(tmp_path, capsys):
     path = tmp_path / "fleet.py"
     path.write_text('gpu = [("h1", {"vllm_port": -1}), ("h2", {"vllm_gpu": [0]})]')
+    gateway_off_beside(path)
     output = tmp_path / "targets.json"
     assert main([str(path), "-o", str(output)]) == 2
     err = capsys.readouterr().err
@@ -184,9 +187,10 @@ def test_an_output_that_is_a_directory_is_refused_before_reading(tmp_path, capsy
 
 
 def test_refused_values_name_their_file(tmp_path, capsys):
-    (tmp_path / "group_data").mkdir()
+    (tmp_path / "group_data").mkdir(exist_ok=True)
     (tmp_path / "group_data" / "gpu.py").write_text("vllm_port = 'eighty'\n")
     (tmp_path / "fleet.py").write_text("gpu = [('h1', {'vllm_dtype': 'fp7'})]\n")
+    gateway_off_beside(tmp_path / "fleet.py")
     assert main([str(tmp_path / "fleet.py"), "-o", str(tmp_path / "t.json")]) == 2
     err = capsys.readouterr().err
     assert "h1: vllm_port = 'eighty'" in err and f"(from {tmp_path}/group_data/gpu.py)" in err

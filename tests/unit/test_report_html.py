@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.plan.harness import gateway_off_beside
 from tests.verify import html_report
 from tests.verify.html_report import render
 
@@ -359,6 +360,7 @@ def run_verify(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     inventory.write_text(
         'hosts = [("@local", {"host_has_gpus": False, "preflight_min_free_disk_gib": 0})]'
     )
+    gateway_off_beside(inventory)
     command = [
         sys.executable, "-m", "pytest", "tests/verify", "-p", "no:cacheprovider",
         f"--inventory={inventory}", f"--fleet-report={tmp_path / 'out' / 'report.json'}",

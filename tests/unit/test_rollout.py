@@ -12,6 +12,7 @@ import pytest
 
 from operations.cli.rollout import batches, data_overrides, deploy_command, main, roll
 from operations.inventory import ROOT
+from tests.plan.harness import gateway_off_beside
 
 IDLE = "vllm:num_requests_running 0.0\nvllm:num_requests_waiting 0.0\n"
 
@@ -64,6 +65,7 @@ class Runner:
 def inventory(tmp_path: Path) -> str:
     path = tmp_path / "fleet.py"
     path.write_text(INVENTORY)
+    gateway_off_beside(path)
     return str(path)
 
 
@@ -142,6 +144,7 @@ def test_main_limit_patterns_order_the_rollout(inventory):
 def test_bad_config_is_refused_before_any_run(tmp_path, capsys):
     path = tmp_path / "fleet.py"
     path.write_text('gpu = [("h1", {}), ("h2", {"vllm_port": -1})]')
+    gateway_off_beside(path)
     run = Runner()
     assert main_([str(path)], run=run) == 2
     assert run.commands == []

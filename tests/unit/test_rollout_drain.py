@@ -22,6 +22,7 @@ from operations.rollout.serving import (
     wait_drained,
     wait_ready,
 )
+from tests.plan.harness import gateway_off_beside
 
 FLEET = """\
 gpu = [
@@ -116,6 +117,7 @@ def _hosts_in(path: Path | None) -> list[str] | None:
 def fleet(tmp_path: Path) -> str:
     path = tmp_path / "fleet.py"
     path.write_text(FLEET)
+    gateway_off_beside(path)
     return str(path)
 
 
@@ -319,6 +321,7 @@ def test_hosts_are_put_back_only_when_ready(fleet, tmp_path, capsys):
 def test_the_monitoring_hosts_targets_are_pushed_without_the_batch(tmp_path):
     path = tmp_path / "fleet.py"
     path.write_text(MONITORED)
+    gateway_off_beside(path)
     run = Runner()
     assert rollout(str(path), "--batch", "3", run=run) == 0
     pushes = [c for c in run.commands if PUSH in c]

@@ -259,7 +259,7 @@ def test_the_stand_in_refuses_other_commands(standin_terraform, tmp_path):
 def test_inventory_file_through_pyinfra(monkeypatch):
     monkeypatch.setenv(terraform.OUTPUT_FILE_ENV, str(DATA / "fleet.json"))
     monkeypatch.delenv(terraform.DIR_ENV, raising=False)
-    selection = inventory.select(str(INVENTORY))
+    selection = inventory.select(str(INVENTORY), overrides={"gateway_plain_http": True})
     assert list(selection.hosts) == ["h100-01", "a100-01", "10.0.4.41", "a10g-01", "monitor-01"]
     assert selection.hosts["h100-01"]["host_gpu_count"] == 8
     assert selection.hosts["a10g-01"]["ssh_port"] == 2222

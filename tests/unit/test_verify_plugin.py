@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from operations.config.model import FleetConfig
+from tests.plan.harness import gateway_off_beside
 from tests.verify import facts
 from tests.verify.fleet import (
     BATCH_MARK,
@@ -40,6 +41,7 @@ def run_verify(tmp_path: Path, inventory: str, *args: str) -> tuple[int, str, di
     """Run the verify suite on an inventory; (exit code, output, JSON fleet report)."""
     inventory_file = tmp_path / "fleet.py"
     inventory_file.write_text(inventory)
+    gateway_off_beside(inventory_file)
     report = tmp_path / "report.json"
     command = [
         sys.executable, "-m", "pytest", "tests/verify", "-p", "no:cacheprovider",
@@ -322,6 +324,7 @@ def test_sigterm_ends_verify_and_removes_its_ssh_directory(tmp_path):
         f'hosts = [("sick", {{"ssh_hostname": "127.0.0.1", "ssh_port": {port}, '
         '"host_has_gpus": False})]'
     )
+    gateway_off_beside(inventory)
     work = Path(tempfile.mkdtemp(prefix="gf-", dir="/tmp"))  # its own, short: socket paths
     command = [
         sys.executable, "-m", "pytest", "tests/verify", "-p", "no:cacheprovider",

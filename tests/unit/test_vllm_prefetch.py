@@ -15,6 +15,7 @@ import pytest
 
 from operations.config.load import load_config
 from operations.vllm import PREFETCH_CODE, prefetch_command
+from tests.plan.harness import gateway_off
 from tests.standins.vllm import hub, server
 
 DASH = shutil.which("dash") or "/bin/sh"
@@ -38,7 +39,7 @@ exit 2
 
 
 def _config(**data):
-    config, problems = load_config("h", {"vllm_prefetch_timeout_s": 10, **data})
+    config, problems = load_config("h", gateway_off({"vllm_prefetch_timeout_s": 10, **data}))
     assert not problems, problems
     return config
 

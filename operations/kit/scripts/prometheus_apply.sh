@@ -13,7 +13,7 @@ fi
 mkdir -p @LIVE@/rules @LIVE@/targets
 # the file_sd files first: the new config's jobs find their targets when it loads
 for f in targets/node.json targets/vllm.json targets/dcgm.json rules/gpufleet.yml \
-    prometheus.yml; do
+    gateway-ca.pem prometheus.yml; do
   chmod 644 @STAGED@/"$f" && mv -f @STAGED@/"$f" @LIVE@/"$f" || exit 1
 done
 rm -rf @STAGED@
