@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--nofile", type=int, default=0)
     record = sub.add_parser("record", help="record a real lab host's answers")
     record.add_argument("--host", default="lab-2")
-    record.add_argument("--lab-dir", default=str(Path("/work/main/.lab")))
+    record.add_argument("--lab-dir", default=str(ROOT / ".lab"))
     args = parser.parse_args(argv)
     return _serve(args) if args.what == "serve" else _record(args)
 
