@@ -283,13 +283,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="files under reports/scale/smoke, no plot (./dev test's check)",
     )
+    parser.add_argument("--out", help="where the files go (default reports/scale[/smoke])")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `finally` stops the server
     try:
         sizes = [int(n) for n in args.hosts.split(",")]
     except ValueError:
         parser.error(f"--hosts {args.hosts!r}: expected comma-separated host counts")
-    out = OUT / "smoke" if args.smoke else OUT
+    out = Path(args.out) if args.out else OUT / "smoke" if args.smoke else OUT
     results = [bench_size(n, Path(args.recording), out) for n in sizes]
     problems = [p for r in results for p in failures(r)]
     out.mkdir(parents=True, exist_ok=True)
