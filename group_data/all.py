@@ -150,7 +150,7 @@ vllm_extra_args = []
 # Allow the floating 'latest' tag.
 vllm_allow_latest = False
 # vLLM image, pinned by tag or digest.
-vllm_image = "vllm/vllm-openai:v0.11.0"
+vllm_image = "vllm/vllm-openai:v0.31.0"
 # Controller path of a `docker save` archive of the image: loaded, not pulled.
 vllm_image_archive = None
 # Servers of one host: [{'name': 'a', 'gpus': [0, 1], 'port': 8001}, ...]; empty = one, named main.

@@ -894,7 +894,7 @@ class VllmConfig(VllmServer):
 
     allow_latest: bool = Field(default=False, description="Allow the floating 'latest' tag.")
     image: PinnedImage = Field(
-        default="vllm/vllm-openai:v0.11.0",
+        default="vllm/vllm-openai:v0.31.0",
         description="vLLM image, pinned by tag or digest.",
     )
     image_archive: AbsPath | None = Field(

@@ -44,7 +44,9 @@ VLLM_IMAGE_CUDA: tuple[tuple[tuple[int, int, int], tuple[int, int]], ...] = (
     ((0, 11, 1), (12, 9)),
     ((0, 20, 0), (13, 0)),
 )
-VLLM_KNOWN_UP_TO = (0, 29)  # newer releases: not known here, set gpu_min_cuda_driver
+# v0.30.0 and v0.31.0 (the default image): CUDA 13.0 builds, "-cu129" tags for CUDA 12.9
+# (their published tags and digests, 2026-09/10); newer: not known here, set gpu_min_cuda_driver
+VLLM_KNOWN_UP_TO = (0, 31)
 _VLLM_TAG = re.compile(r":v?(\d+)\.(\d+)(?:\.(\d+))?([^/@:]*)(?:@sha256:[0-9a-f]{64})?$")
 _CUDA_SUFFIX = re.compile(r"-cu(1[0-9])([0-9])\b")  # v0.19.1-cu130: the CUDA 13.0 variant
 

@@ -134,9 +134,9 @@ def docker_run(commands: list[str]) -> list[str]:
 def test_fresh_host_gets_the_full_container_spec_and_a_readiness_gate(tmp_path, monkeypatch):
     planned = plan_of(tmp_path, monkeypatch, state=["docker=down"], image_present=False)
     # nothing to retire: no container, no secrets file
-    assert list(planned) == [*BASE, "Pull vllm/vllm-openai:v0.11.0", "vLLM vllm-main"]
-    assert planned["Pull vllm/vllm-openai:v0.11.0"] == [
-        "docker image pull vllm/vllm-openai:v0.11.0"
+    assert list(planned) == [*BASE, "Pull vllm/vllm-openai:v0.31.0", "vLLM vllm-main"]
+    assert planned["Pull vllm/vllm-openai:v0.31.0"] == [
+        "docker image pull vllm/vllm-openai:v0.31.0"
     ]
     commands = planned["vLLM vllm-main"]
     run = docker_run(commands)
@@ -153,7 +153,7 @@ def test_fresh_host_gets_the_full_container_spec_and_a_readiness_gate(tmp_path, 
         "--env HF_HOME=/root/.cache/huggingface", "--entrypoint /bin/sh",
     ]:  # fmt: skip
         assert flag in text, flag
-    image_at = run.index("vllm/vllm-openai:v0.11.0")
+    image_at = run.index("vllm/vllm-openai:v0.31.0")
     assert run[image_at + 1 : image_at + 7] == [
         "-c", "[ -f /run/gpufleet/secrets.env ] || { echo 'gpufleet-vllm: no secrets file at "
         "/run/gpufleet/secrets.env: not starting without it' >&2; exit 78; }; "
@@ -283,13 +283,13 @@ def test_image_archive_is_loaded_when_the_host_lacks_the_image(tmp_path, monkeyp
     archive = tmp_path / "image.tar"
     archive.write_bytes(b"tar")
     planned = plan_of(tmp_path, monkeypatch, image_present=False, vllm_image_archive=str(archive))
-    (upload, load) = planned["Load vllm/vllm-openai:v0.11.0"]
+    (upload, load) = planned["Load vllm/vllm-openai:v0.31.0"]
     assert upload.startswith("upload /var/tmp/gpufleet-image-") and str(archive) in upload
     assert "docker load -q -i /var/tmp/gpufleet-image-" in load
-    assert "does not hold vllm/vllm-openai:v0.11.0" in load
+    assert "does not hold vllm/vllm-openai:v0.31.0" in load
     (tmp_path / "2").mkdir()
     present = plan_of(tmp_path / "2", monkeypatch, vllm_image_archive=str(archive))
-    assert "Load vllm/vllm-openai:v0.11.0" not in present
+    assert "Load vllm/vllm-openai:v0.31.0" not in present
 
 
 # --- readiness marks, the kept previous server, the rollback, leftovers ---------------------

@@ -107,7 +107,7 @@ def test_servers_run_offline_with_a_persistent_compile_cache(tmp_path, monkeypat
     assert "--env HF_HUB_OFFLINE=1" in text
     assert "--volume /var/lib/gpufleet/vllm-cache:/root/.cache/vllm" in text
     assert "--env VLLM_CACHE_ROOT=/root/.cache/vllm" in text
-    image = run.index("vllm/vllm-openai:v0.11.0")
+    image = run.index("vllm/vllm-openai:v0.31.0")
     assert "HF_HUB_OFFLINE=1" not in run[image:]  # an env of the container, not an argument
 
 

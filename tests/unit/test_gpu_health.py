@@ -93,7 +93,7 @@ FAULTS = {
     "driver branch": (H100 | {"driver": "570.172.08"}, (), "driver_version",
                       "570.172.08 is not branch 580"),
     "CUDA too old": (H100 | {"cuda_driver": 12020}, (), "cuda_version",
-                     "supports CUDA 12.2, vllm/vllm-openai:v0.11.0 needs 12.8"),
+                     "supports CUDA 12.2, vllm/vllm-openai:v0.31.0 needs 13.0"),
 }  # fmt: skip
 HGX_FAULTS = {
     "one NVLink down": (sick(hgx(), 3, "nvlinks", [True] * 17 + [False]), "nvlink",
@@ -204,7 +204,8 @@ def test_the_nvidia_smi_fallback_judges_what_it_reads():
      ("vllm/vllm-openai:v0.11.1", (12, 9)), ("vllm/vllm-openai:v0.19.1-cu130", (13, 0)),
      ("vllm/vllm-openai:v0.21.0", (13, 0)), ("mirror.internal:5000/vllm:v0.10.1", (12, 8)),
      ("vllm/vllm-openai:v0.4.2", None), ("vllm/vllm-openai:nightly", None),
-     ("vllm/vllm-openai:v9.1.0", None), ("vllm/vllm-openai:v0.30.0", None)],
+     ("vllm/vllm-openai:v9.1.0", None), ("vllm/vllm-openai:v0.30.0", (13, 0)),
+     ("vllm/vllm-openai:v0.31.0", (13, 0)), ("vllm/vllm-openai:v0.32.0", None)],
 )  # fmt: skip
 def test_the_cuda_an_image_needs_follows_its_tag(image, needed):
     assert health.cuda_needed(config_of(vllm_image=image, vllm_allow_latest=True)) == needed
