@@ -48,7 +48,7 @@ from typing import Any
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra_cli.util import parse_cli_arg
 
-from operations.cli.targets import tls_gateway
+from operations.cli.targets import gateway_cert_files
 from operations.guard import check_data_args
 from operations.inventory import ROOT, add_limit_option, select
 from operations.kit.throttle import slot_count
@@ -441,8 +441,7 @@ def _plan(args: argparse.Namespace, inventory: str, selection: Any, run: Runner,
     fleet = _fleet(inventory, selection)
     membership = Membership(fleet, args.targets_file, inventory, run)
     if probe is http_probe:  # servers behind a TLS gateway verify against its certificate
-        certs = {str(c.gateway.tls_cert_file) for _, c in fleet.values() if tls_gateway(c)}
-        probe = trusting(sorted(certs))
+        probe = trusting(gateway_cert_files(fleet))
     plan = Plan(
         canary=hosts_of(args.canary, count, at_least_one=True),
         max_failed=hosts_of(args.max_failed_hosts, count, at_least_one=False),

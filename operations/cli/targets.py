@@ -67,6 +67,14 @@ def tls_gateway(config: FleetConfig) -> bool:
     return gateway.enabled(config.vllm.bind_address) and gateway.tls_cert_file is not None
 
 
+def gateway_cert_files(hosts: Mapping[str, tuple[Mapping[str, Any], FleetConfig]]) -> list[str]:
+    """The controller paths of the hosts' TLS gateway certificates, each once, sorted: what
+    a client of their https servers trusts (Prometheus, the rollout's probes)."""
+    return sorted(
+        {str(config.gateway.tls_cert_file) for _, config in hosts.values() if tls_gateway(config)}
+    )
+
+
 def file_sd(hosts: Mapping[str, tuple[Mapping[str, Any], FleetConfig]]) -> list[dict]:
     """file_sd entries, one per vLLM server of each host that runs the vLLM layer, sorted by
     host and server so that the same fleet always gives the same file. A server behind a TLS

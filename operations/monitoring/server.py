@@ -30,7 +30,7 @@ from typing import Any
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 from pyinfra.operations import systemd
 
-from operations.cli.targets import tls_gateway
+from operations.cli.targets import gateway_cert_files
 from operations.config.model import FleetConfig
 from operations.kit import converged, scripts
 from operations.kit.common import fail_host, url_host
@@ -69,10 +69,7 @@ def gateway_ca_bundle(fleet: Hosts) -> str:
     """The certificates of the fleet's TLS gateways (each distinct controller file once, in
     path order): what Prometheus trusts when it scrapes a vLLM server through one, so a
     self-signed gateway certificate verifies as well as one from the operator's CA."""
-    paths = sorted(
-        {str(config.gateway.tls_cert_file) for _, config in fleet.values() if tls_gateway(config)}
-    )
-    return "".join(Path(path).read_text().rstrip("\n") + "\n" for path in paths)
+    return "".join(Path(path).read_text().rstrip("\n") + "\n" for path in gateway_cert_files(fleet))
 
 
 def _scrape_job(job: str, tls: bool) -> dict[str, Any]:
