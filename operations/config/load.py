@@ -79,7 +79,8 @@ def pyinfra_keys() -> frozenset[str]:
     return frozenset(keys)
 
 
-def _unknown_key(host: str, key: str, value: Any) -> Problem:
+def unknown_key(host: str, key: str, value: Any) -> Problem:
+    """The problem of a setting no layer knows, naming the closest known one where there is."""
     close = difflib.get_close_matches(key, [*SETTINGS, *pyinfra_keys()], n=1, cutoff=0.75)
     allowed = (
         f"unknown setting; did you mean '{close[0]}'?"
@@ -117,7 +118,7 @@ def _key_and_value(error: dict, data: Mapping[str, Any]) -> tuple[str, Any]:
     return key, value
 
 
-def _problems_from_errors(host: str, errors: list[dict], data: Mapping[str, Any]) -> list[Problem]:
+def problems_from_errors(host: str, errors: list[dict], data: Mapping[str, Any]) -> list[Problem]:
     """One problem per bad key; a union's several complaints are joined with 'or'."""
     by_key: dict[str, tuple[Any, list[str]]] = {}
     for error in errors:
@@ -337,11 +338,11 @@ def load_config(host: str, data: Mapping[str, Any]) -> tuple[FleetConfig | None,
             section, field = SETTINGS[key]
             nested[section][field] = value
         elif not key.startswith("_") and key not in pyinfra_keys():
-            problems.append(_unknown_key(host, key, value))
+            problems.append(unknown_key(host, key, value))
     try:
         config = FleetConfig.model_validate(nested)
     except ValidationError as error:
-        problems += _problems_from_errors(host, error.errors(), data)
+        problems += problems_from_errors(host, error.errors(), data)
         config = None
     problems += ssh_problems(host, data)
     if config is not None:

@@ -37,10 +37,10 @@ from pydantic import ValidationError
 from operations.config.load import (
     ConfigError,
     Problem,
-    _problems_from_errors,
-    _unknown_key,
     checked_hosts,
+    problems_from_errors,
     pyinfra_keys,
+    unknown_key,
 )
 from operations.config.model import (
     SECTIONS,
@@ -293,7 +293,7 @@ def _data_key_problem(key: str) -> str | None:
     if key in pyinfra_keys():
         return (f"is a connection setting Terraform may not set (allowed: "
                 f"{', '.join(SSH_FROM_TERRAFORM)}): set it in group_data")  # fmt: skip
-    return str(_unknown_key("", key, None).allowed)
+    return str(unknown_key("", key, None).allowed)
 
 
 def _setting_problems(data: dict[str, Any]) -> list[tuple[str, Any, str]]:
@@ -307,7 +307,7 @@ def _setting_problems(data: dict[str, Any]) -> list[tuple[str, Any, str]]:
     try:
         FleetConfig.model_validate(nested)
     except ValidationError as error:
-        found = _problems_from_errors("", error.errors(), data)
+        found = problems_from_errors("", error.errors(), data)
         return [(f"data.{problem.key}", problem.value, problem.allowed) for problem in found]
     return []
 

@@ -20,7 +20,7 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.rpm import RpmPackages
 from pyinfra.operations import apt, dnf, server
 
-from operations.kit import converged
+from operations.kit import converged, scripts
 from operations.kit.apt_sources import AptSourceFiles
 from operations.kit.quoting import (
     apt_conf_name,
@@ -206,16 +206,13 @@ def apt_move(packages: tuple[str, ...] | list[str]) -> str:
 
 
 APT_LOCK_CONF = converged.managed("/etc/apt/apt.conf.d/90gpufleet-lock-timeout")
-# dpkg itself does not wait for its lock: retry while apt waits would (every 2 s), on the lock
-# only: any other failure (a dependency problem) fails at once, quoting dpkg
-_FINISH_DPKG = (
-    "deadline=$(( $(date +%s) + {timeout} )); "
-    "until out=$(DEBIAN_FRONTEND=noninteractive dpkg --configure -a 2>&1); do "
-    'case $out in *"is locked by another process"*|*"lock was locked"*) ;; '
-    '*) printf "%s\\n" "$out" >&2; exit 1;; esac; '
-    '[ "$(date +%s)" -lt "$deadline" ] || {{ printf "%s\\n" "$out" >&2; exit 1; }}; sleep 2; '
-    'done; printf "%s\\n" "$out"'
-)
+
+
+def finish_dpkg_command(timeout_s: int) -> str:
+    """The command that finishes an interrupted dpkg run (scripts/finish_dpkg.sh): it waits
+    up to ``timeout_s`` while another process holds dpkg's lock, as apt would, and fails at
+    once, quoting dpkg, on anything else (a dependency problem never clears)."""
+    return scripts.render("finish_dpkg", TIMEOUT=int(timeout_s))
 
 
 APT_PROXY_CONF = converged.managed("/etc/apt/apt.conf.d/90gpufleet-proxy")
@@ -254,5 +251,5 @@ def package_manager_ready(
     if profile.get("dpkg_interrupted"):
         server.shell(
             name="Finish the interrupted dpkg run",
-            commands=[_FINISH_DPKG.format(timeout=int(timeout_s))],  # a number: no quoting
+            commands=[finish_dpkg_command(timeout_s)],
         )

@@ -1,13 +1,14 @@
-"""The "Finish the interrupted dpkg run" command (operations/kit/packages.py) under dash with a
-stub dpkg: it waits while another process holds dpkg's lock, and fails at once, quoting dpkg,
-on anything else (a dependency problem would never clear: it used to be retried 600 s)."""
+"""The "Finish the interrupted dpkg run" command (operations/kit/scripts/finish_dpkg.sh) under
+dash with a stub dpkg: it waits while another process holds dpkg's lock, and fails at once,
+quoting dpkg, on anything else (a dependency problem would never clear: it used to be
+retried 600 s)."""
 
 from __future__ import annotations
 
 import subprocess
 import time
 
-from operations.kit.packages import _FINISH_DPKG
+from operations.kit.packages import finish_dpkg_command
 
 LOCKED = "dpkg: error: dpkg frontend lock was locked by another process with pid 4242"
 BROKEN = "dpkg: error processing package nvidia-container-toolkit (--configure):\n dependency problems - leaving unconfigured"  # noqa: E501
@@ -19,7 +20,7 @@ def finish(tmp_path, script: str, timeout: int = 30) -> tuple[subprocess.Complet
     (stub / "dpkg").write_text(f"#!/bin/sh\n{script}\n")
     (stub / "dpkg").chmod(0o755)
     started = time.monotonic()
-    done = subprocess.run(["dash", "-c", _FINISH_DPKG.format(timeout=timeout)],
+    done = subprocess.run(["dash", "-c", finish_dpkg_command(timeout)],
                           capture_output=True, text=True, env={"PATH": f"{stub}:/usr/bin:/bin"},
                           timeout=60)  # fmt: skip
     return done, time.monotonic() - started
