@@ -140,12 +140,6 @@ def nginx_conf(config: FleetConfig, fleet: Mapping[str, tuple[Mapping, FleetConf
     return HEADER + "\n".join(lines) + "\n"
 
 
-def _on_host(path: str, text: str) -> bool:
-    found = converged.path_state(path)
-    digest = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 - what ManagedState reads
-    return bool(found and found.kind == "file" and found.sha1 == digest)
-
-
 @operation()
 def checked_conf(text: str):
     """Stage the config, then put it in place only if nginx -t accepts it (nginx_apply.sh)."""
@@ -181,7 +175,7 @@ def _tls(config: FleetConfig) -> bool:
         return False
     cert = Path(gateway.tls_cert_file).read_text(encoding="utf-8")  # readable: checked at load
     key = Path(gateway.tls_key_file).read_text(encoding="utf-8")
-    if _on_host(CERT, cert) and _on_host(KEY, key):
+    if converged.holds(CERT, cert) and converged.holds(KEY, key):
         return False
     tls_files(name="Gateway TLS certificate and key", cert=cert, key=key)
     return True
@@ -200,6 +194,6 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     PACKAGES[family_of(profile)](name="Install nginx", packages=["nginx"])
     new_tls = _tls(config)
     text = nginx_conf(config, inventory_fleet(state))
-    if new_tls or not _on_host(CONF, text):  # new TLS files: checked and reloaded as well
+    if new_tls or not converged.holds(CONF, text):  # new TLS files: checked and reloaded as well
         checked_conf(name="Gateway config (nginx -t checked)", text=text)
     converged.service("nginx running and enabled", UNIT, running=True, enabled=True)

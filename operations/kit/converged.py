@@ -147,11 +147,17 @@ def _owned(found: PathState, mode: str | None, user: str | None, group: str | No
     )
 
 
+def holds(path: str, text: str) -> bool:
+    """Whether the host had a file at ``path`` holding exactly ``text`` before the run
+    (False when it did not, or when that is not known)."""
+    found = path_state(path)
+    digest = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 - what ManagedState reads
+    return bool(found and found.kind == "file" and found.sha1 == digest)
+
+
 def put(name: str, text: str, dest: str, mode=None, user=None, group=None):
     """``files.put`` of ``text``, unless ``dest`` already holds exactly it (and mode, owner)."""
-    found = path_state(dest)
-    digest = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 - what files.put compares
-    if found and found.kind == "file" and found.sha1 == digest and _owned(found, mode, user, group):
+    if holds(dest, text) and _owned(path_state(dest), mode, user, group):
         return unchanged()
     return files.put(name=name, src=StringIO(text), dest=dest, mode=mode, user=user, group=group)
 

@@ -21,7 +21,6 @@ Only apt hosts are supported: RHEL and Rocky ship no Prometheus in their own rep
 
 from __future__ import annotations
 
-import hashlib
 import json
 from io import StringIO
 from pathlib import Path
@@ -145,12 +144,7 @@ def grafana_files(config: FleetConfig) -> dict[str, str]:
 
 def _differs(files: dict[str, str]) -> bool:
     """Whether any file is not on the host as given (or its state is unknown)."""
-    for name, text in files.items():
-        found = converged.path_state(f"{LIVE}/{name}")
-        digest = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 - what ManagedState reads
-        if found is None or found.kind != "file" or found.sha1 != digest:
-            return True
-    return False
+    return not all(converged.holds(f"{LIVE}/{name}", text) for name, text in files.items())
 
 
 @operation()
