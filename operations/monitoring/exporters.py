@@ -30,7 +30,7 @@ from pyinfra.operations import dnf, docker, systemd
 
 from operations.config.model import FleetConfig
 from operations.kit import converged, scripts
-from operations.kit.common import url_host
+from operations.kit.common import local_url_host, url_host
 from operations.kit.quoting import image_reference, shell
 from operations.monitoring.facts import DCGM_CONTAINER, DCGM_LABEL, SPEC_LABEL, DcgmContainer
 from operations.vllm import NO_RUNTIME, Runtime, archived_image, image_load, runtime_of
@@ -119,8 +119,7 @@ def dcgm_spec(config: FleetConfig, runtime: Runtime, csv: str) -> str:
 
 
 def _probe_address(config: FleetConfig) -> str:
-    address = config.monitoring.dcgm_address
-    return url_host("127.0.0.1" if address.is_unspecified else address)
+    return local_url_host(config.monitoring.dcgm_address)
 
 
 @operation()

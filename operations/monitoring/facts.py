@@ -12,7 +12,7 @@ from typing import Any
 from pyinfra.api import FactBase
 
 from operations.kit import scripts
-from operations.kit.common import url_host
+from operations.kit.common import local_url_host
 
 DCGM_CONTAINER = "gpufleet-dcgm-exporter"
 DCGM_LABEL = "gpufleet.monitoring"
@@ -66,8 +66,7 @@ def parse_probe(lines: list[str]) -> dict[str, Any]:
 
 
 def _url(address: Any, port: int, path: str) -> str:
-    where = "127.0.0.1" if address.is_unspecified else address
-    return f"http://{url_host(where)}:{port}{path}"
+    return f"http://{local_url_host(address)}:{port}{path}"
 
 
 def probe_urls(config: Any) -> dict[str, str]:

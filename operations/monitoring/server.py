@@ -32,7 +32,7 @@ from pyinfra.operations import systemd
 from operations.cli.targets import gateway_cert_files
 from operations.config.model import FleetConfig
 from operations.kit import converged, scripts
-from operations.kit.common import fail_host, url_host
+from operations.kit.common import fail_host, local_url_host, url_host
 from operations.monitoring.alerts import rules_text
 from operations.monitoring.targets import JOBS, Hosts, job_targets
 
@@ -127,8 +127,7 @@ def grafana_files(config: FleetConfig) -> dict[str, str]:
     """{host path: content} of the Grafana provisioning: the datasource points at this host's
     Prometheus (loopback when it listens on every address)."""
     found = config.monitoring
-    address = found.prometheus_address
-    where = url_host("127.0.0.1" if address.is_unspecified else address)
+    where = local_url_host(found.prometheus_address)
     values = {
         "${GPUFLEET_PROMETHEUS_URL}": f"http://{where}:{found.prometheus_port}",
         "${GPUFLEET_SCRAPE_INTERVAL}": found.scrape_interval,

@@ -90,7 +90,6 @@ Rolling a change through a fleet a few hosts at a time: ``python -m operations.c
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 from io import StringIO
 from pathlib import PurePosixPath
@@ -107,7 +106,7 @@ from operations.config.secrets import Sealed, env_file, vllm_secrets
 from operations.docker.facts import ContainerStack
 from operations.driver.facts import DriverState, loaded_driver
 from operations.kit import bounds, converged, lock, scripts, throttle
-from operations.kit.common import url_host
+from operations.kit.common import local_url_host, url_host
 from operations.kit.quoting import (
     container_value,
     image_reference,
@@ -306,10 +305,7 @@ def secrets_mount(server: VllmInstance) -> str:
 def probe_address(config: FleetConfig, address: Any = None) -> str:
     """Where the host itself reaches the API published on ``address`` (default: the bind
     address): that address, or loopback for any-address."""
-    address = ipaddress.ip_address(address or config.vllm.bind_address)
-    if address.is_unspecified:
-        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
-    return url_host(address)
+    return local_url_host(address or config.vllm.bind_address)
 
 
 def probe_url(config: FleetConfig, server: VllmInstance) -> str:
