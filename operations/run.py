@@ -13,7 +13,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from weakref import WeakKeyDictionary
 
 from pyinfra import logger
@@ -42,18 +44,27 @@ def fleet_config(state: State) -> dict[str, FleetConfig]:
     A refusal is kept too: every host's deploy.py asks, and 200 hosts would otherwise
     validate the fleet 200 times."""
     state = _run_state(state)
-    if state not in _VALIDATED:
+
+    def validate() -> dict[str, FleetConfig]:
         targeted = [h for h in state.inventory if state.is_host_in_limit(h)]
         early = guard.VALIDATED.get(state.inventory, {})
         if all(h.name in early for h in targeted):  # the CLI guard did it before connecting
-            _VALIDATED[state] = {h.name: early[h.name] for h in targeted}
-            return _VALIDATED[state]
+            return {h.name: early[h.name] for h in targeted}
         sources = {h.name: host_sources(h) for h in targeted}
+        return load_fleet(((h.name, h.data.dict()) for h in targeted), sources)
+
+    return _once_per_run(_VALIDATED, state, validate)
+
+
+def _once_per_run(memo: WeakKeyDictionary, state: State, build: Callable[[], Any]) -> Any:
+    """``build()``'s result for this run, built on the first ask; a ConfigError it raises is
+    kept as well (as the CLI prints it) and raised again at every ask."""
+    if state not in memo:
         try:
-            _VALIDATED[state] = load_fleet(((h.name, h.data.dict()) for h in targeted), sources)
+            memo[state] = build()
         except ConfigError as error:
-            _VALIDATED[state] = cli_error(error)
-    found = _VALIDATED[state]
+            memo[state] = cli_error(error)
+    found = memo[state]
     if isinstance(found, ConfigError):
         raise found
     return found
@@ -177,18 +188,13 @@ def inventory_fleet(state: State) -> dict[str, tuple[dict, FleetConfig]]:
     (what the monitoring group's Prometheus scrapes is the whole fleet, whatever --limit
     says), validated once per run (raises ConfigError as fleet_config does)."""
     state = _run_state(state)
-    if state not in _FLEETS:
+
+    def validate() -> dict[str, tuple[dict, FleetConfig]]:
         hosts = [(h.name, h.data.dict()) for h in state.inventory]
-        sources = {h.name: host_sources(h) for h in state.inventory}
-        try:
-            configs = load_fleet(hosts, sources)
-            _FLEETS[state] = {name: (data, configs[name]) for name, data in hosts}
-        except ConfigError as error:
-            _FLEETS[state] = cli_error(error)
-    found = _FLEETS[state]
-    if isinstance(found, ConfigError):
-        raise found
-    return found
+        configs = load_fleet(hosts, {h.name: host_sources(h) for h in state.inventory})
+        return {name: (data, configs[name]) for name, data in hosts}
+
+    return _once_per_run(_FLEETS, state, validate)
 
 
 def host_config(state: State, host: Host) -> FleetConfig:
