@@ -83,17 +83,35 @@ def probe_urls(config: Any) -> dict[str, str]:
     }
 
 
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def duration_s(text: str) -> float:
+    """Seconds of a Prometheus duration as the config model allows it (``15s``, ``5m``)."""
+    number = text.rstrip("msdhwy")
+    return int(number) * _UNIT_S[text[len(number) :]]
+
+
+def rescrape_s(config: Any) -> int:
+    """How long verify's probe gives a down target to be scraped again: one scrape interval
+    and 2 s, held under half of deploy_fact_timeout_s (a sick fleet's probe still answers
+    within its bound) and 30 s."""
+    interval = duration_s(config.monitoring.scrape_interval)
+    return max(0, min(int(interval) + 2, config.deploy.fact_timeout_s // 2, 30))
+
+
 class MonitoringProbe(FactBase):
     """What the monitoring layer runs here, asked from the host itself (monitoring_probe.sh);
     the verify checks' fact. ``node_units``: the node-exporter unit names of every platform."""
 
     def command(self, node_units: tuple[str, ...], node_url: str, dcgm_url: str,
-                prometheus_url: str, config: str, wait_s: int = 20) -> str:  # fmt: skip
+                prometheus_url: str, config: str, wait_s: int = 20,
+                rescrape_s: int = 0) -> str:  # fmt: skip
         return scripts.render(
             "monitoring_probe",
             NODE_URL=node_url, DCGM="yes" if dcgm_url else "no", DCGM_NAME=DCGM_CONTAINER,
             DCGM_URL=dcgm_url, CONFIG=config, PROMETHEUS="yes" if prometheus_url else "no",
-            PROMETHEUS_URL=prometheus_url, WAIT_S=int(wait_s),
+            PROMETHEUS_URL=prometheus_url, WAIT_S=int(wait_s), RESCRAPE_S=int(rescrape_s),
             raw_values={"NODE_UNITS": " ".join(node_units)},
         )  # fmt: skip
 

@@ -9,8 +9,8 @@ bounds, not performance targets), fail only that host with "stopped answering", 
 hosts succeed, and the next run, with the host back, must converge it. Each test prints how
 long the run took to give up on the host after the fault.
 
-The deploys get short bounds (--data) so the suite stays fast; verify reads the inventory's,
-the defaults of the config model (deploy_*_timeout_s, deploy_keepalive_*).
+Deploys and verify runs get short bounds (--data: deploy_fact_timeout_s, deploy_keepalive_*,
+deploy_timeout_margin_s) so the suite stays fast; the bounds they are held to follow from those.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import time
 
 import pytest
 
-from operations.config.model import DeployConfig
 from operations.kit.bounds import GRACE_S
 from tests.e2e.helpers import HOSTS, LAB_SECRETS, ROOT, deploy, on_host, run
 from tests.e2e.test_lab_vllm import api
@@ -43,7 +42,6 @@ KEEPALIVE_S = INTERVAL_S * (COUNT + 1)
 GIVE_UP_S = max(FACT_S + GRACE_S, KEEPALIVE_S)  # whichever notices first, at the latest
 SLACK_S = 20  # the lab machine's own delays (2 cores, three hosts)
 GAVE_UP = f"[{HUNG}] stopped answering"
-DEFAULTS = DeployConfig()
 STANDIN = "gpufleet-standin/vllm-openai:0.11.0-standin"
 SLOW = "gpufleet-standin/vllm-openai:0.11.0-slow"
 
@@ -218,15 +216,14 @@ def verify_rows(output: str) -> dict[str, str]:
 
 
 def test_host_paused_during_verify_fails_its_checks_alone_within_its_bound(converged):
-    verify_args = VERIFY
+    verify_args = (*VERIFY, *BOUNDS)  # verify takes --data as the deploy does
     started = time.monotonic()
     baseline = run(*verify_args)
     assert baseline.returncode == 0, baseline.output
     baseline_s = time.monotonic() - started
     # ssh's master gives up after its keepalives; a command on it then tries a connection
     # of its own, which gives up after verify's ConnectTimeout (10 s)
-    interval, count = DEFAULTS.keepalive_interval_s, DEFAULTS.keepalive_count
-    give_up = min(DEFAULTS.fact_timeout_s, interval * (count + 1) + 10)
+    give_up = min(FACT_S, KEEPALIVE_S + 10)
     bound = baseline_s + give_up + SLACK_S
     watched = Watched(*verify_args)
     try:
@@ -268,14 +265,14 @@ def test_frozen_dockerd_fails_that_host_alone_within_its_bound(converged):
 
 
 def test_frozen_dockerd_fails_that_hosts_verify_checks_alone_within_its_bound(converged):
-    """verify's bound is the inventory's (the default deploy_fact_timeout_s): its first
+    """verify's bound is deploy_fact_timeout_s (--data, as the deploy takes it): its first
     round trip to the host, which runs docker, gives up after it; every later check of that
     host fails at once."""
-    bound_s = DEFAULTS.fact_timeout_s
+    bound_s = FACT_S
     try:
         frozen = on_host(HUNG, "pkill -STOP -x dockerd")
         assert frozen.returncode == 0, frozen.output
-        watched = Watched(*VERIFY)
+        watched = Watched(*VERIFY, *BOUNDS)
         watched.fault_at = watched.started  # frozen before the run: timed from its start
         took = watched.finish(bound_s + SLACK_S * 2)
     finally:

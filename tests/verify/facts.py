@@ -10,7 +10,7 @@ from operations.driver.facts import DriverState
 from operations.gateway.facts import GatewayProbe
 from operations.kit.daemon_json import DaemonJson
 from operations.monitoring.exporters import NODE_EXPORTER
-from operations.monitoring.facts import MonitoringProbe, probe_urls
+from operations.monitoring.facts import MonitoringProbe, probe_urls, rescrape_s
 from operations.monitoring.server import LIVE as PROMETHEUS_DIR
 from operations.preflight.facts import HostProfile
 from operations.vllm.facts import VllmState
@@ -28,6 +28,7 @@ MONITORING = deploy_fact(
     dcgm_url=lambda config: probe_urls(config)["dcgm_url"],
     prometheus_url=lambda config: probe_urls(config)["prometheus_url"],
     config=lambda config: f"{PROMETHEUS_DIR}/prometheus.yml",
+    rescrape_s=rescrape_s,
 )
 GATEWAY = deploy_fact(
     GatewayProbe,

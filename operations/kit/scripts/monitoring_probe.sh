@@ -2,7 +2,8 @@
 ## host, as the verify checks see it: the node-exporter unit and the metric names it serves,
 ## the dcgm-exporter container and its metric names, and, where Prometheus runs
 ## (@PROMETHEUS@ = yes), its unit, promtool's verdict on the live config, its targets (waiting
-## up to @WAIT_S@ s for a first one) and rules.
+## up to @WAIT_S@ s for a first one, and up to @RESCRAPE_S@ s for a down one to be scraped
+## again) and rules.
 names() { curl -s --max-time 5 "$1" 2>/dev/null | sed -n 's/^\([a-zA-Z_:][a-zA-Z0-9_:]*\).*/\1/p' |
   sort -u | tr '\n' ' '; }
 prom=@PROMETHEUS_URL@
@@ -28,6 +29,17 @@ if [ @PROMETHEUS@ = yes ]; then
     targets=$(curl -s --max-time 10 "$prom/api/v1/targets?state=active")
     case $targets in *'"activeTargets":[{'*) break;; esac
     i=$((i + 1)); [ $i -ge @WAIT_S@ ] && break; sleep 1
+  done
+  # a target last scraped while its server restarted (a deploy just recreated it) is up at
+  # its next scrape: a down one gets up to @RESCRAPE_S@ s, about one scrape interval
+  i=0
+  while :; do
+    case $targets in *'"health":"down"'*) ;; *) break;; esac
+    i=$((i + 1))
+    # shellcheck disable=SC2170  # @RESCRAPE_S@ is a number once rendered
+    [ $i -gt @RESCRAPE_S@ ] && break
+    sleep 1
+    targets=$(curl -s --max-time 5 "$prom/api/v1/targets?state=active")
   done
   echo "targets=$targets"
   echo "rules=$(curl -s --max-time 10 "$prom/api/v1/rules")"
