@@ -66,9 +66,12 @@ def xid_expr(codes: Iterable[int] = FATAL_XIDS) -> str:
 
     DCGM reports the last Xid as the field's value (a gauge, not a count), so the rule
     compares the value with each fatal code, inside a subquery that keeps it for XID_MEMORY.
+    The subquery samples once a minute (cheap over an hour); the same comparison on the
+    current value, before it, sees a new Xid at the next evaluation instead of the next
+    minute. Both sides carry the series' labels, so the alert is one series either way.
     """
     tests = "\n  or ".join(f"DCGM_FI_DEV_XID_ERRORS == {code}" for code in sorted(set(codes)))
-    return f"max_over_time((\n  {tests}\n)[{XID_MEMORY}:1m])"
+    return f"(\n  {tests}\n)\nor max_over_time((\n  {tests}\n)[{XID_MEMORY}:1m])"
 
 
 def _bit(metric: str, bit: int) -> str:
