@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from lab.gpu import container_name, heal
 from lab.hosts import list_containers
 from operations.driver import nvml
@@ -16,6 +18,7 @@ from tests.e2e.gpu_host import fault, on_gpu_host
 from tests.e2e.helpers import ROOT
 from tests.standins import gpu as standin
 
+pytestmark = pytest.mark.lab
 gpu_hosts, gpu_h100, gpu_hgx8 = gpu_host.gpu_hosts, gpu_host.gpu_h100, gpu_host.gpu_hgx8  # fixtures
 
 
