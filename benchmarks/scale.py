@@ -182,6 +182,12 @@ def bench_size(count: int, recording_path: Path, out: Path = OUT, log=print) -> 
     return result
 
 
+RERECORD = (
+    "a command changed since the recording was made: record it again on the converged "
+    "lab (python -m benchmarks.replay record --host lab-2, lab lock held)"
+)
+
+
 def failures(result: dict) -> list[str]:
     """What makes a size's run a failure: a step's exit status, an unrecorded command, a
     host that changed in the no-change converge."""
@@ -190,7 +196,8 @@ def failures(result: dict) -> list[str]:
         if step["rc"] != 0:
             found.append(f"{count} hosts: {name} exited {step['rc']}")
         if step["unrecorded"]:
-            found.append(f"{count} hosts: {name} sent {step['unrecorded']} unrecorded command(s)")
+            found.append(f"{count} hosts: {name} sent {step['unrecorded']} unrecorded command(s): "
+                         f"{RERECORD}")  # fmt: skip
     changed = result["steps"].get("converge", {}).get("hosts_changed", 0)
     if changed:
         found.append(f"{count} hosts: {changed} host(s) changed in the no-change converge")

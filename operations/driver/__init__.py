@@ -495,12 +495,26 @@ def _services(config: FleetConfig, profile: dict[str, Any], state: dict[str, Any
             continue
         gpus = config.host.has_gpus
         converged.service(unit, unit, running=gpus, enabled=gpus)
-        if not gpus and (_missing(state, unit) or _failed(state, unit)):
-            # its failed starts keep systemd "degraded" until cleared, disabled or not; one
-            # installed by this run failed at its package's own start, after the facts
-            server.shell(
-                name=f"Clear {unit}'s failed state", commands=[f"systemctl reset-failed {unit}"]
-            )
+        if not gpus:
+            _quiet_on_gpu_less_host(unit, state)
+
+
+def _quiet_on_gpu_less_host(unit: str, state: dict[str, Any]) -> None:
+    """A GPU daemon on a host without GPUs: disabled, and its failed state cleared (its failed
+    starts keep systemd "degraded" until cleared, disabled or not). One installed by this run
+    was enabled and started by its package after the facts were read, so the service
+    operation above saw no unit and did nothing: it is disabled here, or the next deploy
+    would be the one to disable it (a second run that changes something)."""
+    if _missing(state, unit):
+        # only where the packages did install it; a unit that never failed may be unloaded
+        # once stopped, and then has no failed state to clear
+        command = (f"if systemctl cat {unit} >/dev/null 2>&1; then systemctl disable --now {unit}"
+                   f" && {{ systemctl reset-failed {unit} 2>/dev/null || true; }}; fi")  # fmt: skip
+        server.shell(name=f"Disable {unit}, installed by this run", commands=[command])
+    elif _failed(state, unit):
+        server.shell(
+            name=f"Clear {unit}'s failed state", commands=[f"systemctl reset-failed {unit}"]
+        )
 
 
 def _missing(state: dict[str, Any], unit: str) -> bool:

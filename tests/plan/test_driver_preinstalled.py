@@ -132,3 +132,22 @@ def test_a_gpu_less_host_gets_no_gpu_daemon_enabled(tmp_path):
     assert "systemctl enable nvidia-persistenced" not in text
     assert "systemctl disable nvidia-persistenced" in text
     assert "systemctl reset-failed nvidia-persistenced" in text  # systemd no longer degraded
+
+
+def test_a_gpu_daemon_installed_by_this_run_on_a_gpu_less_host_is_disabled_in_the_same_run(
+    tmp_path,
+):
+    """The unit is not there when the facts are read: the driver packages install it, and
+    their own postinst enables and starts it (it fails: no GPU). pyinfra's service operation,
+    planned on the unit's absence, does nothing, so this run disables it; without that, the
+    second deploy of a fresh lab host disabled it (a change on a converged host, seen on the
+    lab)."""
+    data = host(profile(gpus=()), ["init=systemd", "unit=nvidia-persistenced missing unknown"],
+                driver_source="distro", driver_branch="535", host_has_gpus=False)  # fmt: skip
+    planned = FakeFleet(tmp_path, {"h": data}).plan()["h"]
+    text = commands_of(planned)
+    assert "Install the NVIDIA driver" in names(planned)
+    assert "systemctl enable nvidia-persistenced" not in text
+    assert "systemctl disable --now nvidia-persistenced" in text
+    assert text.index("systemctl disable --now nvidia-persistenced") > text.index("nvidia-driver")
+    assert "systemctl reset-failed nvidia-persistenced" in text
