@@ -2,16 +2,24 @@
 ## it, then reload nginx (or start it); a refusal puts the previous file back, leaves the
 ## running nginx as it was and fails the host quoting nginx (operations/gateway/__init__.py).
 ## @MODE@ remove: take the config away instead, and reload. A reload only signals nginx: it
-## returns before the new workers serve, so this waits (bounded) until workers started after
-## the signal exist; old ones stop taking new connections then (they finish their streams).
+## returns before the new workers serve, and nginx's master starts them, waits 100 ms, and
+## only then tells the old ones to quit, so for a while both take connections (a TLS client
+## then met the old plain-HTTP worker, seen on the lab). This waits (bounded, 10 s) until
+## workers started after the signal exist and every old one is gone or titled "shutting
+## down", which nginx sets as it closes their listening sockets (they finish their streams).
 ## @STAGED@, @LIVE@, @PREV@: the files' paths.
 workers() { m=$(cat /run/nginx.pid 2>/dev/null) && [ -n "$m" ] &&
   cat "/proc/$m/task/$m/children" 2>/dev/null; }
 fresh() { for p in $(workers); do case "$old" in *" $p "*) ;; *) return 0;; esac; done
   return 1; }
+old_serving() { for p in $old; do
+    title=$(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline") || continue
+    case "$title" in ''|*"shutting down"*) ;; *) return 0;; esac
+  done; return 1; }
 reload() { old=" $(workers | tr '\n' ' ') "
   systemctl reload nginx || return 1
-  i=0; until fresh; do i=$((i+1)); [ $i -ge 50 ] && break; sleep 0.2; done; }
+  i=0; until fresh && ! old_serving; do
+    i=$((i+1)); [ $i -ge 50 ] && break; sleep 0.2; done; }
 # shellcheck disable=SC2050  # @MODE@ is apply or remove once rendered
 if [ @MODE@ = remove ]; then
   rm -f @LIVE@
