@@ -250,7 +250,7 @@ def apply(config: FleetConfig, profile: dict[str, Any]) -> None:
     flavour, _ = module_flavour(config.driver, profile["nvidia_gpus"], source.flavours)
     install = FAMILIES[source.family](config, profile, source, flavour, state)
     _blacklist_nouveau(config, state)
-    _services(config, profile, state)
+    _services(config, profile, state, install)
     _reboot_if_needed(config, state, install)
 
 
@@ -476,7 +476,8 @@ def _blacklist_nouveau(config, state: dict[str, Any]) -> None:
         server.shell(name="Regenerate the initramfs", commands=[regenerate], _if=put.did_change)
 
 
-def _services(config: FleetConfig, profile: dict[str, Any], state: dict[str, Any]) -> None:
+def _services(config: FleetConfig, profile: dict[str, Any], state: dict[str, Any],
+              install=None) -> None:  # fmt: skip
     """nvidia-persistenced and, where wanted, the fabric manager: enabled and running where
     there are GPUs for them to serve, disabled where there are none (they fail at every start
     there). Without systemd (containers, some VMs) there are no units: persistence is set
@@ -496,16 +497,19 @@ def _services(config: FleetConfig, profile: dict[str, Any], state: dict[str, Any
         gpus = config.host.has_gpus
         converged.service(unit, unit, running=gpus, enabled=gpus)
         if not gpus:
-            _quiet_on_gpu_less_host(unit, state)
+            _quiet_on_gpu_less_host(unit, state, install)
 
 
-def _quiet_on_gpu_less_host(unit: str, state: dict[str, Any]) -> None:
+def _quiet_on_gpu_less_host(unit: str, state: dict[str, Any], install) -> None:
     """A GPU daemon on a host without GPUs: disabled, and its failed state cleared (its failed
-    starts keep systemd "degraded" until cleared, disabled or not). One installed by this run
-    was enabled and started by its package after the facts were read, so the service
-    operation above saw no unit and did nothing: it is disabled here, or the next deploy
-    would be the one to disable it (a second run that changes something)."""
+    starts keep systemd "degraded" until cleared, disabled or not). One that this run's
+    driver install brings was enabled and started by its package after the facts were read,
+    so the service operation above saw no unit and did nothing: it is disabled here, or the
+    next deploy would be the one to disable it (a second run that changes something). A unit
+    missing with nothing to install gets no step, so a host that never has it plans none."""
     if _missing(state, unit):
+        if install is None or not install.will_change:
+            return
         # only where the packages did install it; a unit that never failed may be unloaded
         # once stopped, and then has no failed state to clear
         command = (f"if systemctl cat {unit} >/dev/null 2>&1; then systemctl disable --now {unit}"

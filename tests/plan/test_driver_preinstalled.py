@@ -151,3 +151,17 @@ def test_a_gpu_daemon_installed_by_this_run_on_a_gpu_less_host_is_disabled_in_th
     assert "systemctl disable --now nvidia-persistenced" in text
     assert text.index("systemctl disable --now nvidia-persistenced") > text.index("nvidia-driver")
     assert "systemctl reset-failed nvidia-persistenced" in text
+
+
+def test_a_gpu_daemon_missing_with_nothing_to_install_gets_no_step(tmp_path):
+    """The driver packages are all installed and the unit is still not there (a package set
+    without it): nothing installs it in this run, so nothing is planned for it, on this run
+    or the next."""
+    dpkg = [f"ii  {p}  535.309.01-0+deb12u1  amd64  x" for p in
+            ("nvidia-driver", "nvidia-smi", "nvidia-persistenced")]  # fmt: skip
+    data = host(profile(gpus=()), ["init=systemd", "unit=nvidia-persistenced missing unknown"],
+                dpkg=dpkg, driver_source="distro", driver_branch="535", host_has_gpus=False,
+                driver_kernel_headers=False)  # fmt: skip
+    planned = FakeFleet(tmp_path, {"h": data}).plan()["h"]
+    assert "Install the NVIDIA driver" not in names(planned)  # dpkg says all are installed
+    assert "nvidia-persistenced" not in commands_of(planned)
